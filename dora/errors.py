@@ -1,0 +1,36 @@
+"""dora's exceptions. Library code raises these; ``dora.cli`` turns them into one-line messages.
+
+Every message says what is wrong, where (file and row when there is one), and what to do.
+"""
+
+from __future__ import annotations
+
+
+class DoraError(Exception):
+    """Base class: a problem the user can fix. The CLI prints ``error: <message>`` and exits 2."""
+
+    exit_code = 2
+
+
+class ConfigError(DoraError):
+    """An option value that cannot work (bad range, missing file, conflicting options)."""
+
+
+class InputError(DoraError):
+    """A data file that cannot be read as examples (bad JSON, missing field, empty, ...)."""
+
+    def __init__(self, path: object, message: str, *, line: int | None = None, fix: str = "") -> None:
+        where = f"{path}" + (f", line {line}" if line is not None else "")
+        text = f"{where}: {message}"
+        if fix:
+            text += f"; {fix}"
+        super().__init__(text)
+        self.path, self.line, self.fix = path, line, fix
+
+
+class CacheError(DoraError):
+    """A label cache that is missing, incomplete, corrupt, or does not fit the run."""
+
+
+class ModelError(DoraError):
+    """A model or tokenizer that cannot be loaded or does not fit the stage."""

@@ -1,0 +1,182 @@
+"""Reading and validating examples from JSON Lines, CSV or Parquet.
+
+Every problem is raised as :class:`dora.errors.InputError` naming the file, the line (1-based,
+as an editor shows it; for Parquet the 1-based row) and the fix.
+
+>>> import json, tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "gold.jsonl"
+>>> _ = p.write_text(json.dumps({"source": "Cats purr.", "target": "SUPPORTS"}) + "\\n")
+>>> read_examples(p, require_target=True)[0].target
+'SUPPORTS'
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dora.errors import InputError
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One input row. ``row`` is its 0-based position in the file; ``id`` is stable across runs."""
+
+    id: str
+    row: int
+    source: str
+    target: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fields:
+    """Column names in the user's files."""
+
+    source: str = "source"
+    target: str = "target"
+    id: str = "id"
+
+
+def _format_of(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            path, f"unknown file type {path.suffix or '(no extension)'!r}",
+            fix="use .jsonl (JSON Lines), .csv or .parquet",
+        )
+    return fmt
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    raw = path.read_bytes()
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(path, f"not UTF-8 (byte {e.start + 1} of the line)",
+                             line=number, fix="re-save the file as UTF-8") from None
+        if not text.strip():
+            continue
+        try:
+            yield number, json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"invalid JSON ({e.msg} at column {e.colno})", line=number,
+                             fix="write one JSON object per line") from None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise InputError(path, "not UTF-8", line=line, fix="re-save the file as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for record in reader:
+            yield reader.line_num, record
+    except csv.Error as e:
+        raise InputError(path, f"invalid CSV ({e})", line=reader.line_num,
+                         fix="quote fields that contain commas or newlines") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+        raise InputError(path, f"not a readable Parquet file ({e})",
+                         fix="write it with pandas.DataFrame.to_parquet or pyarrow") from None
+    number = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            number += 1
+            yield number, record
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, raw record) from a JSON Lines, CSV or Parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found" if not path.exists() else "not a file",
+                         fix="check the path")
+    fmt = _format_of(path)
+    yield from {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[fmt](path)
+
+
+def _text_field(path: Path, line: int, record: dict, name: str, *, required: bool) -> str | None:
+    value = record.get(name)
+    if value is None:
+        if required:
+            present = ", ".join(sorted(map(str, record))) or "none"
+            raise InputError(path, f"missing field {name!r} (fields present: {present})", line=line,
+                             fix=f"add {name!r} to every row, or name your column with --source-field / --target-field")
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "id":
+        raise InputError(path, f"field {name!r} is a number ({value!r}), not a string", line=line,
+                         fix='quote it, e.g. "1" instead of 1')
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise InputError(path, f"field {name!r} is {type(value).__name__}, not a string", line=line,
+                         fix=f"make {name!r} a string")
+    return str(value)
+
+
+def read_examples(
+    path: str | Path,
+    *,
+    fields: Fields = Fields(),
+    require_target: bool,
+    limit: int | None = None,
+) -> list[Example]:
+    """Read and validate every row of ``path``.
+
+    require_target: the file is labeled data (train/eval) and each row needs a non-empty target;
+        otherwise (an unlabeled pool) the target column may be absent.
+    limit: read at most this many rows.
+    """
+    path = Path(path)
+    examples: list[Example] = []
+    seen: dict[str, int] = {}
+    for line, record in iter_records(path):
+        if limit is not None and len(examples) >= limit:
+            break
+        if not isinstance(record, dict):
+            raise InputError(path, f"expected a JSON object, got {type(record).__name__}", line=line,
+                             fix='write objects like {"source": "...", "target": "..."}')
+        source = _text_field(path, line, record, fields.source, required=True) or ""
+        if not source.strip():
+            raise InputError(path, f"empty {fields.source!r}", line=line,
+                             fix="remove the row or give it an input text")
+        target = _text_field(path, line, record, fields.target, required=require_target)
+        if require_target and target is not None and not target.strip():
+            raise InputError(path, f"empty {fields.target!r}", line=line,
+                             fix="remove the row or give it a label")
+        row = len(examples)
+        ident = _text_field(path, line, record, fields.id, required=False)
+        ident = str(row) if ident is None else ident
+        if ident in seen:
+            raise InputError(path, f"duplicate id {ident!r} (first at row {seen[ident] + 1})", line=line,
+                             fix=f"make the {fields.id!r} column unique or drop it")
+        seen[ident] = row
+        examples.append(Example(id=ident, row=row, source=source, target=target))
+    if not examples:
+        raise InputError(path, "no examples in the file",
+                         fix=f"give at least one row with a {fields.source!r} field")
+    return examples
+
+
+def fingerprint(examples: Sequence[Example]) -> str:
+    """sha256 over ids and sources: identifies a pool independently of its file format."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.id, ex.source], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()

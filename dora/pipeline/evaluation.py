@@ -1,0 +1,130 @@
+"""``dora evaluate``: score a model on a labeled file, or score a predictions file without a model.
+
+Examples::
+
+    dora evaluate --task fever --model runs/distill --data test.jsonl --out scores.json
+    dora evaluate --task nq --predictions preds.jsonl      # rows: {"prediction": ..., "target": ...}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dora.errors import ConfigError, InputError
+from dora.pipeline.data import Fields, iter_records, read_examples
+from dora.pipeline.metrics import score
+from dora.pipeline.models import ModelKind
+from dora.pipeline.progress import progress_bar
+from dora.pipeline.tasks import Task, get_task
+
+
+def predict(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: list[str], *, batch_size: int,
+            max_source_length: int, max_new_tokens: int) -> list[str]:
+    """Greedy predictions for raw sources (the task prefix is added), stripped of whitespace."""
+    from dora.pipeline.generation import greedy_generate
+
+    with progress_bar() as bar:
+        job = bar.add_task("predict", total=len(sources), info="")
+        generated = greedy_generate(model, tokenizer, kind, [task.source_prefix + s for s in sources],
+                                    batch_size=batch_size, max_source_length=max_source_length,
+                                    max_new_tokens=max_new_tokens, on_batch=lambda n: bar.advance(job, n))
+    return [tokenizer.decode(g.ids.tolist(), skip_special_tokens=True).strip() for g in generated]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    """Score a model (``model`` + ``data``) or a predictions file (``predictions``)."""
+
+    task: str
+    """Task name, or your own with ``metric``."""
+    model: str | None = None
+    """Model directory (or hub id) to generate predictions with."""
+    data: Path | None = None
+    """Labeled file to predict and score (with ``model``)."""
+    predictions: Path | None = None
+    """JSON Lines with ``prediction`` and ``target`` (and ``source`` for BERT-iBLEU)."""
+    out: Path | None = None
+    """Write the scores (and, with a model, predictions next to it) as JSON here."""
+    metric: str | None = None
+    """Metric for a task of your own (accuracy, f1, squad, bleu, rouge)."""
+    prefix: str | None = None
+    """Source prefix; default ``"<task>: "``."""
+    fields: Fields = field(default_factory=Fields)
+    """Column names of source, target and id in ``data``."""
+    batch_size: int = 32
+    """Generation batch size."""
+    max_source_length: int = 256
+    """Input tokens kept."""
+    max_new_tokens: int = 64
+    """Most tokens generated per prediction."""
+    encoder: str | None = None
+    """Sentence encoder directory for BERT-iBLEU."""
+    trust_remote_code: bool = False
+    """Allow model code from the model's repository to run."""
+
+    def __post_init__(self) -> None:
+        for name in ("data", "predictions", "out"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if (self.model is None) == (self.predictions is None):
+            raise ConfigError("give either --model with --data, or --predictions (not both)")
+        if self.model is not None and self.data is None:
+            raise ConfigError("--model needs --data LABELED_FILE to predict on")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_source_length < 1:
+            raise ConfigError("--batch-size, --max-new-tokens and --max-source-length must be positive")
+
+
+def _read_predictions(path: Path) -> tuple[list[str], list[str], list[str] | None]:
+    preds, refs, sources = [], [], []
+    for line, record in iter_records(path):
+        if not isinstance(record, dict):
+            raise InputError(path, "expected a JSON object", line=line, fix='write {"prediction": ..., "target": ...}')
+        for key in ("prediction", "target"):
+            if not isinstance(record.get(key), str):
+                raise InputError(path, f"missing or non-string field {key!r}", line=line,
+                                 fix='each row needs string "prediction" and "target" fields')
+        preds.append(record["prediction"])
+        refs.append(record["target"])
+        sources.append(record.get("source"))
+    if not preds:
+        raise InputError(path, "no predictions in the file", fix='write one {"prediction", "target"} object per line')
+    has_sources = all(isinstance(s, str) for s in sources)
+    return preds, refs, sources if has_sources else None  # type: ignore[return-value]
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Return (and optionally write) ``{"task", "metric", "scores", ...}``."""
+    task = get_task(config.task, metric=config.metric, prefix=config.prefix)
+    result: dict[str, Any] = {"task": task.name, "metric": task.metric}
+    if config.predictions is not None:
+        preds, refs, sources = _read_predictions(config.predictions)
+        result["predictions_file"] = str(config.predictions)
+    else:
+        from dora.pipeline.generation import pick_device
+        from dora.pipeline.models import load_model, load_tokenizer
+
+        assert config.model is not None and config.data is not None  # checked in __post_init__
+        examples = read_examples(config.data, fields=config.fields, require_target=True)
+        tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        model, kind = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        model.to(pick_device())
+        sources = [e.source for e in examples]
+        refs = [e.target or "" for e in examples]
+        preds = predict(model, tokenizer, kind, task, sources, batch_size=config.batch_size,
+                        max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
+        result.update(model=config.model, data=str(config.data))
+        if config.out is not None:
+            rows = [{"id": e.id, "source": e.source, "prediction": p, "target": e.target} for e, p in zip(examples, preds)]
+            pred_path = config.out.with_name(config.out.stem + ".predictions.jsonl")
+            config.out.parent.mkdir(parents=True, exist_ok=True)
+            pred_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            result["predictions_file"] = str(pred_path)
+    result["scores"] = score(task, preds, refs, sources=sources, encoder=config.encoder)
+    if config.out is not None:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        config.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result

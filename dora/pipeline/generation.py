@@ -1,0 +1,107 @@
+"""Batched greedy generation with the transformers engine, optionally with top-k logprobs.
+
+Log-probabilities come from the raw logits (``output_logits``), not from processed scores,
+and the generation config is built fresh so no model default (forced tokens, repetition
+penalties, ...) changes what the teacher's distribution says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dora.pipeline.encoding import pad, prompt_ids
+from dora.pipeline.models import ModelKind
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """One generated sequence. Arrays have one row per generated token (EOS included)."""
+
+    ids: np.ndarray  # (L,) int32
+    topk_ids: np.ndarray | None  # (L, k) int32
+    topk_logprobs: np.ndarray | None  # (L, k) float32, sorted descending
+    seq_logprob: float
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
+        bos_token_id=getattr(model.config, "bos_token_id", None),
+        output_logits=True, return_dict_in_generate=True,
+    )
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model: Any,
+    tokenizer: Any,
+    kind: ModelKind,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    max_source_length: int,
+    max_new_tokens: int,
+    k: int | None = None,
+    device: torch.device | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Generated]:
+    """Greedy-decode every text; with ``k`` also keep the top-k log-probs per generated token.
+
+    Texts are batched longest first (less padding) and results returned in input order.
+    """
+    device = device or next(model.parameters()).device
+    model.eval()
+    config = _generation_config(model, tokenizer, max_new_tokens)
+    eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    encoded = [prompt_ids(tokenizer, t, max_source_length) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    results: list[Generated | None] = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = [encoded[i] for i in idx]
+        left = kind == "causal"  # decoder-only models continue from the right edge
+        input_ids = pad(batch, pad_id, left=left).to(device)
+        mask = pad([[1] * len(b) for b in batch], 0, left=left).to(device)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        steps = len(out.logits)
+        gen = out.sequences[:, -steps:] if steps else out.sequences[:, :0]
+        if k is not None and steps:
+            lp_steps = [torch.log_softmax(step.float(), dim=-1) for step in out.logits]
+            chosen = torch.stack([lp.gather(-1, gen[:, t : t + 1]).squeeze(-1) for t, lp in enumerate(lp_steps)], 1)
+            top = [lp.topk(k, dim=-1) for lp in lp_steps]
+            top_ids = torch.stack([t.indices for t in top], 1).int().cpu().numpy()
+            top_lp = torch.stack([t.values for t in top], 1).cpu().numpy()
+            chosen_np = chosen.cpu().numpy()
+        gen_np = gen.cpu().numpy()
+        for row, i in enumerate(idx):
+            seq = gen_np[row]
+            hits = np.nonzero(seq == eos)[0]
+            length = int(hits[0]) + 1 if len(hits) else len(seq)
+            if k is not None and steps:
+                results[i] = Generated(
+                    ids=seq[:length].astype(np.int32), topk_ids=top_ids[row, :length],
+                    topk_logprobs=top_lp[row, :length], seq_logprob=float(chosen_np[row, :length].sum()),
+                )
+            else:
+                results[i] = Generated(ids=seq[:length].astype(np.int32), topk_ids=None, topk_logprobs=None, seq_logprob=0.0)
+        if on_batch:
+            on_batch(len(idx))
+    return [r for r in results if r is not None]
+
+
+def decode(tokenizer: Any, ids: np.ndarray) -> str:
+    """Text of generated ids, exactly as `tokenizer.decode(ids, skip_special_tokens=True)` gives it."""
+    return tokenizer.decode(ids.tolist(), skip_special_tokens=True)

@@ -1,0 +1,112 @@
+"""Distillation losses as pure functions of tensors.
+
+Same-vocabulary KD from a stored top-k. The teacher's distribution is split, by the chain rule
+of KL, into *where* its mass goes (the stored top-k region or the tail bucket outside it, a
+two-way split) and *how* it spreads inside the top-k. The student is split the same way over
+the teacher's top-k ids, so that
+
+    KL = KL_bucket(m_t || m_s) + m_t * T^2 * KL(softmax(t_topk / T) || softmax(s_topk / T))
+
+where m is the mass in the top-k region and the within-region distributions are tempered at T.
+This gives, exactly:
+
+* identical teacher and student: zero for every k and T;
+* k equal to the vocabulary: the tail is empty and the loss is T^2 * the full-vocabulary KL at T;
+* masked positions contribute nothing; an all-masked batch gives zero.
+
+The student's mass outside the teacher's top-k is penalised through the bucket term.
+
+>>> import torch
+>>> logits = torch.randn(2, 3, 11)
+>>> top = logits.log_softmax(-1).topk(4, dim=-1)
+>>> abs(float(topk_kl_loss(logits, top.indices, top.values, torch.ones(2, 3, dtype=torch.bool)))) < 1e-6
+True
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Floor for the student's tail log-mass: keeps the bucket term finite when the teacher's tail is
+# pure float rounding and the student's is exactly empty (k equal to the vocabulary).
+_LOG_FLOOR = -69.0  # log(1e-30)
+
+
+def teacher_tail_logprob(topk_logprobs: torch.Tensor) -> torch.Tensor:
+    """Log of the teacher mass outside its stored top-k: log(1 - sum exp(lp)), -inf when empty.
+
+    Stored float16 values can sum to slightly above 1; that is clamped to an empty tail.
+    """
+    mass = topk_logprobs.float().exp().sum(-1)
+    return torch.log((1.0 - mass).clamp(min=0.0))
+
+
+def _xlogy_diff(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """p * (log p - log q), defined as 0 where p = 0."""
+    p = p_log.exp()
+    return torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p))
+
+
+def topk_kl_per_token(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """KL(teacher || student) per position over the stored top-k plus a tail bucket.
+
+    Args:
+        student_logits: (B, L, V) raw student logits.
+        topk_ids: (B, L, k) the teacher's top-k token ids (valid student vocabulary ids).
+        topk_logprobs: (B, L, k) the teacher's log-probabilities of those ids at T = 1.
+        temperature: T > 0; the within-top-k term is tempered and scaled by T^2 (Hinton et al.),
+            the two-way bucket term is not.
+    Returns:
+        (B, L) KL in nats per position.
+    """
+    ids = topk_ids.long()
+    s_logp = torch.log_softmax(student_logits.float(), dim=-1)
+    s_topk = s_logp.gather(-1, ids)
+    s_mass = torch.logsumexp(s_topk, dim=-1)
+    # Student mass outside the teacher's top-k, exactly: logsumexp over the other ids.
+    s_tail = torch.logsumexp(s_logp.scatter(-1, ids, float("-inf")), dim=-1).clamp(min=_LOG_FLOOR)
+    t_topk = topk_logprobs.float()
+    t_mass = torch.logsumexp(t_topk, dim=-1).clamp(max=0.0)
+    t_tail = teacher_tail_logprob(t_topk)
+
+    t_in = torch.log_softmax(t_topk / temperature, dim=-1)
+    s_in = torch.log_softmax(s_topk / temperature, dim=-1)
+    within = _xlogy_diff(t_in, s_in).sum(-1)
+    bucket = _xlogy_diff(t_mass, s_mass) + _xlogy_diff(t_tail, s_tail)
+    return bucket + t_mass.exp() * within * temperature**2
+
+
+def topk_kl_loss(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """Mean of :func:`topk_kl_per_token` over unmasked positions; 0 when nothing is unmasked.
+
+    Args:
+        mask: (B, L) bool, True where the position is a real teacher token.
+    """
+    per = topk_kl_per_token(student_logits, topk_ids, topk_logprobs, temperature)
+    mask = mask.to(per.dtype)
+    return (per * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def full_kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Reference: full-vocabulary KL(teacher || student) at T, times T^2. Shapes (B, L, V) -> (B, L)."""
+    t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1) * temperature**2
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, L, V) logits and (B, L) labels with -100 for padding -> (B, L) cross-entropy (0 on padding)."""
+    return torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )

@@ -1,0 +1,108 @@
+"""Loading teachers and students: seq2seq (T5 and friends) or decoder-only (Llama, Qwen, ...)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from dora.errors import ModelError
+
+ModelKind = Literal["seq2seq", "causal"]
+
+
+def _hub_hint(name: str) -> str:
+    if Path(name).exists():
+        return "check that the directory holds config.json and the weights"
+    return "pass a local directory (dora never needs the hub), or check the model id and your network"
+
+
+def _check_local(name: str) -> None:
+    """A name that is clearly a path must exist: say so instead of asking the hub for it."""
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if looks_local and not Path(name).expanduser().exists():
+        raise ModelError(f"{name}: no such model directory; check the path (hub ids look like org/name)")
+
+
+def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    _check_local(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers raises OSError, ValueError, HTTP errors...
+        raise ModelError(f"cannot load a tokenizer from {name!r} ({str(e).splitlines()[0][:200]}); {_hub_hint(name)}") from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"tokenizer {name!r} has neither a pad nor an EOS token; add one with "
+                             "tokenizer.add_special_tokens and save it")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_config(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoConfig
+
+    _check_local(name)
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ModelError(f"cannot read the model config of {name!r} ({str(e).splitlines()[0][:200]}); {_hub_hint(name)}") from None
+
+
+def model_kind(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> ModelKind:
+    config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def load_model(
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[Any, ModelKind]:
+    """Load weights in float32 (training and labeling cast under accelerate where a device allows)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    kind = model_kind(name, revision=revision, trust_remote_code=trust_remote_code)
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ModelError(f"cannot load a {kind} model from {name!r} ({str(e).splitlines()[0][:200]}); {_hub_hint(name)}") from None
+    return model, kind
+
+
+def weights_sha256(name: str) -> str | None:
+    """sha256 over the safetensors files of a local model directory (None for a hub id)."""
+    root = Path(name)
+    files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def vocab_size(model: Any) -> int:
+    """Size of the model's output layer (may exceed len(tokenizer): T5 pads it to 32128)."""
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def check_top_k(k: int, vocab: int, name: str) -> None:
+    """Refuse a k larger than the vocabulary (checked from the config before any training)."""
+    v = vocab
+    if k > v:
+        raise ModelError(f"--top-k {k} exceeds the vocabulary of {name!r} ({v} tokens); use --top-k {v} or less")
+
+
+def save_hf(model: Any, tokenizer: Any, path: Path) -> None:
+    """Save a plain Hugging Face checkpoint (safetensors) with its tokenizer, replacing ``path`` atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)

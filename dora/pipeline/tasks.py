@@ -1,0 +1,108 @@
+"""The paper's six tasks plus a generic task for the user's own data.
+
+A task fixes the source prefix (``"<task>: "``, as the paper's T5 inputs), the closed label set
+where there is one, and the metric that scores predictions against references.
+
+>>> get_task("fever").labels
+('SUPPORTS', 'REFUTES')
+>>> get_task("generic", metric="rouge").primary
+'rougeL'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dora.errors import ConfigError
+
+MetricName = Literal[
+    "accuracy", "stance", "wlp", "squad", "bert_ibleu", "f1", "bleu", "rouge"
+]
+GENERIC_METRICS = ("accuracy", "f1", "squad", "bleu", "rouge")
+
+# Entity types of the WLP corpus (W-NUT 2020), as they appear in the shipped targets.
+WLP_LABELS = (
+    "Action", "Reagent", "Location", "Device", "Amount", "Concentration", "Size", "Time",
+    "Temperature", "Method", "Modifier", "Numerical", "Generic-Measure", "Measure-Type",
+    "Speed", "pH", "Mention", "Seal",
+)
+STANCE_LABELS = ("Irrelevant", "Supporting", "Refuting", "Discussing", "Querying")
+
+# The key of the number that decides "best" for each metric (higher is better).
+_PRIMARY: dict[str, str] = {
+    "accuracy": "accuracy",
+    "stance": "macro_f1",
+    "wlp": "micro_f1",
+    "squad": "f1",
+    "bert_ibleu": "bert_ibleu",
+    "f1": "macro_f1",
+    "bleu": "bleu",
+    "rouge": "rougeL",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """What a task means to dora.
+
+    name: task name; also the source prefix ``"<name>: "`` unless ``prefix`` overrides it.
+    metric: which scorer in ``dora.pipeline.metrics`` applies.
+    labels: the closed label set, or None for free-form outputs.
+    annotation_usd: the paper's estimated cost of one human label (None where unknown).
+    """
+
+    name: str
+    metric: MetricName
+    labels: tuple[str, ...] | None = None
+    prefix: str | None = None
+    annotation_usd: float | None = None
+
+    @property
+    def source_prefix(self) -> str:
+        return self.prefix if self.prefix is not None else f"{self.name}: "
+
+    @property
+    def primary(self) -> str:
+        """The metric key used to pick the best checkpoint."""
+        return _PRIMARY[self.metric]
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(name="fever", metric="accuracy", labels=("SUPPORTS", "REFUTES"), annotation_usd=0.129),
+        Task(name="multipit_id", metric="accuracy", labels=("YES", "NO"), annotation_usd=0.200),
+        Task(name="stanceosaurus", metric="stance", labels=STANCE_LABELS, annotation_usd=0.364),
+        Task(name="wlp", metric="wlp", labels=None, annotation_usd=0.260),
+        Task(name="nq", metric="squad", annotation_usd=0.129),
+        Task(name="multipit_gen", metric="bert_ibleu", annotation_usd=0.371),
+    )
+}
+
+
+def get_task(name: str, *, metric: str | None = None, prefix: str | None = None) -> Task:
+    """Look up a task by name; ``generic`` (or any unknown name with ``metric``) is the user's own.
+
+    For the six paper tasks ``metric`` must be None or the task's own metric.
+    """
+    if name in TASKS:
+        task = TASKS[name]
+        if metric is not None and metric != task.metric:
+            raise ConfigError(
+                f"task {name!r} is scored with {task.metric!r}; drop --metric, or use "
+                f"--task generic --metric {metric} for your own scoring"
+            )
+        if prefix is not None:
+            task = Task(name=task.name, metric=task.metric, labels=task.labels, prefix=prefix,
+                        annotation_usd=task.annotation_usd)
+        return task
+    if metric is None:
+        known = ", ".join([*TASKS, "generic"])
+        raise ConfigError(
+            f"unknown task {name!r}; use one of {known}, or pass --metric "
+            f"({'|'.join(GENERIC_METRICS)}) to score your own task"
+        )
+    if metric not in GENERIC_METRICS:
+        raise ConfigError(f"--metric {metric!r} is not one of {', '.join(GENERIC_METRICS)}")
+    return Task(name=name, metric=metric, prefix=prefix)  # type: ignore[arg-type]

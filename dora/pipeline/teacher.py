@@ -1,0 +1,294 @@
+"""Stage 1, ``dora teacher-label``: fine-tune the teacher, then label the pool into a cache.
+
+Reads top to bottom: validate the inputs, fine-tune (or reuse) the teacher, open the cache
+(continuing a matching one), label every missing shard, mark the cache complete.
+
+Example (tiny local models, CPU)::
+
+    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    teacher_label(TeacherLabelConfig(task="fever", teacher="models/t5-base-dir", train="gold.jsonl",
+                                     pool="pool.jsonl", out="cache/fever", epochs=3))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from dora import __version__
+from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
+from dora.errors import ConfigError
+from dora.pipeline.costs import Stopwatch
+from dora.pipeline.data import Example, Fields, fingerprint, read_examples
+from dora.pipeline.finetune import LoraSettings, finetune_teacher
+from dora.pipeline.generation import Generated, decode, greedy_generate, pick_device
+from dora.pipeline.models import (
+    check_top_k,
+    load_config,
+    load_model,
+    load_tokenizer,
+    model_kind,
+    vocab_size,
+    weights_sha256,
+)
+from dora.pipeline.progress import console, progress_bar
+from dora.pipeline.tasks import Task, get_task
+from dora.pipeline.training import LoopSettings
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherLabelConfig:
+    """Everything ``teacher_label`` needs. Paths may be strings."""
+
+    task: str
+    """Task name (fever, multipit_id, stanceosaurus, wlp, nq, multipit_gen) or your own with ``metric``."""
+    teacher: str
+    """Base teacher: a local Hugging Face directory or a hub id (seq2seq such as T5, or decoder-only)."""
+    pool: Path
+    """Unlabeled inputs (JSON Lines, CSV or Parquet); a target column, if any, is ignored."""
+    out: Path
+    """Cache directory to create, or to continue when it holds a cache of the same run."""
+    train: Path | None = None
+    """Labeled examples to fine-tune the teacher on; required unless ``finetune`` is False."""
+    finetune: bool = True
+    """Fine-tune first; False labels with ``teacher`` as it is (already fine-tuned)."""
+    teacher_out: Path | None = None
+    """Where the fine-tuned teacher is saved; default ``<out>.teacher`` beside the cache."""
+    metric: str | None = None
+    """Metric for a task of your own (accuracy, f1, squad, bleu, rouge)."""
+    prefix: str | None = None
+    """Source prefix; default ``"<task>: "``."""
+    fields: Fields = field(default_factory=Fields)
+    """Column names of source, target and id in the input files."""
+    engine: Literal["transformers"] = "transformers"
+    """Labeling engine."""
+    top_k: int = 20
+    """Top-k token log-probabilities stored per generated token."""
+    epochs: float = 3.0
+    """Fine-tuning epochs (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Fine-tuning optimizer steps; overrides ``epochs``."""
+    batch_size: int = 8
+    """Fine-tuning micro-batch size."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    learning_rate: float = 3e-4
+    """Peak AdamW learning rate for fine-tuning."""
+    warmup_ratio: float = 0.0
+    """Fraction of steps spent warming the learning rate up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lora: bool = False
+    """Fine-tune LoRA adapters (peft) instead of all weights; merged before labeling."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    label_batch_size: int = 32
+    """Pool rows per generation batch."""
+    max_source_length: int = 256
+    """Input tokens kept (prefix included); longer inputs are cut."""
+    max_target_length: int = 64
+    """Target tokens kept for fine-tuning (EOS included)."""
+    max_new_tokens: int = 64
+    """Most tokens generated per pseudo-label (EOS included)."""
+    shard_size: int = 4096
+    """Pool rows per cache shard (shard i holds rows [i*size, (i+1)*size))."""
+    dtype: Dtype = "float32"
+    """Weights dtype while labeling (bfloat16/float16 halve memory on a GPU)."""
+    seed: int = 42
+    """Seed for data order and initialisation."""
+    revision: str | None = None
+    """Hub revision of the base teacher."""
+    trust_remote_code: bool = False
+    """Allow model code from the teacher's repository to run. Off unless you trust it."""
+
+    def __post_init__(self) -> None:
+        for name in ("pool", "out", "train", "teacher_out"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if self.finetune and self.train is None:
+            raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
+                              "a teacher that is already fine-tuned")
+        _positive(self, "top_k", "batch_size", "grad_accum", "label_batch_size", "max_source_length",
+                  "max_target_length", "max_new_tokens", "shard_size", "lora_r", "lora_alpha")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"--learning-rate {self.learning_rate} is out of range; try 1e-4 to 1e-3 for T5")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.engine != "transformers":
+            raise ConfigError(f"--engine {self.engine!r} is not available yet; use --engine transformers")
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.teacher_out or self.out.with_name(self.out.name + ".teacher")
+
+
+def _positive(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherLabelResult:
+    cache: Path
+    teacher: str
+    manifest: Manifest
+    costs: dict[str, Any]
+
+
+def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
+    """Run stage 1. Safe to rerun: a fine-tuned teacher and complete shards are reused."""
+    task = get_task(config.task, metric=config.metric, prefix=config.prefix)
+    # 1. Read every input before any expensive work, so a bad row fails in seconds.
+    train = read_examples(config.train, fields=config.fields, require_target=True) if config.finetune else []
+    pool = read_examples(config.pool, fields=config.fields, require_target=False)
+    CacheWriter.preflight(config.out, fingerprint(pool))
+    base = load_config(config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    check_top_k(config.top_k, getattr(base, "vocab_size", config.top_k), config.teacher)
+
+    # 2. Fine-tune the teacher (or reuse one fine-tuned with the same data and settings).
+    costs: dict[str, Any] = {}
+    model = None
+    teacher_path, revision = config.teacher, config.revision
+    if config.finetune:
+        tokenizer = load_tokenizer(config.teacher, revision=revision, trust_remote_code=config.trust_remote_code)
+        settings = LoopSettings(
+            epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size,
+            grad_accum=config.grad_accum, learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
+            weight_decay=config.weight_decay, seed=config.seed, eval_every=None, save_every=200,
+        )
+        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
+        model, record = finetune_teacher(
+            base=config.teacher, revision=revision, trust_remote_code=config.trust_remote_code,
+            tokenizer=tokenizer, examples=train, prefix=task.source_prefix,
+            max_source_length=config.max_source_length, max_target_length=config.max_target_length,
+            settings=settings, lora=lora, out_dir=config.teacher_dir,
+        )
+        costs["teacher_finetune"] = record["cost"]
+        teacher_path, revision = str(config.teacher_dir), None
+
+    # 3. Load the teacher to label with, and open (or continue) the cache.
+    tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+    if model is None:
+        model, _ = load_model(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+    kind = model_kind(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+    check_top_k(config.top_k, vocab_size(model), teacher_path)
+    device = pick_device()
+    model.to(device=device, dtype=getattr(torch, config.dtype))
+    manifest = _new_manifest(config, task, pool, teacher_path, model, kind, tokenizer)
+    writer = CacheWriter.open(config.out, manifest, tokenizer)
+    missing = writer.missing_shards()
+    if len(missing) < manifest.num_shards:
+        console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
+                      f"complete in {config.out}; labeling the rest")
+
+    # 4. Label shard by shard; each shard is written and listed before the next starts.
+    watch = Stopwatch()
+    tokens = rows_done = 0
+    todo = sum(len(shard_rows(i, config.shard_size, len(pool))) for i in missing)
+    with progress_bar() as bar:
+        job = bar.add_task("label pool", total=todo, info="")
+        for index in missing:
+            rows = [pool[r] for r in shard_rows(index, config.shard_size, len(pool))]
+            generated = greedy_generate(
+                model, tokenizer, kind, [task.source_prefix + ex.source for ex in rows],
+                batch_size=config.label_batch_size, max_source_length=config.max_source_length,
+                max_new_tokens=config.max_new_tokens, k=config.top_k, device=device,
+                on_batch=lambda n: bar.advance(job, n),
+            )
+            writer.write_shard(index, shard_table(rows, generated, tokenizer, config.top_k))
+            tokens += sum(len(g.ids) for g in generated)
+            rows_done += len(rows)
+            bar.update(job, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
+
+    # 5. Record what labeling cost and mark the cache complete.
+    previous = writer.manifest.costs.get("labeling", {})
+    label_cost = watch.cost("labeling", examples=rows_done, tokens=tokens)
+    costs["labeling"] = label_cost.to_dict() | {
+        "runs": previous.get("runs", 0) + 1,
+        "wall_seconds_total": round(previous.get("wall_seconds_total", 0.0) + label_cost.wall_seconds, 3),
+    }
+    stats = {"tokens": _count_tokens(writer), "seconds": costs["labeling"]["wall_seconds_total"],
+             "device": label_cost.device, "device_hours": label_cost.device_hours}
+    final = writer.finish(stats=stats, costs=costs)
+    console.print(f"cache: {final.rows} rows, {stats['tokens']} tokens in {len(final.shards)} shard(s) -> {config.out}")
+    return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=costs)
+
+
+def _count_tokens(writer: CacheWriter) -> int:
+    from dora.cache import LabelCache
+
+    cache = LabelCache(writer.root, writer.manifest)
+    return sum(int(pa.compute.sum(pa.compute.list_value_length(t["target_ids"])).as_py() or 0)
+               for t in cache.iter_tables(["target_ids"]))
+
+
+def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], teacher_path: str,
+                  model: Any, kind: str, tokenizer: Any) -> Manifest:
+    import transformers
+
+    return Manifest(
+        task={"name": task.name, "metric": task.metric, "source_prefix": task.source_prefix,
+              "labels": list(task.labels) if task.labels else None},
+        teacher=TeacherInfo(
+            name_or_path=config.teacher if not config.finetune else f"{config.teacher} (fine-tuned: {teacher_path})",
+            architecture=type(model).__name__, kind=kind,  # type: ignore[arg-type]
+            vocab_size=vocab_size(model), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+            weights_sha256=weights_sha256(teacher_path), revision=None if config.finetune else config.revision,
+            finetuned=config.finetune,
+        ),
+        generation=GenerationInfo(
+            backend="transformers", backend_version=transformers.__version__, k=config.top_k,
+            max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
+            dtype=config.dtype,
+        ),
+        pool=PoolInfo(fingerprint=fingerprint(pool), rows=len(pool), path=str(config.pool)),
+        shard_size=config.shard_size,
+        dora_version=__version__,
+    )
+
+
+def shard_table(rows: list[Example], generated: list[Generated], tokenizer: Any, k: int) -> pa.Table:
+    """Build one shard's Arrow table from generation results (schema: ``dora.cache.shard_schema``)."""
+    from dora.cache import shard_schema
+
+    lengths = np.array([len(g.ids) for g in generated], dtype=np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat_ids = np.concatenate([g.topk_ids for g in generated]).reshape(-1) if lengths.sum() else np.zeros(0, np.int32)
+    flat_lp = (np.concatenate([g.topk_logprobs for g in generated]).reshape(-1).astype(np.float16)
+               if lengths.sum() else np.zeros(0, np.float16))
+    nested = lambda values, kind: pa.ListArray.from_arrays(  # noqa: E731
+        offsets, pa.FixedSizeListArray.from_arrays(pa.array(values, type=kind), k))
+    target_ids = pa.ListArray.from_arrays(offsets, pa.array(
+        np.concatenate([g.ids for g in generated]) if lengths.sum() else np.zeros(0, np.int32), type=pa.int32()))
+    return pa.Table.from_arrays(
+        [
+            pa.array([r.id for r in rows], pa.string()),
+            pa.array([r.row for r in rows], pa.int64()),
+            pa.array([r.source for r in rows], pa.string()),
+            pa.array([decode(tokenizer, g.ids) for g in generated], pa.string()),
+            target_ids,
+            nested(flat_ids, pa.int32()),
+            nested(flat_lp, pa.float16()),
+            pa.array([g.seq_logprob for g in generated], pa.float32()),
+        ],
+        schema=shard_schema(k),
+    )

@@ -1,0 +1,77 @@
+"""Shared fixtures: one tokenizer, one tiny T5, one tiny Llama and one labeled cache per session.
+
+Everything is built from configs and the shipped data; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def fever_rows() -> list[dict]:
+    text = resources.files("dora").joinpath("demo_data/fever.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rows = fever_rows()
+    write_jsonl(root / "train.jsonl", rows[:48])
+    write_jsonl(root / "pool.jsonl", [{"id": r["id"], "source": r["source"]} for r in rows[100:140]])
+    write_jsonl(root / "test.jsonl", rows[200:216])
+    return root
+
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory) -> Path:
+    from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
+
+    texts = [t for r in fever_rows()[:1500] for t in ("fever: " + r["source"], r["target"])]
+    tok = train_tokenizer(texts, vocab_size=400, kind="t5")
+    path = tmp_path_factory.mktemp("models") / "t5"
+    save_model_dir(tiny_t5(tok, d_model=32, layers=1, heads=2), tok, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    from dora.pipeline.scratch import save_model_dir, tiny_llama, train_tokenizer
+
+    texts = [t for r in fever_rows()[:1500] for t in ("fever: " + r["source"], r["target"])]
+    tok = train_tokenizer(texts, vocab_size=400, kind="llama")
+    path = tmp_path_factory.mktemp("models") / "llama"
+    save_model_dir(tiny_llama(tok, hidden=32, layers=1, heads=2), tok, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory, t5_dir, data_dir) -> Path:
+    """A complete cache: the tiny T5 fine-tuned for 4 steps labels 40 rows into 3 shards (k=8)."""
+    from typer.testing import CliRunner
+
+    from dora.cli import app
+
+    out = tmp_path_factory.mktemp("caches") / "fever"
+    result = CliRunner().invoke(app, [
+        "teacher-label", "--task", "fever", "--teacher", str(t5_dir), "--train", str(data_dir / "train.jsonl"),
+        "--pool", str(data_dir / "pool.jsonl"), "--out", str(out), "--top-k", "8", "--max-steps", "4",
+        "--shard-size", "16", "--max-new-tokens", "12", "--label-batch-size", "7",
+    ])
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,151 @@
+"""The label-cache contract: shards loadable by ordinary tools, values sane, manifest honest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dora.cache import LabelCache, Manifest, shard_schema
+from dora.cache.manifest import file_sha256
+from dora.errors import CacheError
+
+
+def test_manifest_describes_the_cache(cache_dir, t5_dir):
+    cache = LabelCache.open(cache_dir)
+    m = cache.manifest
+    assert m.complete and m.format == "dora-label-cache" and m.format_version == 1
+    assert m.rows == m.pool.rows == 40 and [s.rows for s in m.shards] == [16, 16, 8]
+    assert [s.first_row for s in m.shards] == [0, 16, 32]
+    assert m.generation.k == 8 and m.generation.backend == "transformers" and m.generation.logprobs == "raw"
+    assert m.teacher.kind == "seq2seq" and m.teacher.architecture == "T5ForConditionalGeneration"
+    assert m.teacher.finetuned and len(m.teacher.weights_sha256) == 64
+    assert m.task["name"] == "fever" and m.task["source_prefix"] == "fever: "
+    assert m.stats["tokens"] > 0 and m.costs["labeling"]["examples"] == 40
+    assert m.costs["teacher_finetune"]["examples"] > 0
+    for entry in m.shards:
+        path = cache_dir / entry.file
+        assert file_sha256(path) == entry.sha256 and path.stat().st_size == entry.bytes
+    assert cache.verify_checksums() == []
+    assert (cache_dir / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_values_are_sorted_logprobs_and_decode_to_target(cache_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cache_dir / "tokenizer")
+    table = LabelCache.open(cache_dir).read()
+    assert table.schema.equals(shard_schema(8))
+    assert table.column("row").to_pylist() == list(range(40))
+    for row in table.to_pylist():
+        lp = np.array(row["topk_logprobs"], dtype=np.float32)
+        assert lp.shape == (len(row["target_ids"]), 8)
+        assert (lp <= 0).all() and (np.diff(lp, axis=1) <= 0).all()
+        assert tok.decode(row["target_ids"], skip_special_tokens=True) == row["target"]
+        # The chosen (greedy) token is the teacher's top-1, and its logprob sums to seq_logprob.
+        assert [ids[0] for ids in row["topk_ids"]] == row["target_ids"]
+        assert row["seq_logprob"] == pytest.approx(float(lp[:, 0].sum()), abs=0.05)
+
+
+def test_topk_logprobs_come_from_raw_logits(cache_dir):
+    """Teacher-force the stored pseudo-label through the teacher: same top-k ids, same logprobs."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    m = LabelCache.open(cache_dir).manifest
+    teacher = m.teacher.name_or_path.split("(fine-tuned: ")[1].rstrip(")")
+    model = AutoModelForSeq2SeqLM.from_pretrained(teacher).eval()
+    tok = AutoTokenizer.from_pretrained(teacher)
+    row = LabelCache.open(cache_dir).read().slice(3, 1).to_pylist()[0]
+    enc = tok("fever: " + row["source"], return_tensors="pt")
+    labels = torch.tensor([row["target_ids"]])
+    with torch.no_grad():
+        logp = model(**enc, labels=labels).logits.log_softmax(-1)[0]
+    top = logp.topk(8, dim=-1)
+    assert top.indices.tolist() == row["topk_ids"]
+    np.testing.assert_allclose(top.values.numpy(), np.array(row["topk_logprobs"], dtype=np.float32), rtol=1e-3, atol=1e-3)  # float16 storage
+
+
+def test_loads_unchanged_with_pandas_duckdb_polars_and_datasets(cache_dir):
+    import datasets
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    files = sorted(str(p) for p in (cache_dir / "shards").glob("*.parquet"))
+    df = pd.concat([pd.read_parquet(f) for f in files])
+    assert len(df) == 40 and list(df.columns) == shard_schema(8).names
+    ((n,),) = duckdb.sql(f"select count(*) from read_parquet({files})").fetchall()
+    assert n == 40
+    assert pl.read_parquet(files).height == 40
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert ds.num_rows == 40 and len(ds[0]["topk_ids"][0]) == 8
+
+
+def test_shards_have_explicit_row_groups_and_zstd(cache_dir):
+    meta = pq.ParquetFile(cache_dir / "shards" / "part-00000.parquet").metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+
+
+@pytest.fixture
+def cache_copy(cache_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(cache_dir, dst)
+    return dst
+
+
+def test_truncated_or_missing_shard_is_caught(cache_copy):
+    shard = cache_copy / "shards" / "part-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CacheError, match="part-00001.parquet.*truncated"):
+        LabelCache.open(cache_copy)
+    shard.unlink()
+    with pytest.raises(CacheError, match="part-00001.parquet: listed in the manifest but missing"):
+        LabelCache.open(cache_copy)
+
+
+def test_flipped_byte_is_caught_by_checksums(cache_copy):
+    shard = cache_copy / "shards" / "part-00002.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = LabelCache.open(cache_copy).verify_checksums()
+    assert len(problems) == 1 and "part-00002.parquet" in problems[0]
+
+
+@pytest.mark.parametrize("bad_file", ["../../etc/passwd", "/etc/passwd", "shards/../x.parquet", "shards/part-00000.parquet.exe"])
+def test_manifest_cannot_point_outside_the_cache(cache_copy, bad_file):
+    data = json.loads((cache_copy / "manifest.json").read_text())
+    data["shards"][0]["file"] = bad_file
+    (cache_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(CacheError, match="not shards/part-NNNNN.parquet"):
+        LabelCache.open(cache_copy)
+
+
+def test_symlinked_shard_is_refused(cache_copy, tmp_path):
+    shard = cache_copy / "shards" / "part-00000.parquet"
+    outside = tmp_path / "outside.parquet"
+    shutil.move(shard, outside)
+    shard.symlink_to(outside)
+    with pytest.raises(CacheError, match="outside the cache"):
+        LabelCache.open(cache_copy)
+
+
+def test_manifest_from_a_newer_format_is_refused(cache_copy):
+    data = json.loads((cache_copy / "manifest.json").read_text())
+    data["format_version"] = 2
+    (cache_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(CacheError, match="format version 2 is not supported"):
+        LabelCache.open(cache_copy)
+
+
+def test_manifest_round_trips(cache_dir):
+    m = LabelCache.open(cache_dir).manifest
+    again = Manifest.from_dict(json.loads(m.to_json()))
+    assert again == m
+    with pytest.raises(CacheError, match="field 'shard_size' should be int"):
+        Manifest.from_dict(json.loads(dataclasses.replace(m, shard_size="16").to_json()))  # type: ignore[arg-type]

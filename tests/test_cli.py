@@ -1,0 +1,233 @@
+"""The CLI end to end with tiny models: both stages, all six tasks, reruns, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SHARED, fever_rows, write_jsonl
+from dora.cache import LabelCache
+from dora.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def ok(*args: str | Path):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_help_lists_the_stages():
+    out = ok("--help").output
+    for cmd in ("teacher-label", "train-student", "evaluate", "demo"):
+        assert cmd in out
+    assert "Example" in ok("teacher-label", "--help").output
+
+
+def test_distill_student_from_the_cache(cache_dir, t5_dir, data_dir, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    out = tmp_path / "student"
+    result = ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache_dir,
+                "--eval", data_dir / "test.jsonl", "--out", out, "--max-steps", "6", "--batch-size", "8",
+                "--eval-every", "3", "--max-new-tokens", "12")
+    assert "top-k KL at T=2.0" in result.output
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert model.config.model_type == "t5"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "fever" and 0 <= metrics["eval"]["accuracy"] <= 1 and metrics["eval"]["n"] == 16
+    assert [h["step"] for h in metrics["history"] if "eval" in h] == [3, 6]
+    record = json.loads((out / "run.json").read_text())
+    assert record["strategy"] == "distill" and record["kd"] == "topk" and record["steps"] == 6
+    assert record["examples_seen"] == 48 and record["tokens_seen"] > 0 and record["cost"]["wall_seconds"] > 0
+    assert record["upstream_costs"]["labeling"]["examples"] == 40
+    assert not (out / "checkpoints").exists() and not (out / "best").exists()
+
+    # The saved student scores the same through `dora evaluate`, and a predictions file scores without a model.
+    scores = json.loads(ok("evaluate", "--task", "fever", "--model", out, "--data", data_dir / "test.jsonl",
+                           "--out", tmp_path / "scores.json", "--max-new-tokens", "12").stdout)
+    assert scores["scores"]["accuracy"] == pytest.approx(metrics["eval"]["accuracy"])
+    preds = tmp_path / "scores.predictions.jsonl"
+    again = json.loads(ok("evaluate", "--task", "fever", "--predictions", preds).stdout)
+    assert again["scores"] == scores["scores"]
+
+
+def test_annotate_and_mixed_strategies(cache_dir, t5_dir, data_dir, tmp_path):
+    ok("train-student", "--task", "fever", "--student", t5_dir, "--train", data_dir / "train.jsonl",
+       "--out", tmp_path / "annotate", "--max-steps", "3")
+    record = json.loads((tmp_path / "annotate" / "run.json").read_text())
+    assert record["strategy"] == "annotate" and record["kd"] == "none" and record["gold_examples"] == 48
+    ok("train-student", "--task", "fever", "--student", t5_dir, "--train", data_dir / "train.jsonl",
+       "--cache", cache_dir, "--out", tmp_path / "mixed", "--max-steps", "3", "--alpha", "0.5")
+    record = json.loads((tmp_path / "mixed" / "run.json").read_text())
+    assert record["strategy"] == "mixed" and record["cache_rows"] == 40
+
+
+def test_decoder_only_teacher_falls_back_to_sequence_kd(llama_dir, t5_dir, data_dir, tmp_path):
+    cache = tmp_path / "llama-cache"
+    ok("teacher-label", "--task", "fever", "--teacher", llama_dir, "--train", data_dir / "train.jsonl",
+       "--pool", data_dir / "pool.jsonl", "--out", cache, "--max-steps", "3", "--top-k", "5", "--max-new-tokens", "6")
+    m = LabelCache.open(cache).manifest
+    assert m.teacher.kind == "causal" and m.teacher.architecture == "LlamaForCausalLM" and m.rows == 40
+    result = ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache,
+                "--out", tmp_path / "s", "--max-steps", "2")
+    assert result.output.count("tokenizer differs") == 1 and "sequence-level KD" in result.output
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["kd"] == "sequence"
+    bad = invoke("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache,
+                 "--out", tmp_path / "s2", "--kd", "topk")
+    assert bad.exit_code == 2 and "needs the teacher's tokenizer" in bad.stderr
+
+
+def test_lora_teacher_is_merged_and_labels(t5_dir, data_dir, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    out = tmp_path / "cache"
+    ok("teacher-label", "--task", "fever", "--teacher", t5_dir, "--train", data_dir / "train.jsonl",
+       "--pool", data_dir / "pool.jsonl", "--out", out, "--lora", "--lora-r", "4", "--max-steps", "2",
+       "--top-k", "4", "--max-new-tokens", "4")
+    teacher = tmp_path / "cache.teacher"
+    model = AutoModelForSeq2SeqLM.from_pretrained(teacher)  # plain weights: no adapter files needed
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert json.loads((teacher / "dora_finetune.json").read_text())["lora"]["r"] == 4
+    assert LabelCache.open(out).manifest.complete
+
+
+def test_rerun_skips_finished_work_and_refills_a_lost_shard(cache_dir, t5_dir, data_dir, tmp_path):
+    cache = tmp_path / "fever"
+    shutil.copytree(cache_dir, cache)
+    shutil.copytree(cache_dir.with_name(cache_dir.name + ".teacher"), tmp_path / "fever.teacher")
+    before = LabelCache.open(cache).read()
+    # Simulate a crash after shard 1: shard 2 never listed, a temp file left behind.
+    manifest = json.loads((cache / "manifest.json").read_text())
+    lost = manifest["shards"].pop()
+    manifest["complete"] = False
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    (cache / lost["file"]).rename(cache / "shards" / ".part-00002.parquet.tmp-123")
+    with pytest.raises(Exception, match="incomplete"):
+        LabelCache.open(cache)
+    args = ["teacher-label", "--task", "fever", "--teacher", t5_dir, "--train", data_dir / "train.jsonl",
+            "--pool", data_dir / "pool.jsonl", "--out", cache, "--top-k", "8", "--max-steps", "4",
+            "--shard-size", "16", "--max-new-tokens", "12", "--label-batch-size", "7"]
+    result = ok(*args)
+    assert "already fine-tuned" in result.output and "2 of 3 shards already complete" in result.output
+    after = LabelCache.open(cache)
+    assert after.read().equals(before)
+    assert after.manifest.shards[2].sha256 == lost["sha256"]  # same bytes: greedy labeling is deterministic
+    assert sorted(p.name for p in (cache / "shards").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+
+
+TASK_DATA = {
+    "fever": lambda: [(r["source"], r["target"]) for r in fever_rows()[:12]],
+    "multipit_id": lambda: [(f"sentence1: the game was {w} sentence2: it was a {w} game", "YES" if i % 2 else "NO")
+                            for i, w in enumerate(["great", "bad", "fun", "long", "close", "wild"] * 2)],
+    "stanceosaurus": lambda: [(f"claim: vaccines cause {w} tweet: I think {w} is real", lab) for w, lab in
+                              zip(["autism", "flu", "fever", "rash", "pain", "cold"] * 2,
+                                  ["Irrelevant", "Supporting", "Refuting", "Discussing", "Querying", "Supporting"] * 2)],
+    "wlp": lambda: _shared("wlp/wlp_test_all.json"),
+    "nq": lambda: _shared("nq/nq_dev_all.json"),
+    "multipit_gen": lambda: [(f"the {w} game was amazing tonight", f"tonight's {w} game was incredible")
+                             for w in ["football", "chess", "tennis", "hockey", "golf", "rugby"] * 2],
+}
+
+
+def _shared(rel: str) -> list[tuple[str, str]]:
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:12]]
+    return [(r["source"], r["target"]) for r in rows]
+
+
+@pytest.mark.parametrize("task", sorted(TASK_DATA))
+def test_every_paper_task_runs_both_stages(task, t5_dir, tmp_path):
+    pairs = TASK_DATA[task]()
+    train = write_jsonl(tmp_path / "train.jsonl", [{"source": s, "target": t} for s, t in pairs[:8]])
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"source": s} for s, _ in pairs[8:]])
+    test = write_jsonl(tmp_path / "test.jsonl", [{"source": s, "target": t} for s, t in pairs[8:]])
+    ok("teacher-label", "--task", task, "--teacher", t5_dir, "--train", train, "--pool", pool,
+       "--out", tmp_path / "cache", "--max-steps", "1", "--top-k", "3", "--max-new-tokens", "5")
+    ok("train-student", "--task", task, "--student", t5_dir, "--cache", tmp_path / "cache", "--eval", test,
+       "--out", tmp_path / "student", "--max-steps", "1", "--max-new-tokens", "5")
+    metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    assert metrics["task"] == task and metrics["eval"][metrics["primary"]] >= 0
+
+
+# --- bad input: one line on stderr, exit code 2, no traceback, nothing half-written -----------------
+
+
+def _bad_cases(t5_dir: Path, llama_cache: Path | None, data: Path, tmp: Path, cache_dir: Path) -> dict[str, tuple]:
+    (tmp / "broken.jsonl").write_text('{"source": "a"}\n{"source": \n')
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "latin1.jsonl").write_bytes('{"source": "caf\u00e9", "target": "x"}\n'.encode("latin-1"))
+    (tmp / "notarget.jsonl").write_text('{"source": "a"}\n')
+    (tmp / "preds.jsonl").write_text('{"prediction": "SUPPORTS"}\n')
+    (tmp / "occupied").mkdir(exist_ok=True)
+    (tmp / "occupied" / "thesis.tex").write_text("precious")
+    base = ["teacher-label", "--task", "fever", "--teacher", t5_dir, "--max-steps", "1"]
+    return {
+        "invalid JSON in pool": ([*base, "--train", data / "train.jsonl", "--pool", tmp / "broken.jsonl"],
+                                 "broken.jsonl, line 2: invalid JSON"),
+        "empty pool": ([*base, "--train", data / "train.jsonl", "--pool", tmp / "empty.jsonl"], "no examples"),
+        "non-UTF-8 train": ([*base, "--train", tmp / "latin1.jsonl", "--pool", data / "pool.jsonl"], "not UTF-8"),
+        "train without targets": ([*base, "--train", tmp / "notarget.jsonl", "--pool", data / "pool.jsonl"],
+                                  "missing field 'target'"),
+        "unknown task": (["teacher-label", "--task", "sentiment", "--teacher", t5_dir, "--train",
+                          data / "train.jsonl", "--pool", data / "pool.jsonl"], "unknown task 'sentiment'"),
+        "missing teacher": ([*base[:3], "--teacher", tmp / "no-such-model", "--train", data / "train.jsonl",
+                             "--pool", data / "pool.jsonl"], "no such model directory"),
+        "top-k above vocab": ([*base, "--train", data / "train.jsonl", "--pool", data / "pool.jsonl",
+                               "--top-k", "100000"], "exceeds the vocabulary"),
+        "no train, no --no-finetune": (["teacher-label", "--task", "fever", "--teacher", t5_dir,
+                                        "--pool", data / "pool.jsonl"], "--no-finetune"),
+        "out dir holds other files": ([*base, "--train", data / "train.jsonl", "--pool", data / "pool.jsonl",
+                                       "--out", tmp / "occupied"], "is not empty and is not a dora cache"),
+        "student without data": (["train-student", "--task", "fever", "--student", t5_dir], "give --cache"),
+        "cache of another task": (["train-student", "--task", "nq", "--student", t5_dir, "--cache", cache_dir],
+                                  "labeled for task 'fever'"),
+        "negative temperature": (["train-student", "--task", "fever", "--student", t5_dir, "--cache", cache_dir,
+                                  "--temperature", "-1"], "--temperature must be positive"),
+        "missing cache": (["train-student", "--task", "fever", "--student", t5_dir, "--cache", tmp / "nocache"],
+                          "no such cache directory"),
+        "predictions without target": (["evaluate", "--task", "fever", "--predictions", tmp / "preds.jsonl"],
+                                       "line 1: missing or non-string field 'target'"),
+        "evaluate both modes": (["evaluate", "--task", "fever", "--model", t5_dir, "--predictions",
+                                 tmp / "preds.jsonl"], "not both"),
+    }
+
+
+def test_bad_inputs_fail_cleanly(t5_dir, data_dir, cache_dir, tmp_path):
+    cases = _bad_cases(t5_dir, None, data_dir, tmp_path, cache_dir)
+    assert len(cases) >= 10
+    for name, (args, needle) in cases.items():
+        out = tmp_path / f"out-{abs(hash(name))}"
+        has_out = "--out" in [str(a) for a in args]
+        full = [*args] if has_out or args[0] == "evaluate" else [*args, "--out", out]
+        result = invoke(*full)
+        assert result.exit_code == 2, f"{name}: {result.output}"
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {result.stderr!r}"
+        assert needle in lines[0], f"{name}: {lines[0]}"
+        assert "Traceback" not in result.output
+        assert not (out / "manifest.json").exists() and not (out / "shards").exists(), name
+        assert not out.with_name(out.name + ".teacher").exists(), name
+    assert (tmp_path / "occupied" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_different_pool_cannot_join_an_existing_cache(cache_dir, t5_dir, data_dir, tmp_path):
+    cache = tmp_path / "fever"
+    shutil.copytree(cache_dir, cache)
+    before = (cache / "manifest.json").read_bytes()
+    other = write_jsonl(tmp_path / "other.jsonl", [{"source": "a new claim"}])
+    result = invoke("teacher-label", "--task", "fever", "--teacher", cache_dir.with_name("fever.teacher"),
+                    "--no-finetune", "--pool", other, "--out", cache, "--top-k", "8", "--max-new-tokens", "12")
+    assert result.exit_code == 2 and "holds a cache made with a different" in result.stderr
+    assert (cache / "manifest.json").read_bytes() == before
