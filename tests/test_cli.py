@@ -231,3 +231,13 @@ def test_a_different_pool_cannot_join_an_existing_cache(cache_dir, t5_dir, data_
                     "--no-finetune", "--pool", other, "--out", cache, "--top-k", "8", "--max-new-tokens", "12")
     assert result.exit_code == 2 and "holds a cache made with a different" in result.stderr
     assert (cache / "manifest.json").read_bytes() == before
+
+
+def test_demo_quick_runs_both_strategies(tmp_path):
+    result = ok("demo", "--quick", "--workdir", tmp_path / "demo")
+    rows = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert [r["strategy"] for r in rows] == ["annotate", "distill"]
+    assert all(0 <= r["accuracy"] <= 1 and r["wall_seconds"] > 0 for r in rows)
+    assert rows[0]["examples_seen"] == rows[1]["examples_seen"]  # equal student compute
+    assert "annotate" in result.output and "distill" in result.output
+    assert LabelCache.open(tmp_path / "demo" / "cache").manifest.complete

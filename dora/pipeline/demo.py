@@ -96,9 +96,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                   max_new_tokens=16, seed=0)
 
     console.rule("annotate: the student learns from the gold labels")
+    # Equal student compute for both strategies: as many examples seen as the distill run.
+    annotate_epochs = sizes.student_epochs * sizes.pool / sizes.gold
     annotate = train_student(TrainStudentConfig(
         student=str(student_base), train=paths["gold"], eval=paths["test"], out=root / "runs" / "annotate",
-        epochs=sizes.student_epochs * sizes.pool / sizes.gold, **common))
+        epochs=annotate_epochs, eval_every=_eval_every(sizes.gold, annotate_epochs), **common))
 
     console.rule("distill: the teacher learns from the same gold labels and labels the pool")
     labeled = teacher_label(TeacherLabelConfig(
@@ -106,7 +108,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         epochs=sizes.teacher_epochs, top_k=20, shard_size=1024, label_batch_size=64, **common))
     distill = train_student(TrainStudentConfig(
         student=str(student_base), cache=root / "cache", eval=paths["test"], out=root / "runs" / "distill",
-        epochs=sizes.student_epochs, **common))
+        epochs=sizes.student_epochs, eval_every=_eval_every(sizes.pool, sizes.student_epochs), **common))
 
     rows = _summary(sizes, annotate, labeled, distill)
     table = Table(title=f"FEVER, {sizes.test} held-out claims (accuracy; majority class is about 0.5)")
@@ -120,6 +122,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                   f"cache/manifest.json). Real results need pretrained checkpoints: see README.")
     (root / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     return {"rows": rows}
+
+
+def _eval_every(rows: int, epochs: float, batch_size: int = 16, evaluations: int = 4) -> int:
+    """Evaluate about four times per run (each evaluation decodes the whole test split)."""
+    return max(1, int(-(-rows // batch_size) * epochs) // evaluations)
 
 
 def _summary(sizes: _Sizes, annotate: Any, labeled: Any, distill: Any) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +112,17 @@ def train_loop(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     ckpt = out_dir / "checkpoints" / "last"
+    # What makes a checkpoint resumable by this run: same data size and optimisation settings.
+    run_key = json.dumps({"n": len(features), **asdict(settings), "resume": None}, sort_keys=True)
     state: dict[str, Any] = {"step": 0, "examples_seen": 0, "tokens_seen": 0, "seconds": 0.0,
-                             "best": None, "best_step": None, "history": []}
+                             "best": None, "best_step": None, "history": [], "run_key": run_key}
     if settings.resume and (ckpt / STATE_FILE).is_file():
+        saved = json.loads((ckpt / STATE_FILE).read_text())
+        if saved.get("run_key") != run_key:
+            raise ConfigError(f"{ckpt}: a checkpoint of a different run (other data or settings); "
+                              "pass --no-resume to start over, or use another --out")
         accelerator.load_state(str(ckpt))
-        state = json.loads((ckpt / STATE_FILE).read_text())
+        state = saved
         console.print(f"[dim]{description}: resuming from step {state['step']} ({ckpt})[/]")
 
     micro_per_epoch = math.ceil(len(features) / settings.batch_size)
