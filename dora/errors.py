@@ -34,3 +34,7 @@ class CacheError(DoraError):
 
 class ModelError(DoraError):
     """A model or tokenizer that cannot be loaded or does not fit the stage."""
+
+
+class TrainingError(DoraError):
+    """Training diverged (a non-finite loss); the last checkpoint is kept."""

@@ -25,6 +25,7 @@ def test_manifest_describes_the_cache(cache_dir, t5_dir):
     assert m.generation.k == 8 and m.generation.backend == "transformers" and m.generation.logprobs == "raw"
     assert m.teacher.kind == "seq2seq" and m.teacher.architecture == "T5ForConditionalGeneration"
     assert m.teacher.finetuned and len(m.teacher.weights_sha256) == 64
+    assert m.teacher.base == str(t5_dir) and m.teacher.name_or_path == str(cache_dir) + ".teacher"
     assert m.task["name"] == "fever" and m.task["source_prefix"] == "fever: "
     assert m.stats["tokens"] > 0 and m.costs["labeling"]["examples"] == 40
     assert m.costs["teacher_finetune"]["examples"] > 0
@@ -57,7 +58,7 @@ def test_topk_logprobs_come_from_raw_logits(cache_dir):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     m = LabelCache.open(cache_dir).manifest
-    teacher = m.teacher.name_or_path.split("(fine-tuned: ")[1].rstrip(")")
+    teacher = m.teacher.name_or_path
     model = AutoModelForSeq2SeqLM.from_pretrained(teacher).eval()
     tok = AutoTokenizer.from_pretrained(teacher)
     row = LabelCache.open(cache_dir).read().slice(3, 1).to_pylist()[0]

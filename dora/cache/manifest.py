@@ -53,6 +53,8 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class TeacherInfo:
+    """The model that labeled the pool. ``base`` is what it was fine-tuned from (None if not)."""
+
     name_or_path: str
     architecture: str
     kind: Literal["seq2seq", "causal"]
@@ -61,6 +63,7 @@ class TeacherInfo:
     weights_sha256: str | None = None
     revision: str | None = None
     finetuned: bool = False
+    base: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

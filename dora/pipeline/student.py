@@ -33,7 +33,7 @@ from dora.pipeline.data import Example, Fields, read_examples
 from dora.pipeline.encoding import IGNORE, collate, encode_pair, target_ids
 from dora.pipeline.evaluation import predict
 from dora.pipeline.losses import token_cross_entropy, topk_kl_per_token
-from dora.pipeline.metrics import score
+from dora.pipeline.metrics import require_encoder, score
 from dora.pipeline.models import load_model, load_tokenizer, save_hf, vocab_size
 from dora.pipeline.progress import console
 from dora.pipeline.tasks import Task, get_task
@@ -153,6 +153,8 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
     cache = LabelCache.open(config.cache) if config.cache else None
     if cache is not None:
         _check_cache_task(cache, task, config.cache)
+    if evals and task.metric == "bert_ibleu":
+        require_encoder(config.encoder)  # fail now, not at the first evaluation
 
     # 2. The student, and which loss the cache allows.
     tokenizer = load_tokenizer(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)

@@ -249,7 +249,7 @@ def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], t
         task={"name": task.name, "metric": task.metric, "source_prefix": task.source_prefix,
               "labels": list(task.labels) if task.labels else None},
         teacher=TeacherInfo(
-            name_or_path=config.teacher if not config.finetune else f"{config.teacher} (fine-tuned: {teacher_path})",
+            name_or_path=teacher_path, base=config.teacher if config.finetune else None,
             architecture=type(model).__name__, kind=kind,  # type: ignore[arg-type]
             vocab_size=vocab_size(model), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
             weights_sha256=weights_sha256(teacher_path), revision=None if config.finetune else config.revision,

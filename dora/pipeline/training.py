@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dora.errors import ConfigError
+from dora.errors import ConfigError, TrainingError
 from dora.pipeline.progress import console, progress_bar
 
 STATE_FILE = "trainer_state.json"
@@ -165,6 +165,11 @@ def train_loop(
                 batch = {k: v.to(accelerator.device) for k, v in collate([features[i] for i in idx]).items()}
                 with accelerator.autocast():
                     loss = loss_fn(model, batch)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{description}: the loss became {float(loss)} at step {state['step'] + 1}; lower "
+                        "--learning-rate, or check the data (the last checkpoint is kept)"
+                    )
                 accelerator.backward(loss / settings.grad_accum)
                 running += float(loss.detach())
                 running_n += 1
