@@ -88,10 +88,21 @@ def _quiet() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _fields(source_field: str, target_field: str, id_field: str) -> Any:
+def _config(cls: type[T], options: dict[str, Any]) -> T:
+    """Build a stage config from a command's options: same names, plus the three column names."""
+    import dataclasses
+
     from dora.pipeline.data import Fields
 
-    return Fields(source=source_field, target=target_field, id=id_field)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    columns = {"source_field", "target_field", "id_field"}
+    unknown = set(options) - names - columns
+    if unknown:  # an option the config does not know would be silently ignored: a bug in dora
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    kwargs = {k: v for k, v in options.items() if k in names}
+    if "fields" in names:
+        kwargs["fields"] = Fields(source=options["source_field"], target=options["target_field"], id=options["id_field"])
+    return cls(**kwargs)
 
 
 @app.command("teacher-label")
@@ -136,18 +147,11 @@ def teacher_label_cmd(
 
     Rerunning the same command continues an interrupted run: the fine-tuned teacher and complete shards are reused.
     """
+    options = locals()  # the command's options, by name
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
     _quiet()
-    _run(lambda: teacher_label(TeacherLabelConfig(
-        task=task, teacher=teacher, pool=pool, out=out, train=train, finetune=finetune, teacher_out=teacher_out,
-        metric=metric, prefix=prefix, fields=_fields(source_field, target_field, id_field), engine=engine,  # type: ignore[arg-type]
-        top_k=top_k, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-        learning_rate=learning_rate, warmup_ratio=warmup_ratio, weight_decay=weight_decay, lora=lora,
-        lora_r=lora_r, lora_alpha=lora_alpha, label_batch_size=label_batch_size,
-        max_source_length=max_source_length, max_target_length=max_target_length, max_new_tokens=max_new_tokens,
-        shard_size=shard_size, dtype=dtype, seed=seed, revision=revision, trust_remote_code=trust_remote_code,  # type: ignore[arg-type]
-    )))
+    _run(lambda: teacher_label(_config(TeacherLabelConfig, options)))
 
 
 @app.command("train-student")
@@ -189,18 +193,11 @@ def train_student_cmd(
 
     [bold]Example[/]: dora train-student --task fever --student ./t5-small --cache cache/fever --eval test.jsonl --out runs/distill
     """
+    options = locals()  # the command's options, by name
     from dora.pipeline.student import TrainStudentConfig, train_student
 
     _quiet()
-    _run(lambda: train_student(TrainStudentConfig(
-        task=task, out=out, student=student, cache=cache, train=train, eval=eval, metric=metric, prefix=prefix,
-        fields=_fields(source_field, target_field, id_field), kd=kd, temperature=temperature, alpha=alpha,  # type: ignore[arg-type]
-        epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-        learning_rate=learning_rate, warmup_ratio=warmup_ratio, weight_decay=weight_decay, eval_every=eval_every,
-        save_every=save_every, resume=resume, eval_batch_size=eval_batch_size, max_source_length=max_source_length,
-        max_target_length=max_target_length, max_new_tokens=max_new_tokens, encoder=encoder, seed=seed,
-        revision=revision, trust_remote_code=trust_remote_code,
-    )))
+    _run(lambda: train_student(_config(TrainStudentConfig, options)))
 
 
 @app.command("evaluate")
@@ -219,6 +216,7 @@ def evaluate_cmd(
     target_field: TargetFieldOpt = "target",
     id_field: IdFieldOpt = "id",
     encoder: EncoderOpt = None,
+    revision: RevisionOpt = None,
     trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
     """Score a model on a labeled file, or a predictions file without a model; prints JSON.
@@ -226,15 +224,11 @@ def evaluate_cmd(
     [bold]Examples[/]: dora evaluate --task fever --model runs/distill --data test.jsonl
     ·  dora evaluate --task nq --predictions preds.jsonl --out scores.json
     """
+    options = locals()  # the command's options, by name
     from dora.pipeline.evaluation import EvaluateConfig, evaluate
 
     _quiet()
-    result = _run(lambda: evaluate(EvaluateConfig(
-        task=task, model=model, data=data, predictions=predictions, out=out, metric=metric, prefix=prefix,
-        fields=_fields(source_field, target_field, id_field), batch_size=batch_size,
-        max_source_length=max_source_length, max_new_tokens=max_new_tokens, encoder=encoder,
-        trust_remote_code=trust_remote_code,
-    )))
+    result = _run(lambda: evaluate(_config(EvaluateConfig, options)))
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -248,10 +242,11 @@ def demo_cmd(
     Annotate: a student trained on the gold labels. Distill: a larger teacher trained on the same gold
     labels labels a pool, and the student trains on its cache. Prints a table of both.
     """
+    options = locals()  # the command's options, by name
     from dora.pipeline.demo import DemoConfig, run_demo
 
     _quiet()
-    _run(lambda: run_demo(DemoConfig(workdir=workdir, quick=quick)))
+    _run(lambda: run_demo(_config(DemoConfig, options)))
 
 
 def _version(value: bool) -> None:

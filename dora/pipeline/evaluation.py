@@ -9,12 +9,13 @@ Examples::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError, InputError
-from dora.pipeline.data import Fields, iter_records, read_examples
+from dora.pipeline.config import TaskInputs, as_paths, positive_ints
+from dora.pipeline.data import iter_records, read_examples
 from dora.pipeline.metrics import score
 from dora.pipeline.models import ModelKind
 from dora.pipeline.progress import progress_bar
@@ -35,11 +36,9 @@ def predict(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: li
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateConfig:
+class EvaluateConfig(TaskInputs):
     """Score a model (``model`` + ``data``) or a predictions file (``predictions``)."""
 
-    task: str
-    """Task name, or your own with ``metric``."""
     model: str | None = None
     """Model directory (or hub id) to generate predictions with."""
     data: Path | None = None
@@ -48,34 +47,19 @@ class EvaluateConfig:
     """JSON Lines with ``prediction`` and ``target`` (and ``source`` for BERT-iBLEU)."""
     out: Path | None = None
     """Write the scores (and, with a model, predictions next to it) as JSON here."""
-    metric: str | None = None
-    """Metric for a task of your own (accuracy, f1, squad, bleu, rouge)."""
-    prefix: str | None = None
-    """Source prefix; default ``"<task>: "``."""
-    fields: Fields = field(default_factory=Fields)
-    """Column names of source, target and id in ``data``."""
     batch_size: int = 32
     """Generation batch size."""
-    max_source_length: int = 256
-    """Input tokens kept."""
-    max_new_tokens: int = 64
-    """Most tokens generated per prediction."""
     encoder: str | None = None
     """Sentence encoder directory for BERT-iBLEU."""
-    trust_remote_code: bool = False
-    """Allow model code from the model's repository to run."""
 
     def __post_init__(self) -> None:
-        for name in ("data", "predictions", "out"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+        super().__post_init__()
+        as_paths(self, "data", "predictions", "out")
         if (self.model is None) == (self.predictions is None):
             raise ConfigError("give either --model with --data, or --predictions (not both)")
         if self.model is not None and self.data is None:
             raise ConfigError("--model needs --data LABELED_FILE to predict on")
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.max_source_length < 1:
-            raise ConfigError("--batch-size, --max-new-tokens and --max-source-length must be positive")
+        positive_ints(self, "batch_size")
 
 
 def _read_predictions(path: Path) -> tuple[list[str], list[str], list[str] | None]:
@@ -109,8 +93,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
 
         assert config.model is not None and config.data is not None  # checked in __post_init__
         examples = read_examples(config.data, fields=config.fields, require_target=True)
-        tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-        model, kind = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        tokenizer = load_tokenizer(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+        model, kind = load_model(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
         model.to(pick_device())
         sources = [e.source for e in examples]
         refs = [e.target or "" for e in examples]

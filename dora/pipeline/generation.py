@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dora.pipeline.encoding import pad, prompt_ids
+from dora.pipeline.encoding import pad
 from dora.pipeline.models import ModelKind
 
 
@@ -66,7 +66,7 @@ def greedy_generate(
     model.eval()
     config = _generation_config(model, tokenizer, max_new_tokens)
     eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    encoded = [prompt_ids(tokenizer, t, max_source_length) for t in texts]
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_source_length)["input_ids"] if texts else []
     order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
     results: list[Generated | None] = [None] * len(texts)
     for start in range(0, len(order), batch_size):

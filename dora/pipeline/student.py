@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +29,8 @@ from dora import __version__
 from dora.cache import LabelCache, tokenizer_fingerprint
 from dora.errors import CacheError, ConfigError, ModelError
 from dora.pipeline.costs import Stopwatch
-from dora.pipeline.data import Example, Fields, read_examples
+from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
+from dora.pipeline.data import Example, read_examples
 from dora.pipeline.encoding import IGNORE, collate, encode_pair, target_ids
 from dora.pipeline.evaluation import predict
 from dora.pipeline.losses import token_cross_entropy, topk_kl_per_token
@@ -37,53 +38,31 @@ from dora.pipeline.metrics import require_encoder, score
 from dora.pipeline.models import load_model, load_tokenizer, save_hf, vocab_size
 from dora.pipeline.progress import console
 from dora.pipeline.tasks import Task, get_task
-from dora.pipeline.training import LoopSettings, steps_per_epoch, train_loop
+from dora.pipeline.training import steps_per_epoch, train_loop
 
 KdMode = Literal["auto", "topk", "sequence"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainStudentConfig:
-    """Everything ``train_student`` needs. Paths may be strings."""
+class TrainStudentConfig(TaskInputs, Optimisation):
+    """Everything ``train_student`` needs (task and training fields: ``dora.pipeline.config``)."""
 
-    task: str
-    """Task name, as for teacher-label; must match the cache's task."""
     out: Path
     """Output directory: the student checkpoint, tokenizer, metrics.json and run.json."""
     student: str = "google/t5-v1_1-small"
     """Student: a local seq2seq (T5) directory or a hub id."""
     cache: Path | None = None
-    """Label cache made by ``dora teacher-label`` (the distill route)."""
+    """Label cache made by ``dora teacher-label`` (the distill route); its task must match."""
     train: Path | None = None
     """Gold labeled examples (the annotate route; mixed in when a cache is given too)."""
     eval: Path | None = None
     """Labeled test or dev file scored with the task metric during and after training."""
-    metric: str | None = None
-    """Metric for a task of your own (accuracy, f1, squad, bleu, rouge)."""
-    prefix: str | None = None
-    """Source prefix; default ``"<task>: "``."""
-    fields: Fields = field(default_factory=Fields)
-    """Column names of source, target and id in the input files."""
     kd: KdMode = "auto"
     """Distillation loss: topk (same tokenizer), sequence (pseudo-label text only), or auto."""
     temperature: float = 2.0
     """KD temperature T (the paper used 2)."""
     alpha: float = 0.0
     """Weight of cross-entropy on the pseudo-label; the KD term gets 1 - alpha (paper: 0)."""
-    epochs: float = 3.0
-    """Training epochs (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Optimizer steps; overrides ``epochs``."""
-    batch_size: int = 16
-    """Micro-batch size."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    learning_rate: float = 3e-4
-    """Peak AdamW learning rate."""
-    warmup_ratio: float = 0.0
-    """Fraction of steps spent warming the learning rate up."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
     eval_every: int | None = None
     """Evaluate every N steps (default: once per epoch); the best checkpoint is kept."""
     save_every: int = 500
@@ -92,26 +71,13 @@ class TrainStudentConfig:
     """Continue from ``<out>/checkpoints/last`` when it exists."""
     eval_batch_size: int = 32
     """Batch size for generating eval predictions."""
-    max_source_length: int = 256
-    """Input tokens kept (prefix included)."""
-    max_target_length: int = 64
-    """Target tokens trained on (EOS included)."""
-    max_new_tokens: int = 64
-    """Most tokens generated per eval prediction."""
     encoder: str | None = None
     """Sentence encoder directory for BERT-iBLEU (multipit_gen)."""
-    seed: int = 42
-    """Seed for data order and initialisation."""
-    revision: str | None = None
-    """Hub revision of the student."""
-    trust_remote_code: bool = False
-    """Allow model code from the student's repository to run. Off unless you trust it."""
 
     def __post_init__(self) -> None:
-        for name in ("out", "cache", "train", "eval"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+        TaskInputs.__post_init__(self)
+        Optimisation.__post_init__(self)
+        as_paths(self, "out", "cache", "train", "eval")
         if self.cache is None and self.train is None:
             raise ConfigError("give --cache (distill), --train (annotate with gold labels), or both")
         if self.temperature <= 0:
@@ -120,19 +86,9 @@ class TrainStudentConfig:
             raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
         if self.kd not in ("auto", "topk", "sequence"):
             raise ConfigError(f"--kd must be auto, topk or sequence, got {self.kd!r}")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "max_source_length", "max_target_length",
-                     "max_new_tokens", "save_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if self.max_steps is None and self.epochs <= 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"--eval-every must be a positive number of steps, got {self.eval_every}")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"--learning-rate {self.learning_rate} is out of range; try 1e-4 to 1e-3 for T5")
+        positive_ints(self, "eval_batch_size", "save_every")
+        if self.eval_every is not None:
+            positive_ints(self, "eval_every")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,12 +128,7 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
 
     # 4. Train, evaluating with the task metric and keeping the best model.
     config.out.mkdir(parents=True, exist_ok=True)
-    settings = LoopSettings(
-        epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size,
-        grad_accum=config.grad_accum, learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
-        weight_decay=config.weight_decay, seed=config.seed, eval_every=config.eval_every,
-        save_every=config.save_every, resume=config.resume,
-    )
+    settings = config.loop_settings(eval_every=config.eval_every, save_every=config.save_every, resume=config.resume)
     if settings.eval_every is None:  # default: once per epoch
         settings = replace(settings, eval_every=steps_per_epoch(len(features), settings))
     evaluate = None
@@ -283,15 +234,16 @@ def _cache_features(cache: LabelCache, tokenizer: Any, task: Task, config: Train
         cols = {c: table.column(c) for c in columns}
         sources, targets = cols["source"].to_pylist(), cols["target"].to_pylist()
         if kd == "topk":
+            # flatten() honours slicing offsets; cumulative lengths index every row's tokens.
             ids_col = cols["target_ids"].combine_chunks()
             lengths = ids_col.value_lengths().to_numpy()
-            starts = ids_col.offsets.to_numpy()[:-1]
-            flat_ids = ids_col.values.to_numpy()
-            topk_ids = cols["topk_ids"].combine_chunks().values.values.to_numpy().reshape(-1, k)
-            topk_lp = cols["topk_logprobs"].combine_chunks().values.values.to_numpy(zero_copy_only=False).reshape(-1, k)
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            flat_ids = ids_col.flatten().to_numpy()
+            topk_ids = cols["topk_ids"].combine_chunks().flatten().flatten().to_numpy().reshape(-1, k)
+            topk_lp = cols["topk_logprobs"].combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
         for i, (source, target) in enumerate(zip(sources, targets)):
             if kd == "topk":
-                lo = int(starts[i] - starts[0])
+                lo = int(starts[i])
                 n = min(int(lengths[i]), config.max_target_length)
                 labels = flat_ids[lo : lo + n].tolist()
                 feat = encode_pair(tokenizer, "seq2seq", task.source_prefix + source, labels, config.max_source_length)

@@ -13,7 +13,7 @@ Example (tiny local models, CPU)::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,8 @@ from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
 from dora.errors import ConfigError
 from dora.pipeline.costs import Stopwatch
-from dora.pipeline.data import Example, Fields, fingerprint, read_examples
+from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
+from dora.pipeline.data import Example, fingerprint, read_examples
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.generation import Generated, decode, greedy_generate, pick_device
 from dora.pipeline.models import (
@@ -39,17 +40,14 @@ from dora.pipeline.models import (
 )
 from dora.pipeline.progress import console, progress_bar
 from dora.pipeline.tasks import Task, get_task
-from dora.pipeline.training import LoopSettings
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TeacherLabelConfig:
-    """Everything ``teacher_label`` needs. Paths may be strings."""
+class TeacherLabelConfig(TaskInputs, Optimisation):
+    """Everything ``teacher_label`` needs (task and training fields: ``dora.pipeline.config``)."""
 
-    task: str
-    """Task name (fever, multipit_id, stanceosaurus, wlp, nq, multipit_gen) or your own with ``metric``."""
     teacher: str
     """Base teacher: a local Hugging Face directory or a hub id (seq2seq such as T5, or decoder-only)."""
     pool: Path
@@ -62,30 +60,12 @@ class TeacherLabelConfig:
     """Fine-tune first; False labels with ``teacher`` as it is (already fine-tuned)."""
     teacher_out: Path | None = None
     """Where the fine-tuned teacher is saved; default ``<out>.teacher`` beside the cache."""
-    metric: str | None = None
-    """Metric for a task of your own (accuracy, f1, squad, bleu, rouge)."""
-    prefix: str | None = None
-    """Source prefix; default ``"<task>: "``."""
-    fields: Fields = field(default_factory=Fields)
-    """Column names of source, target and id in the input files."""
     engine: Literal["transformers"] = "transformers"
     """Labeling engine."""
     top_k: int = 20
     """Top-k token log-probabilities stored per generated token."""
-    epochs: float = 3.0
-    """Fine-tuning epochs (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Fine-tuning optimizer steps; overrides ``epochs``."""
     batch_size: int = 8
     """Fine-tuning micro-batch size."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    learning_rate: float = 3e-4
-    """Peak AdamW learning rate for fine-tuning."""
-    warmup_ratio: float = 0.0
-    """Fraction of steps spent warming the learning rate up."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
     lora: bool = False
     """Fine-tune LoRA adapters (peft) instead of all weights; merged before labeling."""
     lora_r: int = 16
@@ -94,41 +74,19 @@ class TeacherLabelConfig:
     """LoRA scaling numerator."""
     label_batch_size: int = 32
     """Pool rows per generation batch."""
-    max_source_length: int = 256
-    """Input tokens kept (prefix included); longer inputs are cut."""
-    max_target_length: int = 64
-    """Target tokens kept for fine-tuning (EOS included)."""
-    max_new_tokens: int = 64
-    """Most tokens generated per pseudo-label (EOS included)."""
     shard_size: int = 4096
     """Pool rows per cache shard (shard i holds rows [i*size, (i+1)*size))."""
     dtype: Dtype = "float32"
     """Weights dtype while labeling (bfloat16/float16 halve memory on a GPU)."""
-    seed: int = 42
-    """Seed for data order and initialisation."""
-    revision: str | None = None
-    """Hub revision of the base teacher."""
-    trust_remote_code: bool = False
-    """Allow model code from the teacher's repository to run. Off unless you trust it."""
 
     def __post_init__(self) -> None:
-        for name in ("pool", "out", "train", "teacher_out"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+        TaskInputs.__post_init__(self)
+        Optimisation.__post_init__(self)
+        as_paths(self, "pool", "out", "train", "teacher_out")
         if self.finetune and self.train is None:
             raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
                               "a teacher that is already fine-tuned")
-        _positive(self, "top_k", "batch_size", "grad_accum", "label_batch_size", "max_source_length",
-                  "max_target_length", "max_new_tokens", "shard_size", "lora_r", "lora_alpha")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if self.max_steps is None and self.epochs <= 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"--learning-rate {self.learning_rate} is out of range; try 1e-4 to 1e-3 for T5")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        positive_ints(self, "top_k", "label_batch_size", "shard_size", "lora_r", "lora_alpha")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.engine != "transformers":
@@ -137,13 +95,6 @@ class TeacherLabelConfig:
     @property
     def teacher_dir(self) -> Path:
         return self.teacher_out or self.out.with_name(self.out.name + ".teacher")
-
-
-def _positive(config: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,11 +121,7 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
     teacher_path, revision = config.teacher, config.revision
     if config.finetune:
         tokenizer = load_tokenizer(config.teacher, revision=revision, trust_remote_code=config.trust_remote_code)
-        settings = LoopSettings(
-            epochs=config.epochs, max_steps=config.max_steps, batch_size=config.batch_size,
-            grad_accum=config.grad_accum, learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
-            weight_decay=config.weight_decay, seed=config.seed, eval_every=None, save_every=200,
-        )
+        settings = config.loop_settings(eval_every=None, save_every=200)
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
         model, record = finetune_teacher(
             base=config.teacher, revision=revision, trust_remote_code=config.trust_remote_code,

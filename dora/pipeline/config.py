@@ -1,0 +1,99 @@
+"""Fields every stage config shares, documented and validated once.
+
+Stage configs (``TeacherLabelConfig``, ``TrainStudentConfig``) inherit these frozen,
+keyword-only bases and add their own fields; ``__post_init__`` of each stage calls
+``super().__post_init__()`` so every check runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dora.errors import ConfigError
+from dora.pipeline.data import Fields
+
+
+def as_paths(config: Any, *names: str) -> None:
+    """Let users pass strings for path fields of a frozen config."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, Path):
+            object.__setattr__(config, name, Path(value))
+
+
+def positive_ints(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskInputs:
+    """Which task, and how to read its files."""
+
+    task: str
+    """Task name (fever, multipit_id, stanceosaurus, wlp, nq, multipit_gen), or your own with ``metric``."""
+    metric: str | None = None
+    """Metric for a task of your own (accuracy, f1, squad, bleu, rouge)."""
+    prefix: str | None = None
+    """Source prefix; default ``"<task>: "``."""
+    fields: Fields = field(default_factory=Fields)
+    """Column names of source, target and id in the input files."""
+    max_source_length: int = 256
+    """Input tokens kept (prefix included); longer inputs are cut."""
+    max_target_length: int = 64
+    """Target tokens trained on (EOS included)."""
+    max_new_tokens: int = 64
+    """Most tokens generated per output (EOS included)."""
+    revision: str | None = None
+    """Hub revision of the model."""
+    trust_remote_code: bool = False
+    """Allow model code from the model's repository to run. Off unless you trust it."""
+
+    def __post_init__(self) -> None:
+        positive_ints(self, "max_source_length", "max_target_length", "max_new_tokens")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Optimisation:
+    """How a model is trained (teacher fine-tuning or student training)."""
+
+    epochs: float = 3.0
+    """Training epochs (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps; overrides ``epochs``."""
+    batch_size: int = 16
+    """Training micro-batch size."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    learning_rate: float = 3e-4
+    """Peak AdamW learning rate (linear warm-up, then linear decay)."""
+    warmup_ratio: float = 0.0
+    """Fraction of steps spent warming the learning rate up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    seed: int = 42
+    """Seed for data order and initialisation."""
+
+    def __post_init__(self) -> None:
+        positive_ints(self, "batch_size", "grad_accum")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ConfigError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"--learning-rate {self.learning_rate} is out of range; try 1e-4 to 1e-3 for T5")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+
+    def loop_settings(self, *, eval_every: int | None, save_every: int | None, resume: bool = True) -> Any:
+        from dora.pipeline.training import LoopSettings
+
+        names = {f.name for f in fields(Optimisation)}
+        return LoopSettings(**{n: getattr(self, n) for n in names}, eval_every=eval_every,
+                            save_every=save_every, resume=resume)
