@@ -241,3 +241,21 @@ def test_demo_quick_runs_both_strategies(tmp_path):
     assert rows[0]["examples_seen"] == rows[1]["examples_seen"]  # equal student compute
     assert "annotate" in result.output and "distill" in result.output
     assert LabelCache.open(tmp_path / "demo" / "cache").manifest.complete
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    """The installed entry point, in a real process: a user mistake is one line and exit code 2."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "pool.jsonl"
+    bad.write_text('{"source": "ok"}\nnot json\n')
+    proc = subprocess.run([sys.executable, "-m", "dora", "teacher-label", "--task", "fever", "--teacher", "t5-small",
+                           "--no-finetune", "--pool", str(bad), "--out", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: {bad}, line 2: invalid JSON (Expecting value at column 1); "
+                                   "write one JSON object per line")
+    assert not (tmp_path / "cache").exists()
+    version = subprocess.run([sys.executable, "-m", "dora", "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("dora ")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from dora import __version__
@@ -173,8 +174,10 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
         "runs": previous.get("runs", 0) + 1,
         "wall_seconds_total": round(previous.get("wall_seconds_total", 0.0) + label_cost.wall_seconds, 3),
     }
-    stats = {"tokens": _count_tokens(writer), "seconds": costs["labeling"]["wall_seconds_total"],
-             "device": label_cost.device, "device_hours": label_cost.device_hours}
+    total = costs["labeling"]["wall_seconds_total"]
+    stats = {"tokens": _count_tokens(writer), "seconds": total, "device": label_cost.device,
+             "device_count": label_cost.device_count,
+             "device_hours": round(total * label_cost.device_count / 3600, 6)}
     final = writer.finish(stats=stats, costs=costs)
     console.print(f"cache: {final.rows} rows, {stats['tokens']} tokens in {len(final.shards)} shard(s) -> {config.out}")
     return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=costs)
@@ -184,7 +187,7 @@ def _count_tokens(writer: CacheWriter) -> int:
     from dora.cache import LabelCache
 
     cache = LabelCache(writer.root, writer.manifest)
-    return sum(int(pa.compute.sum(pa.compute.list_value_length(t["target_ids"])).as_py() or 0)
+    return sum(int(pc.sum(pc.list_value_length(t["target_ids"])).as_py() or 0)
                for t in cache.iter_tables(["target_ids"]))
 
 
