@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=20)
     args = parser.parse_args()
 
+    from dora.cache import LabelCache
     from dora.cli import _quiet
     from dora.pipeline.encoding import collate
     from dora.pipeline.finetune import sequence_loss
@@ -44,7 +45,6 @@ def main() -> None:
     from dora.pipeline.tasks import get_task
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
     from dora.pipeline.training import LoopSettings, train_loop
-    from dora.cache import LabelCache
 
     _quiet()
     torch.manual_seed(0)
@@ -64,7 +64,6 @@ def main() -> None:
 
     # Teacher fine-tuning + labeling through the real stage; new tokens fixed at 16 so both
     # labeling measurements generate the same number of tokens.
-    t0 = time.perf_counter()
     out = teacher_label(TeacherLabelConfig(
         task="fever", teacher=str(teacher_dir), train=train, pool=pool, out=work / "cache", max_steps=args.steps,
         batch_size=16, top_k=args.top_k, max_new_tokens=16, label_batch_size=64))

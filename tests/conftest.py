@@ -38,26 +38,27 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def t5_dir(tmp_path_factory) -> Path:
-    from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
+def _tiny_model_dir(factory, kind: str) -> Path:
+    from dora.pipeline.scratch import save_model_dir, tiny_llama, tiny_t5, train_tokenizer
 
     texts = [t for r in fever_rows()[:1500] for t in ("fever: " + r["source"], r["target"])]
-    tok = train_tokenizer(texts, vocab_size=400, kind="t5")
-    path = tmp_path_factory.mktemp("models") / "t5"
-    save_model_dir(tiny_t5(tok, d_model=32, layers=1, heads=2), tok, path)
+    tok = train_tokenizer(texts, vocab_size=400, kind=kind)
+    model = tiny_t5(tok, d_model=32, layers=1, heads=2) if kind == "t5" else tiny_llama(tok, hidden=32, layers=1, heads=2)
+    path = factory.mktemp("models") / kind
+    save_model_dir(model, tok, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory) -> Path:
+    """A 0.1M-parameter T5 with a Unigram tokenizer (400 pieces) trained on the shipped data."""
+    return _tiny_model_dir(tmp_path_factory, "t5")
 
 
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory) -> Path:
-    from dora.pipeline.scratch import save_model_dir, tiny_llama, train_tokenizer
-
-    texts = [t for r in fever_rows()[:1500] for t in ("fever: " + r["source"], r["target"])]
-    tok = train_tokenizer(texts, vocab_size=400, kind="llama")
-    path = tmp_path_factory.mktemp("models") / "llama"
-    save_model_dir(tiny_llama(tok, hidden=32, layers=1, heads=2), tok, path)
-    return path
+    """A tiny Llama with a byte-level BPE tokenizer: a decoder-only teacher with another vocabulary."""
+    return _tiny_model_dir(tmp_path_factory, "llama")
 
 
 @pytest.fixture(scope="session")

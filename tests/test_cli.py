@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import SHARED, fever_rows, write_jsonl
 from typer.testing import CliRunner
 
-from conftest import SHARED, fever_rows, write_jsonl
 from dora.cache import LabelCache
 from dora.cli import app
 

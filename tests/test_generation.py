@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import fever_rows
+
 from dora.pipeline.generation import greedy_generate
 
 

@@ -44,8 +44,8 @@ class Stopwatch:
     def seconds(self) -> float:
         return time.perf_counter() - self.start
 
-    def cost(self, stage: str, *, examples: int, tokens: int, extra_seconds: float = 0.0) -> StageCost:
+    def cost(self, stage: str, *, examples: int, tokens: int) -> StageCost:
         device, count = device_description()
-        seconds = self.seconds + extra_seconds
+        seconds = self.seconds
         return StageCost(stage=stage, device=device, device_count=count, wall_seconds=round(seconds, 3),
                          device_hours=round(seconds * count / 3600, 6), examples=examples, tokens=tokens)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ class LoraSettings:
     dropout: float = 0.05
 
 
-def sequence_loss(kind: ModelKind):
+def sequence_loss(kind: ModelKind) -> Callable[[Any, dict[str, Any]], Any]:
     """Mean token cross-entropy over label positions (the completion only, for causal models)."""
 
     def loss_fn(model: Any, batch: dict) -> Any:

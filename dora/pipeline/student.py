@@ -28,8 +28,8 @@ import torch
 from dora import __version__
 from dora.cache import LabelCache, tokenizer_fingerprint
 from dora.errors import CacheError, ConfigError, ModelError
-from dora.pipeline.costs import Stopwatch
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
+from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, read_examples
 from dora.pipeline.encoding import IGNORE, collate, encode_pair, target_ids
 from dora.pipeline.evaluation import predict

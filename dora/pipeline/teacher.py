@@ -12,7 +12,6 @@ Example (tiny local models, CPU)::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,8 +24,8 @@ import torch
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
 from dora.errors import ConfigError
-from dora.pipeline.costs import Stopwatch
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
+from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, fingerprint, read_examples
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.generation import Generated, decode, greedy_generate, pick_device
