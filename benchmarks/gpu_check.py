@@ -33,7 +33,8 @@ def main() -> int:
         return 2
 
     from dora.cli import _quiet
-    from dora.pipeline.generation import greedy_generate
+    from dora.pipeline.encoding import encode_prompts
+    from dora.pipeline.generation import hf_generate
     from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
     from dora.pipeline.student import TrainStudentConfig, train_student
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
@@ -64,8 +65,8 @@ def main() -> int:
     outs = {}
     for device in ("cpu", "cuda"):
         model = AutoModelForSeq2SeqLM.from_pretrained(work / "cache.teacher").to(device)
-        outs[device] = greedy_generate(model, teacher_tok, "seq2seq", texts, batch_size=32, max_source_length=256,
-                                       max_new_tokens=16, k=20, device=torch.device(device))
+        outs[device] = hf_generate(model, teacher_tok, "seq2seq", encode_prompts(teacher_tok, texts, 256),
+                                   batch_size=32, max_new_tokens=16, k=20, device=torch.device(device))
     same_ids = all(a.ids.tolist() == b.ids.tolist() for a, b in zip(outs["cpu"], outs["cuda"]))
     max_diff = max(float(np.abs(a.topk_logprobs - b.topk_logprobs).max()) for a, b in zip(outs["cpu"], outs["cuda"]))
 

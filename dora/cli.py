@@ -33,7 +33,7 @@ app = typer.Typer(
 T = TypeVar("T")
 
 # --- shared options: declared once, used by every command that needs them -----------------------
-DATA, TRAIN, OUT, MODEL = "Data", "Training", "Output", "Model"
+DATA, TRAIN, OUT, MODEL, ENGINE = "Data", "Training", "Output", "Model", "Labeling engine"
 TaskOpt = Annotated[str, typer.Option(help="Task: fever, multipit_id, stanceosaurus, wlp, nq, multipit_gen, or your own name with --metric.", rich_help_panel=DATA)]
 MetricOpt = Annotated[str | None, typer.Option(help="Metric for your own task: accuracy, f1, squad, bleu or rouge.", rich_help_panel=DATA)]
 PrefixOpt = Annotated[str | None, typer.Option(help='Source prefix (default "<task>: ").', rich_help_panel=DATA)]
@@ -81,6 +81,7 @@ def _quiet() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     logging.getLogger("accelerate").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
@@ -115,10 +116,18 @@ def teacher_label_cmd(
     finetune: Annotated[bool, typer.Option(help="Fine-tune the teacher first (--no-finetune: it already is).", rich_help_panel=TRAIN)] = True,
     teacher_out: Annotated[Path | None, typer.Option(help="Where the fine-tuned teacher goes (default: <out>.teacher).", rich_help_panel=OUT)] = None,
     top_k: Annotated[int, typer.Option(help="Token log-probabilities stored per generated token.", rich_help_panel=OUT)] = 20,
-    engine: Annotated[str, typer.Option(help="Labeling engine.", rich_help_panel=MODEL)] = "transformers",
+    engine: Annotated[str, typer.Option(help="Labeling engine: transformers, vllm (decoder-only teachers), or auto (vLLM when installed and it serves the teacher).", rich_help_panel=ENGINE)] = "transformers",
+    temperature: Annotated[float, typer.Option(help="Sampling temperature for pseudo-labels (0: greedy, as in the paper).", rich_help_panel=ENGINE)] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when --temperature > 0.", rich_help_panel=ENGINE)] = 1.0,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vLLM: GPUs per teacher replica (tensor parallel).", rich_help_panel=ENGINE)] = 1,
+    pipeline_parallel_size: Annotated[int, typer.Option(help="vLLM: pipeline stages per replica.", rich_help_panel=ENGINE)] = 1,
+    max_model_len: Annotated[int | None, typer.Option(help="vLLM: longest prompt plus output to plan for.", rich_help_panel=ENGINE)] = None,
+    gpu_memory_utilization: Annotated[float, typer.Option(help="vLLM: fraction of GPU memory it may take.", rich_help_panel=ENGINE)] = 0.9,
+    engine_arg: Annotated[list[str] | None, typer.Option(help="Extra engine argument KEY=VALUE (JSON values; repeatable), e.g. enforce_eager=true.", rich_help_panel=ENGINE)] = None,
+    engine_config: Annotated[Path | None, typer.Option(help="JSON or YAML file of extra engine arguments (--engine-arg wins).", rich_help_panel=ENGINE)] = None,
     shard_size: Annotated[int, typer.Option(help="Pool rows per cache shard.", rich_help_panel=OUT)] = 4096,
-    label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch.", rich_help_panel=MODEL)] = 32,
-    dtype: Annotated[str, typer.Option(help="Weights dtype while labeling: float32, bfloat16 or float16.", rich_help_panel=MODEL)] = "float32",
+    label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch (transformers engine).", rich_help_panel=ENGINE)] = 32,
+    dtype: Annotated[str, typer.Option(help="Weights dtype while labeling: float32, bfloat16 or float16.", rich_help_panel=ENGINE)] = "float32",
     lora: Annotated[bool, typer.Option(help="Fine-tune LoRA adapters (peft) instead of all weights.", rich_help_panel=TRAIN)] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=TRAIN)] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.", rich_help_panel=TRAIN)] = 32,
@@ -145,13 +154,20 @@ def teacher_label_cmd(
 
     [bold]Example[/]: dora teacher-label --task fever --teacher ./t5-large --train gold.jsonl --pool pool.jsonl --out cache/fever
 
+    [bold]vLLM[/]: dora teacher-label --task nq --teacher ./llama-dir --train gold.jsonl --pool pool.jsonl --out cache/nq --engine vllm --tensor-parallel-size 4 --dtype bfloat16
+
     Rerunning the same command continues an interrupted run: the fine-tuned teacher and complete shards are reused.
     """
     options = locals()  # the command's options, by name
+    from dora.pipeline.engines import parse_engine_args
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
+    def stage() -> Any:
+        extra = parse_engine_args(options.pop("engine_arg") or [], options.pop("engine_config"))
+        return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra}))
+
     _quiet()
-    _run(lambda: teacher_label(_config(TeacherLabelConfig, options)))
+    _run(stage)
 
 
 @app.command("train-student")

@@ -43,7 +43,7 @@ def _tiny_model_dir(factory, kind: str) -> Path:
 
     texts = [t for r in fever_rows()[:1500] for t in ("fever: " + r["source"], r["target"])]
     tok = train_tokenizer(texts, vocab_size=400, kind=kind)
-    model = tiny_t5(tok, d_model=32, layers=1, heads=2) if kind == "t5" else tiny_llama(tok, hidden=32, layers=1, heads=2)
+    model = tiny_t5(tok, d_model=32, layers=1, heads=2) if kind == "t5" else tiny_llama(tok, hidden=64, layers=1, heads=2)
     path = factory.mktemp("models") / kind
     save_model_dir(model, tok, path)
     return path

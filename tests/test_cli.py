@@ -259,3 +259,21 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     assert not (tmp_path / "cache").exists()
     version = subprocess.run([sys.executable, "-m", "dora", "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("dora ")
+
+
+def test_engine_errors_are_one_line(t5_dir, llama_dir, data_dir, tmp_path, monkeypatch):
+    import dora.pipeline.engines as engines
+
+    base = ["teacher-label", "--task", "fever", "--no-finetune", "--pool", data_dir / "pool.jsonl"]
+    t5 = invoke(*base, "--teacher", t5_dir, "--out", tmp_path / "a", "--engine", "vllm")
+    assert t5.exit_code == 2 and "vLLM has no T5ForConditionalGeneration (encoder-decoder) support" in t5.stderr
+    monkeypatch.setattr(engines, "vllm_available", lambda: False)
+    missing = invoke(*base, "--teacher", llama_dir, "--out", tmp_path / "b", "--engine", "vllm")
+    assert missing.exit_code == 2 and missing.stderr.count("\n") == 1
+    assert "vLLM is not installed; install it with `pip install 'dora-distill[vllm]'`" in missing.stderr
+    auto = ok(*base, "--teacher", llama_dir, "--out", tmp_path / "c", "--engine", "auto", "--max-new-tokens", "3")
+    assert "labeling engine: transformers (vLLM is not installed)" in auto.output
+    bad_arg = invoke(*base, "--teacher", llama_dir, "--out", tmp_path / "d", "--engine-arg", "no_equals_sign")
+    assert bad_arg.exit_code == 2 and "is not key=value" in bad_arg.stderr
+    tp = invoke(*base, "--teacher", llama_dir, "--out", tmp_path / "e", "--tensor-parallel-size", "2")
+    assert tp.exit_code == 2 and "need --engine vllm" in tp.stderr

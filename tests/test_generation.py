@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import fever_rows
 
-from dora.pipeline.generation import greedy_generate
+from dora.pipeline.encoding import encode_prompts
+from dora.pipeline.generation import hf_generate
 
 
 @pytest.fixture(scope="module", params=["t5", "llama"])
@@ -25,8 +26,9 @@ TEXTS = ["fever: " + r["source"] for r in fever_rows()[:9]]
 def test_batching_and_padding_do_not_change_labels(model_and_tok):
     name, model, tok = model_and_tok
     kind = "seq2seq" if name == "t5" else "causal"
-    one = greedy_generate(model, tok, kind, TEXTS, batch_size=1, max_source_length=64, max_new_tokens=6, k=5)
-    many = greedy_generate(model, tok, kind, TEXTS, batch_size=4, max_source_length=64, max_new_tokens=6, k=5)
+    prompts = encode_prompts(tok, TEXTS, 64)
+    one = hf_generate(model, tok, kind, prompts, batch_size=1, max_new_tokens=6, k=5)
+    many = hf_generate(model, tok, kind, prompts, batch_size=4, max_new_tokens=6, k=5)
     for a, b in zip(one, many):
         assert a.ids.tolist() == b.ids.tolist()
         assert a.topk_ids.tolist() == b.topk_ids.tolist()
@@ -36,7 +38,7 @@ def test_batching_and_padding_do_not_change_labels(model_and_tok):
 def test_topk_matches_a_teacher_forced_forward_pass(model_and_tok):
     name, model, tok = model_and_tok
     kind = "seq2seq" if name == "t5" else "causal"
-    gen = greedy_generate(model, tok, kind, TEXTS[:3], batch_size=3, max_source_length=64, max_new_tokens=6, k=5)
+    gen = hf_generate(model, tok, kind, encode_prompts(tok, TEXTS[:3], 64), batch_size=3, max_new_tokens=6, k=5)
     for text, g in zip(TEXTS[:3], gen):
         prompt = torch.tensor([tok(text)["input_ids"]])
         target = torch.tensor([g.ids.tolist()])

@@ -68,6 +68,9 @@ class TeacherInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationInfo:
+    """How the pool was labeled. ``engine`` holds the engine's own settings (parallelism,
+    memory, pass-through arguments); they do not change what a cache means."""
+
     backend: str
     backend_version: str
     k: int
@@ -75,8 +78,11 @@ class GenerationInfo:
     max_new_tokens: int
     do_sample: bool = False
     temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
     logprobs: Literal["raw", "processed"] = "raw"
     dtype: str = "float32"
+    engine: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,7 +200,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise CacheError(f"{where}: {e}") from None
     for name, f in names.items():
         value = getattr(obj, name)
-        expected = {"int": int, "str": str, "bool": bool, "float": (int, float)}.get(str(f.type).split(" ")[0])
+        expected = {"int": int, "str": str, "bool": bool, "float": (int, float), "dict": dict}.get(
+            str(f.type).split(" ")[0].split("[")[0])
         if expected and value is not None and (not isinstance(value, expected) or
                                                (expected is int and isinstance(value, bool))):
             raise CacheError(f"{where}: field {name!r} should be {f.type}, got {type(value).__name__}")

@@ -44,7 +44,9 @@ def _identity(m: Manifest) -> dict[str, Any]:
     return {
         # The teacher by content (weights and tokenizer hashes), not by where it was on disk.
         "task": m.task, "teacher": dataclasses.asdict(m.teacher) | {"name_or_path": None},
-        "generation": dataclasses.asdict(m.generation), "pool": m.pool.fingerprint,
+        # Engine settings and versions may differ between workers and reruns; what is generated may not.
+        "generation": dataclasses.asdict(m.generation) | {"engine": None, "backend_version": None},
+        "pool": m.pool.fingerprint,
         "rows": m.pool.rows, "shard_size": m.shard_size,
     }
 

@@ -22,6 +22,11 @@ def prompt_ids(tokenizer: Any, text: str, max_length: int) -> list[int]:
     return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
 
 
+def encode_prompts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids of many encoder inputs or causal prompts at once (what the engines take)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"] if texts else []
+
+
 def target_ids(tokenizer: Any, text: str, max_length: int) -> list[int]:
     """Token ids of a target with EOS last (EOS kept even when the text is cut)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_length - 1]

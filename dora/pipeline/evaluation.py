@@ -25,13 +25,14 @@ from dora.pipeline.tasks import Task, get_task
 def predict(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: list[str], *, batch_size: int,
             max_source_length: int, max_new_tokens: int) -> list[str]:
     """Greedy predictions for raw sources (the task prefix is added), stripped of whitespace."""
-    from dora.pipeline.generation import greedy_generate
+    from dora.pipeline.encoding import encode_prompts
+    from dora.pipeline.generation import hf_generate
 
+    prompts = encode_prompts(tokenizer, [task.source_prefix + s for s in sources], max_source_length)
     with progress_bar() as bar:
         job = bar.add_task("predict", total=len(sources), info="")
-        generated = greedy_generate(model, tokenizer, kind, [task.source_prefix + s for s in sources],
-                                    batch_size=batch_size, max_source_length=max_source_length,
-                                    max_new_tokens=max_new_tokens, on_batch=lambda n: bar.advance(job, n))
+        generated = hf_generate(model, tokenizer, kind, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                on_batch=lambda n: bar.advance(job, n))
     return [tokenizer.decode(g.ids.tolist(), skip_special_tokens=True).strip() for g in generated]
 
 

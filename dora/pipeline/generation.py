@@ -1,8 +1,8 @@
-"""Batched greedy generation with the transformers engine, optionally with top-k logprobs.
+"""Batched generation with transformers (greedy by default), optionally with top-k logprobs.
 
-Log-probabilities come from the raw logits (``output_logits``), not from processed scores,
-and the generation config is built fresh so no model default (forced tokens, repetition
-penalties, ...) changes what the teacher's distribution says.
+Log-probabilities come from the raw logits (``output_logits``), not from processed scores
+(temperature, top-p), and the generation config is built fresh so no model default (forced
+tokens, repetition penalties, ...) changes what the teacher's distribution says.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
+def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperature: float = 0.0,
+                       top_p: float = 1.0) -> Any:
     from transformers import GenerationConfig
 
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     return GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        max_new_tokens=max_new_tokens, num_beams=1, **sampling,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None),
         bos_token_id=getattr(model.config, "bos_token_id", None),
@@ -45,30 +47,32 @@ def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int) -> Any:
 
 
 @torch.inference_mode()
-def greedy_generate(
+def hf_generate(
     model: Any,
     tokenizer: Any,
     kind: ModelKind,
-    texts: Sequence[str],
+    prompts: Sequence[Sequence[int]],
     *,
     batch_size: int,
-    max_source_length: int,
     max_new_tokens: int,
     k: int | None = None,
     device: torch.device | None = None,
     on_batch: Callable[[int], None] | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
 ) -> list[Generated]:
-    """Greedy-decode every text; with ``k`` also keep the top-k log-probs per generated token.
+    """Decode every prompt (token ids, see ``encode_prompts``), greedy unless ``temperature`` > 0;
+    with ``k`` also keep the top-k log-probs per generated token.
 
-    Texts are batched longest first (less padding) and results returned in input order.
+    Prompts are batched longest first (less padding) and results returned in input order.
     """
     device = device or next(model.parameters()).device
     model.eval()
-    config = _generation_config(model, tokenizer, max_new_tokens)
+    config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
     eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_source_length)["input_ids"] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-    results: list[Generated | None] = [None] * len(texts)
+    encoded = prompts
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    results: list[Generated | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = [encoded[i] for i in idx]

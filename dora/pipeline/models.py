@@ -106,3 +106,14 @@ def save_hf(model: Any, tokenizer: Any, path: Path) -> None:
     tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
+
+
+def free_accelerator_memory() -> None:
+    """Release memory held by dropped models before another engine loads its own copy."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -12,14 +12,13 @@ Example (tiny local models, CPU)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
@@ -28,13 +27,15 @@ from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_in
 from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, fingerprint, read_examples
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
-from dora.pipeline.generation import Generated, decode, greedy_generate, pick_device
+from dora.pipeline.encoding import encode_prompts
+from dora.pipeline.engines import Engine, EngineName, EngineSettings, TransformersEngine, resolve_engine
+from dora.pipeline.generation import Generated, decode
 from dora.pipeline.models import (
     check_top_k,
+    free_accelerator_memory,
     load_config,
     load_model,
     load_tokenizer,
-    model_kind,
     vocab_size,
     weights_sha256,
 )
@@ -60,8 +61,8 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
     """Fine-tune first; False labels with ``teacher`` as it is (already fine-tuned)."""
     teacher_out: Path | None = None
     """Where the fine-tuned teacher is saved; default ``<out>.teacher`` beside the cache."""
-    engine: Literal["transformers"] = "transformers"
-    """Labeling engine."""
+    engine: EngineName = "transformers"
+    """Labeling engine: transformers, vllm (decoder-only teachers), or auto (vLLM when it serves the teacher)."""
     top_k: int = 20
     """Top-k token log-probabilities stored per generated token."""
     batch_size: int = 8
@@ -78,6 +79,20 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
     """Pool rows per cache shard (shard i holds rows [i*size, (i+1)*size))."""
     dtype: Dtype = "float32"
     """Weights dtype while labeling (bfloat16/float16 halve memory on a GPU)."""
+    temperature: float = 0.0
+    """Sampling temperature for pseudo-labels; 0 is greedy (the paper's setting)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass when ``temperature`` > 0."""
+    tensor_parallel_size: int = 1
+    """vLLM: GPUs each teacher replica is split over (tensor parallelism)."""
+    pipeline_parallel_size: int = 1
+    """vLLM: pipeline stages each replica is split over."""
+    max_model_len: int | None = None
+    """vLLM: longest prompt plus output it plans for (default: the model's)."""
+    gpu_memory_utilization: float = 0.9
+    """vLLM: fraction of each GPU's memory it may take."""
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    """Further engine keyword arguments, passed through unchanged (they win over dora's)."""
 
     def __post_init__(self) -> None:
         TaskInputs.__post_init__(self)
@@ -89,8 +104,20 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
         positive_ints(self, "top_k", "label_batch_size", "shard_size", "lora_r", "lora_alpha")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.engine != "transformers":
-            raise ConfigError(f"--engine {self.engine!r} is not available yet; use --engine transformers")
+        if self.engine not in ("transformers", "vllm", "auto"):
+            raise ConfigError(f"--engine must be transformers, vllm or auto, got {self.engine!r}")
+        positive_ints(self, "tensor_parallel_size", "pipeline_parallel_size")
+        if self.max_model_len is not None:
+            positive_ints(self, "max_model_len")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
+            raise ConfigError("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm "
+                              "(the transformers engine runs on one device)")
 
     @property
     def teacher_dir(self) -> Path:
@@ -114,6 +141,9 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
     CacheWriter.preflight(config.out, fingerprint(pool))
     base = load_config(config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code)
     check_top_k(config.top_k, getattr(base, "vocab_size", config.top_k), config.teacher)
+    kind = "seq2seq" if getattr(base, "is_encoder_decoder", False) else "causal"
+    architecture = (getattr(base, "architectures", None) or [type(base).__name__])[0]
+    engine_name, why = resolve_engine(config.engine, kind, architecture)  # fails now, not after fine-tuning
 
     # 2. Fine-tune the teacher (or reuse one fine-tuned with the same data and settings).
     costs: dict[str, Any] = {}
@@ -132,22 +162,39 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
         costs["teacher_finetune"] = record["cost"]
         teacher_path, revision = str(config.teacher_dir), None
 
-    # 3. Load the teacher to label with, and open (or continue) the cache.
+    # 3. Start the labeling engine on the teacher, and open (or continue) the cache.
     tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-    if model is None:
-        model, _ = load_model(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-    kind = model_kind(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-    check_top_k(config.top_k, vocab_size(model), teacher_path)
-    device = pick_device()
-    model.to(device=device, dtype=getattr(torch, config.dtype))
-    manifest = _new_manifest(config, task, pool, teacher_path, model, kind, tokenizer)
+    settings = EngineSettings(
+        top_k=config.top_k, max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
+        batch_size=config.label_batch_size, dtype=config.dtype, temperature=config.temperature, top_p=config.top_p,
+        seed=config.seed, tensor_parallel_size=config.tensor_parallel_size,
+        pipeline_parallel_size=config.pipeline_parallel_size, max_model_len=config.max_model_len,
+        gpu_memory_utilization=config.gpu_memory_utilization, engine_args=config.engine_args,
+    )
+    console.print(f"labeling engine: {engine_name} ({why})")
+    engine: Engine
+    if engine_name == "vllm":
+        from dora.pipeline.vllm_engine import VllmEngine
+
+        del model  # the training copy: vLLM loads its own from the saved directory
+        free_accelerator_memory()
+        engine = VllmEngine(teacher_path, tokenizer, settings, trust_remote_code=config.trust_remote_code,
+                            revision=revision)
+    else:
+        if model is None:
+            model, _ = load_model(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+        check_top_k(config.top_k, vocab_size(model), teacher_path)
+        engine = TransformersEngine(model, tokenizer, kind, settings)
+    labeled = load_config(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+    manifest = _new_manifest(config, task, pool, teacher_path, labeled, kind, tokenizer, engine)
     writer = CacheWriter.open(config.out, manifest, tokenizer)
     missing = writer.missing_shards()
     if len(missing) < manifest.num_shards:
         console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
                       f"complete in {config.out}; labeling the rest")
 
-    # 4. Label shard by shard; each shard is written and listed before the next starts.
+    # 4. Label shard by shard (prompts go in a shard at a time, so memory stays flat); each shard
+    #    is written and listed before the next starts.
     watch = Stopwatch()
     tokens = rows_done = 0
     todo = sum(len(shard_rows(i, config.shard_size, len(pool))) for i in missing)
@@ -155,12 +202,9 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
         job = bar.add_task("label pool", total=todo, info="")
         for index in missing:
             rows = [pool[r] for r in shard_rows(index, config.shard_size, len(pool))]
-            generated = greedy_generate(
-                model, tokenizer, kind, [task.source_prefix + ex.source for ex in rows],
-                batch_size=config.label_batch_size, max_source_length=config.max_source_length,
-                max_new_tokens=config.max_new_tokens, k=config.top_k, device=device,
-                on_batch=lambda n: bar.advance(job, n),
-            )
+            prompts = encode_prompts(tokenizer, [task.source_prefix + ex.source for ex in rows],
+                                     config.max_source_length)
+            generated = engine.label(prompts, on_batch=lambda n: bar.advance(job, n))
             writer.write_shard(index, shard_table(rows, generated, tokenizer, config.top_k))
             tokens += sum(len(g.ids) for g in generated)
             rows_done += len(rows)
@@ -191,23 +235,23 @@ def _count_tokens(writer: CacheWriter) -> int:
 
 
 def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], teacher_path: str,
-                  model: Any, kind: str, tokenizer: Any) -> Manifest:
-    import transformers
-
+                  model_config: Any, kind: str, tokenizer: Any, engine: Engine) -> Manifest:
     return Manifest(
         task={"name": task.name, "metric": task.metric, "source_prefix": task.source_prefix,
               "labels": list(task.labels) if task.labels else None},
         teacher=TeacherInfo(
             name_or_path=teacher_path, base=config.teacher if config.finetune else None,
-            architecture=type(model).__name__, kind=kind,  # type: ignore[arg-type]
-            vocab_size=vocab_size(model), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+            architecture=(model_config.architectures or [type(model_config).__name__])[0], kind=kind,  # type: ignore[arg-type]
+            vocab_size=int(model_config.vocab_size), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
             weights_sha256=weights_sha256(teacher_path), revision=None if config.finetune else config.revision,
             finetuned=config.finetune,
         ),
         generation=GenerationInfo(
-            backend="transformers", backend_version=transformers.__version__, k=config.top_k,
+            backend=engine.name, backend_version=engine.version, k=config.top_k,
             max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
-            dtype=config.dtype,
+            do_sample=config.temperature > 0, temperature=config.temperature,
+            top_p=config.top_p if config.temperature > 0 else 1.0,
+            seed=config.seed if config.temperature > 0 else None, dtype=config.dtype, engine=engine.settings(),
         ),
         pool=PoolInfo(fingerprint=fingerprint(pool), rows=len(pool), path=str(config.pool)),
         shard_size=config.shard_size,

