@@ -125,6 +125,8 @@ def teacher_label_cmd(
     gpu_memory_utilization: Annotated[float, typer.Option(help="vLLM: fraction of GPU memory it may take.", rich_help_panel=ENGINE)] = 0.9,
     engine_arg: Annotated[list[str] | None, typer.Option(help="Extra engine argument KEY=VALUE (JSON values; repeatable), e.g. enforce_eager=true.", rich_help_panel=ENGINE)] = None,
     engine_config: Annotated[Path | None, typer.Option(help="JSON or YAML file of extra engine arguments (--engine-arg wins).", rich_help_panel=ENGINE)] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated label verbalisers of your own closed-label task, for label-set KD.", rich_help_panel=DATA)] = None,
+    score_labels: Annotated[bool, typer.Option(help="Store the teacher's log-probability of each label (label_logprobs) when the task has labels.", rich_help_panel=OUT)] = True,
     shard_size: Annotated[int, typer.Option(help="Pool rows per cache shard.", rich_help_panel=OUT)] = 4096,
     label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch (transformers engine).", rich_help_panel=ENGINE)] = 32,
     dtype: Annotated[str, typer.Option(help="Weights dtype while labeling: float32, bfloat16 or float16.", rich_help_panel=ENGINE)] = "float32",
@@ -164,7 +166,9 @@ def teacher_label_cmd(
 
     def stage() -> Any:
         extra = parse_engine_args(options.pop("engine_arg") or [], options.pop("engine_config"))
-        return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra}))
+        raw = options["labels"]
+        labels = tuple(x.strip() for x in raw.split(",")) if raw else None
+        return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra, "labels": labels}))
 
     _quiet()
     _run(stage)

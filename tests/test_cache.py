@@ -41,7 +41,7 @@ def test_values_are_sorted_logprobs_and_decode_to_target(cache_dir):
 
     tok = AutoTokenizer.from_pretrained(cache_dir / "tokenizer")
     table = LabelCache.open(cache_dir).read()
-    assert table.schema.equals(shard_schema(8))
+    assert table.schema.equals(shard_schema(8, label_scores=True))
     assert table.column("row").to_pylist() == list(range(40))
     for row in table.to_pylist():
         lp = np.array(row["topk_logprobs"], dtype=np.float32)
@@ -51,6 +51,7 @@ def test_values_are_sorted_logprobs_and_decode_to_target(cache_dir):
         # The chosen (greedy) token is the teacher's top-1, and its logprob sums to seq_logprob.
         assert [ids[0] for ids in row["topk_ids"]] == row["target_ids"]
         assert row["seq_logprob"] == pytest.approx(float(lp[:, 0].sum()), abs=0.05)
+        assert len(row["label_logprobs"]) == 2 and all(x < 0 for x in row["label_logprobs"])
 
 
 def test_topk_logprobs_come_from_raw_logits(cache_dir):
@@ -69,6 +70,13 @@ def test_topk_logprobs_come_from_raw_logits(cache_dir):
     top = logp.topk(8, dim=-1)
     assert top.indices.tolist() == row["topk_ids"]
     np.testing.assert_allclose(top.values.numpy(), np.array(row["topk_logprobs"], dtype=np.float32), rtol=1e-3, atol=1e-3)  # float16 storage
+    # label_logprobs: each verbaliser (EOS included) scored as a sequence by teacher forcing.
+    assert m.generation.label_set == ["SUPPORTS", "REFUTES"]
+    for label, stored in zip(m.generation.label_set, row["label_logprobs"]):
+        ids = torch.tensor([tok(label, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+        with torch.no_grad():
+            lp = model(**enc, labels=ids).logits.log_softmax(-1)[0].gather(-1, ids[0, :, None]).sum()
+        assert stored == pytest.approx(float(lp), abs=1e-4)
 
 
 def test_loads_unchanged_with_pandas_duckdb_polars_and_datasets(cache_dir):
@@ -79,7 +87,7 @@ def test_loads_unchanged_with_pandas_duckdb_polars_and_datasets(cache_dir):
 
     files = sorted(str(p) for p in (cache_dir / "shards").glob("*.parquet"))
     df = pd.concat([pd.read_parquet(f) for f in files])
-    assert len(df) == 40 and list(df.columns) == shard_schema(8).names
+    assert len(df) == 40 and list(df.columns) == shard_schema(8, label_scores=True).names
     ((n,),) = duckdb.sql(f"select count(*) from read_parquet({files})").fetchall()
     assert n == 40
     assert pl.read_parquet(files).height == 40
@@ -112,7 +120,7 @@ def test_truncated_or_missing_shard_is_caught(cache_copy):
 def test_flipped_byte_is_caught_by_checksums(cache_copy):
     shard = cache_copy / "shards" / "part-00002.parquet"
     data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[64] ^= 0xFF  # inside the first data page, not the footer
     shard.write_bytes(bytes(data))
     problems = LabelCache.open(cache_copy).verify_checksums()
     assert len(problems) == 1 and "part-00002.parquet" in problems[0]

@@ -83,6 +83,8 @@ class GenerationInfo:
     logprobs: Literal["raw", "processed"] = "raw"
     dtype: str = "float32"
     engine: dict[str, Any] = field(default_factory=dict)
+    label_set: list[str] | None = None
+    """Label verbalisers scored into ``label_logprobs`` (closed-label tasks), in column order."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -142,7 +142,7 @@ class CacheWriter:
         expected = shard_rows(index, self.manifest.shard_size, self.manifest.pool.rows)
         if table.num_rows != len(expected):
             raise CacheError(f"shard {index}: {table.num_rows} rows, expected {len(expected)}")
-        table = table.cast(shard_schema(self.manifest.generation.k))
+        table = table.cast(shard_schema(self.manifest.generation.k, self.manifest.generation.label_set is not None))
         rel = shard_name(index)
         final = self.root / rel
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")

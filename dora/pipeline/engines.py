@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from dora.errors import ConfigError, ModelError
-from dora.pipeline.generation import Generated, hf_generate, pick_device
+import numpy as np
+
+from dora.pipeline.generation import Generated, hf_generate, hf_score, pick_device
 from dora.pipeline.models import ModelKind
 
 EngineName = Literal["transformers", "vllm", "auto"]
@@ -63,6 +65,10 @@ class Engine(Protocol):
         """Engine-specific settings for the manifest."""
         ...
 
+    def score(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> np.ndarray:
+        """(len(prompts), len(continuations)) log-probabilities of each continuation after each prompt."""
+        ...
+
 
 class TransformersEngine:
     name = "transformers"
@@ -86,6 +92,10 @@ class TransformersEngine:
 
     def settings(self) -> dict[str, Any]:
         return {"device": str(self.device), "batch_size": self.s.batch_size}
+
+    def score(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> np.ndarray:
+        return hf_score(self.model, self.tokenizer, self.kind, prompts, continuations, batch_size=self.s.batch_size,
+                        device=self.device)
 
 
 def vllm_available() -> bool:

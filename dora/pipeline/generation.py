@@ -109,3 +109,39 @@ def hf_generate(
 def decode(tokenizer: Any, ids: np.ndarray) -> str:
     """Text of generated ids, exactly as `tokenizer.decode(ids, skip_special_tokens=True)` gives it."""
     return tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+
+
+@torch.inference_mode()
+def hf_score(
+    model: Any,
+    tokenizer: Any,
+    kind: ModelKind,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    batch_size: int,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """Log-probability of each continuation (token ids, EOS included) after each prompt, from raw
+    logits by teacher forcing. Returns (len(prompts), len(continuations)) float32."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    pad_id = tokenizer.pad_token_id
+    out = np.zeros((len(prompts), len(continuations)), np.float32)
+    for c, cont in enumerate(continuations):
+        cont_t = torch.tensor(list(cont), dtype=torch.long, device=device)
+        for start in range(0, len(prompts), batch_size):
+            batch = [list(p) for p in prompts[start : start + batch_size]]
+            if kind == "seq2seq":
+                x = pad(batch, pad_id).to(device)
+                mask = pad([[1] * len(b) for b in batch], 0).to(device)
+                labels = cont_t.expand(len(batch), -1).contiguous()
+                logits = model(input_ids=x, attention_mask=mask, labels=labels).logits
+            else:  # left-pad prompts so every continuation starts at the same column
+                x = pad([b + list(cont) for b in batch], pad_id, left=True).to(device)
+                mask = pad([[1] * (len(b) + len(cont)) for b in batch], 0, left=True).to(device)
+                logits = model(input_ids=x, attention_mask=mask).logits[:, -len(cont) - 1 : -1]
+                labels = cont_t.expand(len(batch), -1).contiguous()
+            lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            out[start : start + len(batch), c] = lp.sum(-1).cpu().numpy()
+    return out

@@ -30,6 +30,7 @@ import torch
 # Floor for the student's tail log-mass: keeps the bucket term finite when the teacher's tail is
 # pure float rounding and the student's is exactly empty (k equal to the vocabulary).
 _LOG_FLOOR = -69.0  # log(1e-30)
+_NEG = -1e4  # log-mass of an excluded top-k slot: exp() underflows to exactly 0
 
 
 def teacher_tail_logprob(topk_logprobs: torch.Tensor) -> torch.Tensor:
@@ -52,6 +53,7 @@ def topk_kl_per_token(
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
     temperature: float = 2.0,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL(teacher || student) per position over the stored top-k plus a tail bucket.
 
@@ -61,16 +63,26 @@ def topk_kl_per_token(
         topk_logprobs: (B, L, k) the teacher's log-probabilities of those ids at T = 1.
         temperature: T > 0; the within-top-k term is tempered and scaled by T^2 (Hinton et al.),
             the two-way bucket term is not.
+        valid: optional (B, L, k) bool; False entries (teacher ids with no student id, in
+            cross-tokenizer KD) leave the top-k and their teacher mass joins the tail bucket.
     Returns:
         (B, L) KL in nats per position.
     """
     ids = topk_ids.long()
+    t_topk = topk_logprobs.float()
+    if valid is not None:
+        # Invalid slots repeat the position's first valid id (scattering it twice is harmless)
+        # and get a finite, negligible log-mass (a finite value keeps gradients NaN-free).
+        first = ids.gather(-1, valid.long().argmax(-1, keepdim=True)).expand_as(ids)
+        ids = torch.where(valid, ids, first)
+        t_topk = torch.where(valid, t_topk, torch.full_like(t_topk, _NEG))
     s_logp = torch.log_softmax(student_logits.float(), dim=-1)
     s_topk = s_logp.gather(-1, ids)
+    if valid is not None:
+        s_topk = torch.where(valid, s_topk, torch.full_like(s_topk, _NEG))
     s_mass = torch.logsumexp(s_topk, dim=-1)
     # Student mass outside the teacher's top-k, exactly: logsumexp over the other ids.
     s_tail = torch.logsumexp(s_logp.scatter(-1, ids, float("-inf")), dim=-1).clamp(min=_LOG_FLOOR)
-    t_topk = topk_logprobs.float()
     t_mass = torch.logsumexp(t_topk, dim=-1).clamp(max=0.0)
     t_tail = teacher_tail_logprob(t_topk)
 
@@ -96,6 +108,46 @@ def topk_kl_loss(
     per = topk_kl_per_token(student_logits, topk_ids, topk_logprobs, temperature)
     mask = mask.to(per.dtype)
     return (per * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def uld_per_token(
+    student_logits: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Universal Logit Distillation (Boizard et al., 2024): L1 distance between the teacher's and
+    the student's probability vectors sorted in decreasing order. Needs no shared vocabulary.
+
+    The teacher's stored top-k probabilities (at T, renormalised over the top-k) are compared with
+    the student's k largest probabilities at T.
+
+    Args:
+        student_logits: (B, L, V); topk_logprobs: (B, L, k) the teacher's, sorted descending.
+    Returns:
+        (B, L) L1 distances in [0, 2].
+    """
+    k = topk_logprobs.shape[-1]
+    t = torch.softmax(topk_logprobs.float() / temperature, dim=-1)
+    s = torch.softmax(student_logits.float() / temperature, dim=-1).topk(k, dim=-1).values
+    return (t - s).abs().sum(-1)
+
+
+def label_set_kl(
+    student_label_logprobs: torch.Tensor,
+    teacher_label_logprobs: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """KL(teacher || student) between normalised distributions over a closed set of labels.
+
+    Args:
+        student_label_logprobs: (B, C) log-probability of each label verbaliser as a sequence.
+        teacher_label_logprobs: (B, C) the teacher's, from the cache's ``label_logprobs``.
+    Returns:
+        (B,) KL in nats, times T^2.
+    """
+    t = torch.log_softmax(teacher_label_logprobs.float() / temperature, dim=-1)
+    s = torch.log_softmax(student_label_logprobs.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1) * temperature**2
 
 
 def full_kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_in
 from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, fingerprint, read_examples
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
-from dora.pipeline.encoding import encode_prompts
+from dora.pipeline.encoding import encode_prompts, target_ids
 from dora.pipeline.engines import Engine, EngineName, EngineSettings, TransformersEngine, resolve_engine
 from dora.pipeline.generation import Generated, decode
 from dora.pipeline.models import (
@@ -93,6 +93,10 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
     """vLLM: fraction of each GPU's memory it may take."""
     engine_args: dict[str, Any] = field(default_factory=dict)
     """Further engine keyword arguments, passed through unchanged (they win over dora's)."""
+    labels: tuple[str, ...] | None = None
+    """Label verbalisers of your own closed-label task (the paper's tasks know theirs)."""
+    score_labels: bool = True
+    """Store the teacher's log-probability of every label (``label_logprobs``) for label-set KD."""
 
     def __post_init__(self) -> None:
         TaskInputs.__post_init__(self)
@@ -115,6 +119,10 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(self.labels))
+            if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(x.strip() for x in self.labels):
+                raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {list(self.labels)}")
         if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
             raise ConfigError("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm "
                               "(the transformers engine runs on one device)")
@@ -186,7 +194,9 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
         check_top_k(config.top_k, vocab_size(model), teacher_path)
         engine = TransformersEngine(model, tokenizer, kind, settings)
     labeled = load_config(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-    manifest = _new_manifest(config, task, pool, teacher_path, labeled, kind, tokenizer, engine)
+    label_set = list(config.labels or task.labels or []) if config.score_labels else []
+    verbalisers = [target_ids(tokenizer, label, config.max_target_length) for label in label_set]
+    manifest = _new_manifest(config, task, pool, teacher_path, labeled, kind, tokenizer, engine, label_set or None)
     writer = CacheWriter.open(config.out, manifest, tokenizer)
     missing = writer.missing_shards()
     if len(missing) < manifest.num_shards:
@@ -205,7 +215,8 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
             prompts = encode_prompts(tokenizer, [task.source_prefix + ex.source for ex in rows],
                                      config.max_source_length)
             generated = engine.label(prompts, on_batch=lambda n: bar.advance(job, n))
-            writer.write_shard(index, shard_table(rows, generated, tokenizer, config.top_k))
+            scores = engine.score(prompts, verbalisers) if verbalisers else None
+            writer.write_shard(index, shard_table(rows, generated, tokenizer, config.top_k, scores))
             tokens += sum(len(g.ids) for g in generated)
             rows_done += len(rows)
             bar.update(job, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
@@ -235,7 +246,8 @@ def _count_tokens(writer: CacheWriter) -> int:
 
 
 def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], teacher_path: str,
-                  model_config: Any, kind: str, tokenizer: Any, engine: Engine) -> Manifest:
+                  model_config: Any, kind: str, tokenizer: Any, engine: Engine,
+                  label_set: list[str] | None) -> Manifest:
     return Manifest(
         task={"name": task.name, "metric": task.metric, "source_prefix": task.source_prefix,
               "labels": list(task.labels) if task.labels else None},
@@ -252,6 +264,7 @@ def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], t
             do_sample=config.temperature > 0, temperature=config.temperature,
             top_p=config.top_p if config.temperature > 0 else 1.0,
             seed=config.seed if config.temperature > 0 else None, dtype=config.dtype, engine=engine.settings(),
+            label_set=label_set,
         ),
         pool=PoolInfo(fingerprint=fingerprint(pool), rows=len(pool), path=str(config.pool)),
         shard_size=config.shard_size,
@@ -259,7 +272,8 @@ def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], t
     )
 
 
-def shard_table(rows: list[Example], generated: list[Generated], tokenizer: Any, k: int) -> pa.Table:
+def shard_table(rows: list[Example], generated: list[Generated], tokenizer: Any, k: int,
+                label_scores: np.ndarray | None = None) -> pa.Table:
     """Build one shard's Arrow table from generation results (schema: ``dora.cache.shard_schema``)."""
     from dora.cache import shard_schema
 
@@ -282,6 +296,8 @@ def shard_table(rows: list[Example], generated: list[Generated], tokenizer: Any,
             nested(flat_ids, pa.int32()),
             nested(flat_lp, pa.float16()),
             pa.array([g.seq_logprob for g in generated], pa.float32()),
+            *([pa.array(label_scores.astype(np.float32).tolist(), pa.list_(pa.float32()))]
+              if label_scores is not None else []),
         ],
-        schema=shard_schema(k),
+        schema=shard_schema(k, label_scores is not None),
     )

@@ -83,6 +83,27 @@ class VllmEngine:
                 on_batch(len(chunk))
         return results
 
+    def score(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> np.ndarray:
+        """Continuation log-probabilities as prompt log-probabilities of prompt + continuation."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False)
+        out = np.zeros((len(prompts), len(continuations)), np.float32)
+        for c, cont in enumerate(continuations):
+            for start in range(0, len(prompts), CHUNK):
+                chunk = [TokensPrompt(prompt_token_ids=list(p) + list(cont)) for p in prompts[start : start + CHUNK]]
+                try:
+                    results = self.llm.generate(chunk, params, use_tqdm=False)
+                except Exception as e:
+                    raise ModelError(f"vLLM failed while scoring labels ({_first_line(e)})") from None
+                for r, res in enumerate(results):
+                    ids = res.prompt_token_ids
+                    n = len(cont)
+                    out[start + r, c] = sum(float(res.prompt_logprobs[p][ids[p]].logprob)
+                                            for p in range(len(ids) - n, len(ids)))
+        return out
+
     def _convert(self, completion: Any) -> Generated:
         k = self.s.top_k
         ids = list(completion.token_ids)
