@@ -37,11 +37,11 @@ def main() -> None:
 
     from dora.cache import LabelCache
     from dora.cli import _quiet
+    from dora.pipeline.distill import cache_features, collate_kd, student_loss
     from dora.pipeline.encoding import collate
     from dora.pipeline.finetune import sequence_loss
     from dora.pipeline.generation import _generation_config
     from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
-    from dora.pipeline.student import TrainStudentConfig, _cache_features, collate_kd, student_loss
     from dora.pipeline.tasks import get_task
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
     from dora.pipeline.training import LoopSettings, train_loop
@@ -101,12 +101,12 @@ def main() -> None:
 
     # Student: KD from the cache vs cross-entropy on the same tokens.
     cache = LabelCache.open(work / "cache")
-    cfg = TrainStudentConfig(task="fever", student=str(student_dir), cache=work / "cache", out=work / "s")
-    feats = _cache_features(cache, tok, get_task("fever"), cfg, "topk")
+    feats = cache_features(cache, tok, get_task("fever").source_prefix, "topk", max_source_length=256,
+                           max_target_length=64)
     settings = LoopSettings(epochs=1, max_steps=args.steps, batch_size=16, grad_accum=1, learning_rate=1e-3,
                             warmup_ratio=0, weight_decay=0, seed=0, eval_every=None, save_every=None, resume=False)
     timings: dict[str, float] = {}
-    losses = {"ce": sequence_loss("seq2seq"), "kd": lambda m, b: student_loss(m, b, temperature=2.0, alpha=0.0)}
+    losses = {"ce": sequence_loss("seq2seq"), "kd": lambda m, b: student_loss(m, b, mode="topk", temperature=2.0, alpha=0.0)}
     for run, name in enumerate(["ce", "kd", "ce", "kd"]):  # alternate, best of two each: warm-up hits neither
         student = AutoModelForSeq2SeqLM.from_pretrained(student_dir)
         collate_fn = (lambda f: collate_kd(f, tok.pad_token_id)) if name == "kd" else (lambda f: collate(f, tok.pad_token_id))

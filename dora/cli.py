@@ -182,7 +182,7 @@ def train_student_cmd(
     cache: Annotated[Path | None, typer.Option(help="Label cache from teacher-label (distill).", rich_help_panel=DATA)] = None,
     train: Annotated[Path | None, typer.Option(help="Gold labeled examples (annotate; mixed in with --cache).", rich_help_panel=DATA)] = None,
     eval: Annotated[Path | None, typer.Option("--eval", help="Labeled test/dev file scored with the task metric.", rich_help_panel=DATA)] = None,
-    kd: Annotated[str, typer.Option(help="Distillation loss: auto, topk (same tokenizer) or sequence (pseudo-label text).", rich_help_panel=TRAIN)] = "auto",
+    kd_loss: Annotated[str, typer.Option(help="Distillation loss: auto, topk (same tokenizer), aligned or uld (another tokenizer), labels (closed label sets), sequence (text only).", rich_help_panel=TRAIN)] = "auto",
     temperature: Annotated[float, typer.Option(help="KD temperature (the paper used 2).", rich_help_panel=TRAIN)] = 2.0,
     alpha: Annotated[float, typer.Option(help="Weight of cross-entropy on the pseudo-label; KD gets 1 - alpha.", rich_help_panel=TRAIN)] = 0.0,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).", rich_help_panel=TRAIN)] = None,

@@ -47,7 +47,7 @@ def test_distill_student_from_the_cache(cache_dir, t5_dir, data_dir, tmp_path):
     assert metrics["task"] == "fever" and 0 <= metrics["eval"]["accuracy"] <= 1 and metrics["eval"]["n"] == 16
     assert [h["step"] for h in metrics["history"] if "eval" in h] == [3, 6]
     record = json.loads((out / "run.json").read_text())
-    assert record["strategy"] == "distill" and record["kd"] == "topk" and record["steps"] == 6
+    assert record["strategy"] == "distill" and record["kd_loss"] == "topk" and record["steps"] == 6
     assert record["examples_seen"] == 48 and record["tokens_seen"] > 0 and record["cost"]["wall_seconds"] > 0
     assert record["upstream_costs"]["labeling"]["examples"] == 40
     assert not (out / "checkpoints").exists() and not (out / "best").exists()
@@ -65,25 +65,33 @@ def test_annotate_and_mixed_strategies(cache_dir, t5_dir, data_dir, tmp_path):
     ok("train-student", "--task", "fever", "--student", t5_dir, "--train", data_dir / "train.jsonl",
        "--out", tmp_path / "annotate", "--max-steps", "3")
     record = json.loads((tmp_path / "annotate" / "run.json").read_text())
-    assert record["strategy"] == "annotate" and record["kd"] == "none" and record["gold_examples"] == 48
+    assert record["strategy"] == "annotate" and record["kd_loss"] == "none" and record["gold_examples"] == 48
     ok("train-student", "--task", "fever", "--student", t5_dir, "--train", data_dir / "train.jsonl",
        "--cache", cache_dir, "--out", tmp_path / "mixed", "--max-steps", "3", "--alpha", "0.5")
     record = json.loads((tmp_path / "mixed" / "run.json").read_text())
     assert record["strategy"] == "mixed" and record["cache_rows"] == 40
 
 
-def test_decoder_only_teacher_falls_back_to_sequence_kd(llama_dir, t5_dir, data_dir, tmp_path):
+def test_decoder_only_teacher_teaches_through_every_kd_loss(llama_dir, t5_dir, data_dir, tmp_path):
     cache = tmp_path / "llama-cache"
     ok("teacher-label", "--task", "fever", "--teacher", llama_dir, "--train", data_dir / "train.jsonl",
        "--pool", data_dir / "pool.jsonl", "--out", cache, "--max-steps", "3", "--top-k", "5", "--max-new-tokens", "6")
     m = LabelCache.open(cache).manifest
     assert m.teacher.kind == "causal" and m.teacher.architecture == "LlamaForCausalLM" and m.rows == 40
+    assert m.generation.label_set == ["SUPPORTS", "REFUTES"]
     result = ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache,
-                "--out", tmp_path / "s", "--max-steps", "2")
-    assert result.output.count("tokenizer differs") == 1 and "sequence-level KD" in result.output
-    assert json.loads((tmp_path / "s" / "run.json").read_text())["kd"] == "sequence"
+                "--out", tmp_path / "auto", "--max-steps", "2")
+    assert result.output.count("tokenizer differs") == 1 and "aligned top-k KL" in result.output
+    record = json.loads((tmp_path / "auto" / "run.json").read_text())
+    assert record["kd_loss"] == "aligned"
+    assert 0 < record["alignment"]["vocab_coverage"] < 1 and 0 < record["alignment"]["aligned_positions"] <= 1
+    assert list((tmp_path / "auto").glob("vocab-map-*.npz"))  # kept next to the run
+    for loss in ("aligned", "uld", "labels", "sequence"):
+        ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache, "--out", tmp_path / loss,
+           "--max-steps", "2", "--kd-loss", loss, "--alpha", "0.3", "--eval", data_dir / "test.jsonl")
+        assert json.loads((tmp_path / loss / "run.json").read_text())["kd_loss"] == loss
     bad = invoke("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache,
-                 "--out", tmp_path / "s2", "--kd", "topk")
+                 "--out", tmp_path / "s2", "--kd-loss", "topk")
     assert bad.exit_code == 2 and "needs the teacher's tokenizer" in bad.stderr
 
 

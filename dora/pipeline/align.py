@@ -126,15 +126,20 @@ def _spans(ends: list[int | None]) -> list[tuple[int, int] | None]:
     return spans
 
 
-def _key_map(student: str, teacher: str) -> dict[int, int]:
-    """Student canonical offsets -> teacher canonical offsets where the texts agree."""
+def _blocks(student: str, teacher: str) -> list[tuple[int, int, int]]:
+    """Runs of text both sides agree on: (teacher offset, student offset, length)."""
     if student == teacher:
-        return {i: i for i in range(len(student) + 1)}
-    out: dict[int, int] = {}
-    for a, b, size in difflib.SequenceMatcher(None, teacher, student, autojunk=False).get_matching_blocks():
-        for off in range(size + 1):
-            out.setdefault(b + off, a + off)
-    return out
+        return [(0, 0, len(student))]
+    return [tuple(m) for m in difflib.SequenceMatcher(None, teacher, student, autojunk=False).get_matching_blocks()
+            if m[2] > 0]
+
+
+def _to_teacher(span: tuple[int, int], blocks: list[tuple[int, int, int]]) -> tuple[int, int] | None:
+    """A student span in teacher coordinates, if it lies inside one run both sides agree on."""
+    for a, b, size in blocks:
+        if b <= span[0] and span[1] <= b + size:
+            return (a + span[0] - b, a + span[1] - b)
+    return None
 
 
 def align(teacher_ids: Sequence[int], student_ids: Sequence[int], teacher_surf: Sequence[bytes | None],
@@ -146,12 +151,11 @@ def align(teacher_ids: Sequence[int], student_ids: Sequence[int], teacher_surf: 
     t_text, t_ends = _boundaries(teacher_ids, teacher_surf, teacher_eos)
     s_text, s_ends = _boundaries(student_ids, student_surf, student_eos)
     by_span = {span: i for i, span in enumerate(_spans(t_ends)) if span is not None}
-    keys = _key_map(s_text, t_text)
+    blocks = _blocks(s_text, t_text)
     out = [-1] * len(student_ids)
     for j, span in enumerate(_spans(s_ends)):
-        if span is None or span[0] not in keys or span[1] not in keys:
-            continue
-        i = by_span.get((keys[span[0]], keys[span[1]]))
+        mapped = _to_teacher(span, blocks) if span is not None else None
+        i = by_span.get(mapped) if mapped is not None else None
         if i is not None:
             out[j] = i
     if teacher_ids and student_ids and teacher_ids[-1] == teacher_eos and student_ids[-1] == student_eos:
@@ -210,7 +214,11 @@ def cached_vocab_map(directory: Path, teacher_fp: str, student_fp: str, teacher_
     path = directory / f"vocab-map-{key}.npz"
     if path.is_file():
         return VocabMap.load(path), path
-    vmap = build_vocab_map(teacher_surf, student_surf, teacher_eos, student_eos)
+    if teacher_fp == student_fp:  # one tokenizer: every id is itself, specials included
+        same = np.arange(len(teacher_surf), dtype=np.int64)
+        vmap = VocabMap(exact=same, toggled=same.copy())
+    else:
+        vmap = build_vocab_map(teacher_surf, student_surf, teacher_eos, student_eos)
     directory.mkdir(parents=True, exist_ok=True)
     vmap.save(path)
     return vmap, path

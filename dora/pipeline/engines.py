@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from dora.errors import ConfigError, ModelError
 import numpy as np
 
+from dora.errors import ConfigError, ModelError
 from dora.pipeline.generation import Generated, hf_generate, hf_score, pick_device
 from dora.pipeline.models import ModelKind
 

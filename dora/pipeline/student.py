@@ -20,27 +20,23 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-import torch
+from typing import Any
 
 from dora import __version__
 from dora.cache import LabelCache, tokenizer_fingerprint
 from dora.errors import CacheError, ConfigError, ModelError
+from dora.pipeline.align import cached_vocab_map, surfaces
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
 from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, read_examples
-from dora.pipeline.encoding import IGNORE, collate, encode_pair, target_ids
+from dora.pipeline.distill import AlignStats, KdLoss, cache_features, collate_kd, student_loss
+from dora.pipeline.encoding import encode_pair, target_ids
 from dora.pipeline.evaluation import predict
-from dora.pipeline.losses import token_cross_entropy, topk_kl_per_token
 from dora.pipeline.metrics import require_encoder, score
 from dora.pipeline.models import load_model, load_tokenizer, save_hf, vocab_size
 from dora.pipeline.progress import console
 from dora.pipeline.tasks import Task, get_task
 from dora.pipeline.training import steps_per_epoch, train_loop
-
-KdMode = Literal["auto", "topk", "sequence"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,8 +53,10 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     """Gold labeled examples (the annotate route; mixed in when a cache is given too)."""
     eval: Path | None = None
     """Labeled test or dev file scored with the task metric during and after training."""
-    kd: KdMode = "auto"
-    """Distillation loss: topk (same tokenizer), sequence (pseudo-label text only), or auto."""
+    kd_loss: KdLoss = "auto"
+    """Distillation loss: topk (same tokenizer), aligned or uld (another tokenizer), labels
+    (closed-label tasks), sequence (pseudo-label text only), or auto (topk when the tokenizer
+    fingerprints match, else aligned). See ``dora.pipeline.distill``."""
     temperature: float = 2.0
     """KD temperature T (the paper used 2)."""
     alpha: float = 0.0
@@ -84,8 +82,8 @@ class TrainStudentConfig(TaskInputs, Optimisation):
             raise ConfigError(f"--temperature must be positive, got {self.temperature}; the paper used 2.0")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
-        if self.kd not in ("auto", "topk", "sequence"):
-            raise ConfigError(f"--kd must be auto, topk or sequence, got {self.kd!r}")
+        if self.kd_loss not in ("auto", "topk", "aligned", "uld", "labels", "sequence"):
+            raise ConfigError(f"--kd-loss must be auto, topk, aligned, uld, labels or sequence, got {self.kd_loss!r}")
         positive_ints(self, "eval_batch_size", "save_every")
         if self.eval_every is not None:
             positive_ints(self, "eval_every")
@@ -117,14 +115,29 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
     model, kind = load_model(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
     if kind != "seq2seq":
         raise ModelError(f"student {config.student!r} is a decoder-only model; dora trains seq2seq (T5) students")
-    kd = _choose_kd(config, cache, tokenizer, model)
+    kd = _choose_loss(config, cache, tokenizer, model)
 
-    # 3. Features: cache rows carry the teacher's top-k; gold rows only labels.
+    # 3. Features: cache rows carry the teacher's signal for the chosen loss; gold rows labels.
     features = [_gold_feature(tokenizer, task, ex, config) for ex in gold]
+    stats = AlignStats()
+    verbalisers = None
     if cache is not None:
-        features += _cache_features(cache, tokenizer, task, config, kd)
+        vmap = None
+        if kd == "aligned":
+            vmap, map_path = cached_vocab_map(
+                config.out, cache.manifest.teacher.tokenizer_fingerprint, tokenizer_fingerprint(tokenizer),
+                _teacher_surfaces(cache), surfaces(tokenizer), _teacher_eos(cache), tokenizer.eos_token_id)
+            stats.vocab_coverage = vmap.coverage()
+            stats.extra["vocab_map"] = map_path.name
+        if kd == "labels":
+            verbalisers = [target_ids(tokenizer, label, config.max_target_length)
+                           for label in cache.manifest.generation.label_set or []]
+        features += cache_features(cache, tokenizer, task.source_prefix, kd, vmap=vmap, stats=stats,
+                                   max_source_length=config.max_source_length,
+                                   max_target_length=config.max_target_length)
+    alignment = stats.to_dict() if kd in ("aligned", "uld") else None
     console.print(f"student: {len(features)} training rows ({len(gold)} gold, "
-                  f"{cache.num_rows if cache else 0} from the cache); {_describe(kd, config)}")
+                  f"{cache.num_rows if cache else 0} from the cache); {_describe(kd, config, alignment)}")
 
     # 4. Train, evaluating with the task metric and keeping the best model.
     config.out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +155,8 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
 
     result = train_loop(
         model=model, features=features, collate=lambda f: collate_kd(f, tokenizer.pad_token_id),
-        loss_fn=lambda m, b: student_loss(m, b, temperature=config.temperature, alpha=config.alpha),
+        loss_fn=lambda m, b: student_loss(m, b, mode=kd, temperature=config.temperature, alpha=config.alpha,
+                                          verbalisers=verbalisers),
         settings=settings, out_dir=config.out, save_model=lambda m, p: save_hf(m, tokenizer, p),
         evaluate=evaluate, primary=task.primary, description="train student",
     )
@@ -163,7 +177,8 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
     metrics = {"task": task.name, "metric": task.metric, "primary": task.primary, "eval": result.best,
                "best_step": result.best_step, "steps": result.steps, "history": result.history}
     record = {
-        "dora_version": __version__, "stage": "train-student", "strategy": _strategy(gold, cache), "kd": kd,
+        "dora_version": __version__, "stage": "train-student", "strategy": _strategy(gold, cache), "kd_loss": kd,
+        "alignment": alignment,
         "student": config.student, "cache": str(config.cache) if config.cache else None,
         "cache_teacher": asdict(cache.manifest.teacher) if cache else None,
         "gold_examples": len(gold), "cache_rows": cache.num_rows if cache else 0,
@@ -184,10 +199,16 @@ def _strategy(gold: list[Example], cache: LabelCache | None) -> str:
     return "mixed" if gold and cache else ("distill" if cache else "annotate")
 
 
-def _describe(kd: str, config: TrainStudentConfig) -> str:
-    if kd == "topk":
-        return f"loss: top-k KL at T={config.temperature} (alpha={config.alpha} on the pseudo-label)"
-    return "loss: cross-entropy on the pseudo-label text (sequence-level KD)"
+def _describe(kd: str, config: TrainStudentConfig, alignment: dict[str, Any] | None) -> str:
+    t, a = config.temperature, config.alpha
+    return {
+        "topk": f"loss: top-k KL at T={t} (alpha={a} on the pseudo-label)",
+        "aligned": f"loss: aligned top-k KL at T={t} across tokenizers (alpha={a}); {alignment}",
+        "uld": f"loss: ULD on aligned positions at T={t} (alpha={a}); {alignment}",
+        "labels": f"loss: label-set KL at T={t} over the cache's labels (alpha={a} on the pseudo-label)",
+        "sequence": "loss: cross-entropy on the pseudo-label text (sequence-level KD)",
+        "none": "loss: cross-entropy on gold labels",
+    }[kd]
 
 
 def _check_cache_task(cache: LabelCache, task: Task, path: Path) -> None:
@@ -200,90 +221,41 @@ def _check_cache_task(cache: LabelCache, task: Task, path: Path) -> None:
                          f"this run {task.source_prefix!r}; pass --prefix to match")
 
 
-def _choose_kd(config: TrainStudentConfig, cache: LabelCache | None, tokenizer: Any, model: Any) -> str:
+def _choose_loss(config: TrainStudentConfig, cache: LabelCache | None, tokenizer: Any, model: Any) -> str:
     if cache is None:
         return "none"
     teacher = cache.manifest.teacher
     same = teacher.tokenizer_fingerprint == tokenizer_fingerprint(tokenizer) and teacher.vocab_size <= vocab_size(model)
-    if config.kd == "topk" and not same:
+    if config.kd_loss == "topk" and not same:
         raise CacheError(
-            f"{config.cache}: --kd topk needs the teacher's tokenizer, but the cache's tokenizer fingerprint "
+            f"{config.cache}: --kd-loss topk needs the teacher's tokenizer, but the cache's tokenizer fingerprint "
             f"{teacher.tokenizer_fingerprint[:12]}... differs from the student's {tokenizer_fingerprint(tokenizer)[:12]}... "
-            "(or its vocabulary is larger); use a student with the teacher's tokenizer, or --kd sequence"
+            "(or its vocabulary is larger); use --kd-loss aligned, uld, labels or sequence"
         )
-    if config.kd == "auto" and not same:
-        console.print(
-            "[yellow]note:[/] the cache's teacher tokenizer differs from the student's, so the stored top-k "
-            "cannot be used; training on the pseudo-label text (sequence-level KD). Cross-tokenizer "
-            "losses come in a later dora release."
-        )
-        return "sequence"
-    return "topk" if config.kd == "auto" else config.kd
+    if config.kd_loss == "labels" and not cache.manifest.generation.label_set:
+        raise CacheError(f"{config.cache}: --kd-loss labels needs the teacher's label_logprobs, which this cache "
+                         "lacks; relabel with a closed-label task or --labels A,B,...")
+    if config.kd_loss != "auto":
+        return "topk" if config.kd_loss == "aligned" and same else config.kd_loss
+    if same:
+        return "topk"
+    console.print("[yellow]note:[/] the cache's teacher tokenizer differs from the student's: distilling through "
+                  "the aligned top-k KL (--kd-loss aligned); --kd-loss uld, labels or sequence are the alternatives")
+    return "aligned"
+
+
+def _teacher_surfaces(cache: LabelCache) -> list[bytes | None]:
+    from transformers import AutoTokenizer
+
+    return surfaces(AutoTokenizer.from_pretrained(str(cache.tokenizer_dir)), cache.manifest.teacher.vocab_size)
+
+
+def _teacher_eos(cache: LabelCache) -> int | None:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(cache.tokenizer_dir)).eos_token_id
 
 
 def _gold_feature(tokenizer: Any, task: Task, ex: Example, config: TrainStudentConfig) -> dict[str, Any]:
     labels = target_ids(tokenizer, ex.target or "", config.max_target_length)
     return encode_pair(tokenizer, "seq2seq", task.source_prefix + ex.source, labels, config.max_source_length)
-
-
-def _cache_features(cache: LabelCache, tokenizer: Any, task: Task, config: TrainStudentConfig, kd: str) -> list[dict[str, Any]]:
-    k = cache.manifest.generation.k
-    columns = ["source", "target"] + (["target_ids", "topk_ids", "topk_logprobs"] if kd == "topk" else [])
-    features = []
-    for table in cache.iter_tables(columns):
-        cols = {c: table.column(c) for c in columns}
-        sources, targets = cols["source"].to_pylist(), cols["target"].to_pylist()
-        if kd == "topk":
-            # flatten() honours slicing offsets; cumulative lengths index every row's tokens.
-            ids_col = cols["target_ids"].combine_chunks()
-            lengths = ids_col.value_lengths().to_numpy()
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            flat_ids = ids_col.flatten().to_numpy()
-            topk_ids = cols["topk_ids"].combine_chunks().flatten().flatten().to_numpy().reshape(-1, k)
-            topk_lp = cols["topk_logprobs"].combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
-        for i, (source, target) in enumerate(zip(sources, targets)):
-            if kd == "topk":
-                lo = int(starts[i])
-                n = min(int(lengths[i]), config.max_target_length)
-                labels = flat_ids[lo : lo + n].tolist()
-                feat = encode_pair(tokenizer, "seq2seq", task.source_prefix + source, labels, config.max_source_length)
-                feat["topk_ids"] = topk_ids[lo : lo + n]
-                feat["topk_logprobs"] = topk_lp[lo : lo + n]
-            else:
-                labels = target_ids(tokenizer, target, config.max_target_length)
-                feat = encode_pair(tokenizer, "seq2seq", task.source_prefix + source, labels, config.max_source_length)
-            features.append(feat)
-    return features
-
-
-def collate_kd(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Batch gold and cache rows together; ``kd_mask`` marks positions with a stored top-k."""
-    batch = collate(features, pad_id)
-    width = batch["labels"].shape[1]
-    k = next((f["topk_ids"].shape[1] for f in features if "topk_ids" in f), 1)
-    topk_ids = np.zeros((len(features), width, k), dtype=np.int64)
-    topk_lp = np.zeros((len(features), width, k), dtype=np.float32)
-    kd_mask = torch.zeros((len(features), width), dtype=torch.bool)
-    for i, f in enumerate(features):
-        if "topk_ids" in f:
-            n = len(f["topk_ids"])
-            topk_ids[i, :n] = f["topk_ids"]
-            topk_lp[i, :n] = f["topk_logprobs"]
-            kd_mask[i, :n] = True
-    batch["topk_ids"] = torch.from_numpy(topk_ids)
-    batch["topk_logprobs"] = torch.from_numpy(topk_lp)
-    batch["kd_mask"] = kd_mask
-    return batch
-
-
-def student_loss(model: Any, batch: dict[str, torch.Tensor], *, temperature: float, alpha: float) -> torch.Tensor:
-    """Per label token: (1 - alpha) * top-k KL + alpha * CE where a top-k is stored, CE elsewhere;
-    averaged over all label tokens of the batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).logits
-    ce = token_cross_entropy(logits, batch["labels"])
-    kd_mask = batch["kd_mask"]
-    per_token = ce
-    if kd_mask.any():
-        kl = topk_kl_per_token(logits, batch["topk_ids"], batch["topk_logprobs"], temperature)
-        per_token = torch.where(kd_mask, (1 - alpha) * kl + alpha * ce, ce)
-    return per_token.sum() / (batch["labels"] != IGNORE).sum().clamp(min=1)

@@ -26,9 +26,9 @@ from dora.errors import ConfigError
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
 from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, fingerprint, read_examples
-from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.encoding import encode_prompts, target_ids
 from dora.pipeline.engines import Engine, EngineName, EngineSettings, TransformersEngine, resolve_engine
+from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.generation import Generated, decode
 from dora.pipeline.models import (
     check_top_k,

@@ -1,0 +1,218 @@
+"""What the student learns from each cached row, per distillation loss (``--kd-loss``).
+
+* ``topk``: same tokenizer as the teacher. Labels are the teacher's ``target_ids``; every
+  position carries the teacher's stored top-k (exact top-k KL with a tail bucket).
+* ``aligned``: another tokenizer. Labels are the student's tokens of the pseudo-label text;
+  1:1 positions (same text span, see ``dora.pipeline.align``) carry the teacher's top-k mapped
+  into the student vocabulary (unmapped ids' mass goes to the tail bucket); other positions
+  get cross-entropy. With identical tokenizers it is exactly ``topk``.
+* ``uld``: like ``aligned``, but the 1:1 positions use the vocabulary-free ULD loss (L1 between
+  sorted probability vectors), so unmapped teacher tokens still teach.
+* ``labels``: closed-label tasks. The student's normalised distribution over the label
+  verbalisers (each scored as a sequence) matches the teacher's stored ``label_logprobs``.
+* ``sequence``: the pseudo-label text only (cross-entropy, sequence-level KD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from dora.cache import LabelCache
+from dora.pipeline.align import VocabMap, align, map_topk, surfaces
+from dora.pipeline.encoding import IGNORE, collate, encode_pair, target_ids
+from dora.pipeline.losses import label_set_kl, token_cross_entropy, topk_kl_per_token, uld_per_token
+
+KdLoss = Literal["auto", "topk", "aligned", "uld", "labels", "sequence"]
+
+
+@dataclass(kw_only=True)
+class AlignStats:
+    """How much of the teacher's signal crossed the tokenizer boundary."""
+
+    student_positions: int = 0
+    aligned_positions: int = 0
+    teacher_mass: float = 0.0
+    mapped_mass: float = 0.0
+    vocab_coverage: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vocab_coverage": None if self.vocab_coverage is None else round(self.vocab_coverage, 4),
+            "aligned_positions": round(self.aligned_positions / max(self.student_positions, 1), 4),
+            "mapped_topk_mass": round(self.mapped_mass / self.teacher_mass, 4) if self.teacher_mass else None,
+            **self.extra,
+        }
+
+
+def _flat(column: Any, k: int | None = None) -> np.ndarray:
+    values = column.combine_chunks().flatten()
+    if k is not None:
+        values = values.flatten()
+    out = values.to_numpy(zero_copy_only=False)
+    return out.reshape(-1, k) if k is not None else out
+
+
+def cache_features(
+    cache: LabelCache,
+    tokenizer: Any,
+    prefix: str,
+    mode: str,
+    *,
+    max_source_length: int,
+    max_target_length: int,
+    vmap: VocabMap | None = None,
+    stats: AlignStats | None = None,
+) -> list[dict[str, Any]]:
+    """One training feature per cached row for loss ``mode`` (see the module docstring)."""
+    k = cache.manifest.generation.k
+    need_topk = mode in ("topk", "aligned", "uld")
+    columns = ["source", "target"] + (["target_ids", "topk_ids", "topk_logprobs"] if need_topk else [])
+    columns += ["label_logprobs"] if mode == "labels" else []
+    teacher_tok = None
+    if mode in ("aligned", "uld"):
+        from transformers import AutoTokenizer
+
+        teacher_tok = AutoTokenizer.from_pretrained(str(cache.tokenizer_dir))
+        t_surf = surfaces(teacher_tok, cache.manifest.teacher.vocab_size)
+        s_surf = surfaces(tokenizer)
+    stats = stats if stats is not None else AlignStats()
+    features: list[dict[str, Any]] = []
+    for table in cache.iter_tables(columns):
+        sources, targets = table.column("source").to_pylist(), table.column("target").to_pylist()
+        if need_topk:
+            ids_col = table.column("target_ids").combine_chunks()
+            lengths = ids_col.value_lengths().to_numpy()
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            flat_ids = _flat(table.column("target_ids"))
+            top_ids = _flat(table.column("topk_ids"), k)
+            top_lp = _flat(table.column("topk_logprobs"), k).astype(np.float32)
+        label_lp = table.column("label_logprobs").to_pylist() if mode == "labels" else None
+        for i, (source, target) in enumerate(zip(sources, targets)):
+            text = prefix + source
+            if mode == "topk":
+                lo, n = int(starts[i]), min(int(lengths[i]), max_target_length)
+                feat = encode_pair(tokenizer, "seq2seq", text, flat_ids[lo : lo + n].tolist(), max_source_length)
+                feat.update(topk_ids=top_ids[lo : lo + n].astype(np.int64), topk_logprobs=top_lp[lo : lo + n],
+                            kd_mask=np.ones(n, bool))
+            elif mode in ("aligned", "uld"):
+                lo, n = int(starts[i]), int(lengths[i])
+                t_ids = flat_ids[lo : lo + n].tolist()
+                labels = target_ids(tokenizer, target, max_target_length)
+                feat = encode_pair(tokenizer, "seq2seq", text, labels, max_source_length)
+                feat.update(_aligned_arrays(t_ids, labels, top_ids[lo : lo + n], top_lp[lo : lo + n], t_surf,
+                                            s_surf, teacher_tok.eos_token_id, tokenizer.eos_token_id, vmap, mode,
+                                            stats))
+            else:
+                feat = encode_pair(tokenizer, "seq2seq", text, target_ids(tokenizer, target, max_target_length),
+                                   max_source_length)
+                if label_lp is not None:
+                    feat["label_logprobs"] = np.asarray(label_lp[i], np.float32)
+            features.append(feat)
+    return features
+
+
+def _aligned_arrays(t_ids: list[int], s_ids: list[int], top_ids: np.ndarray, top_lp: np.ndarray, t_surf: Any,
+                    s_surf: Any, t_eos: int | None, s_eos: int | None, vmap: VocabMap | None, mode: str,
+                    stats: AlignStats) -> dict[str, np.ndarray]:
+    k = top_ids.shape[1]
+    n = len(s_ids)
+    ids = np.full((n, k), -1, np.int64)
+    lp = np.zeros((n, k), np.float32)
+    mask = np.zeros(n, bool)
+    pairs = align(t_ids, s_ids, t_surf, s_surf, t_eos, s_eos)
+    stats.student_positions += n
+    for j, i in enumerate(pairs):
+        if i < 0:
+            continue
+        if mode == "uld":
+            ids[j], lp[j], mask[j] = top_ids[i], top_lp[i], True
+            stats.aligned_positions += 1
+            continue
+        mapped = map_topk(vmap, t_ids[i], s_ids[j], top_ids[i]) if vmap is not None else None
+        if mapped is None:
+            continue
+        ids[j], lp[j], mask[j] = mapped, top_lp[i], True
+        stats.aligned_positions += 1
+        probs = np.exp(top_lp[i].astype(np.float64))
+        stats.teacher_mass += float(probs.sum())
+        stats.mapped_mass += float(probs[mapped >= 0].sum())
+    return {"topk_ids": ids, "topk_logprobs": lp, "kd_mask": mask}
+
+
+def collate_kd(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch gold and cache rows together; ``kd_mask`` marks positions with a stored top-k and
+    ``label_rows`` rows with stored label log-probabilities."""
+    batch = collate(features, pad_id)
+    width = batch["labels"].shape[1]
+    k = next((f["topk_ids"].shape[1] for f in features if "topk_ids" in f), 1)
+    topk_ids = np.full((len(features), width, k), -1, dtype=np.int64)
+    topk_lp = np.zeros((len(features), width, k), dtype=np.float32)
+    kd_mask = np.zeros((len(features), width), dtype=bool)
+    for i, f in enumerate(features):
+        if "topk_ids" in f:
+            n = len(f["topk_ids"])
+            topk_ids[i, :n] = f["topk_ids"]
+            topk_lp[i, :n] = f["topk_logprobs"]
+            kd_mask[i, :n] = f["kd_mask"]
+    batch.update(topk_ids=torch.from_numpy(topk_ids), topk_logprobs=torch.from_numpy(topk_lp),
+                 kd_mask=torch.from_numpy(kd_mask))
+    c = next((len(f["label_logprobs"]) for f in features if "label_logprobs" in f), 0)
+    if c:
+        rows = np.array(["label_logprobs" in f for f in features])
+        lab = np.zeros((len(features), c), np.float32)
+        for i, f in enumerate(features):
+            if "label_logprobs" in f:
+                lab[i] = f["label_logprobs"]
+        batch.update(label_logprobs=torch.from_numpy(lab), label_rows=torch.from_numpy(rows))
+    return batch
+
+
+def student_loss(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    *,
+    mode: str,
+    temperature: float,
+    alpha: float,
+    verbalisers: list[list[int]] | None = None,
+) -> torch.Tensor:
+    """Per label token: (1 - alpha) * KD + alpha * CE where a teacher signal is stored, CE elsewhere
+    (gold rows, unaligned positions); averaged over the batch's label tokens. ``labels`` mode adds
+    (1 - alpha) * the label-set KL per cache row, averaged over those rows."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).logits
+    ce = token_cross_entropy(logits, batch["labels"])
+    n_tokens = (batch["labels"] != IGNORE).sum().clamp(min=1)
+    kd_mask = batch["kd_mask"]
+    per_token = ce
+    if mode in ("topk", "aligned", "uld") and kd_mask.any():
+        if mode == "uld":
+            kd = uld_per_token(logits, batch["topk_logprobs"], temperature)
+        else:
+            ids = batch["topk_ids"]
+            valid = ids >= 0
+            # All slots valid (same tokenizer): the exact same-vocabulary computation.
+            kd = topk_kl_per_token(logits, ids.clamp(min=0), batch["topk_logprobs"], temperature,
+                                   valid=None if bool(valid[kd_mask].all()) else valid | ~kd_mask.unsqueeze(-1))
+        per_token = torch.where(kd_mask, (1 - alpha) * kd + alpha * ce, ce)
+    if mode == "labels" and "label_rows" in batch:
+        rows = batch["label_rows"]
+        per_token = torch.where(rows.unsqueeze(-1), alpha * ce, ce)
+        loss = per_token.sum() / n_tokens
+        if rows.any() and verbalisers:
+            student = torch.stack([_sequence_logprob(model, batch, ids) for ids in verbalisers], dim=-1)
+            kl = label_set_kl(student[rows], batch["label_logprobs"][rows], temperature)
+            loss = loss + (1 - alpha) * kl.mean()
+        return loss
+    return per_token.sum() / n_tokens
+
+
+def _sequence_logprob(model: Any, batch: dict[str, torch.Tensor], ids: list[int]) -> torch.Tensor:
+    """(B,) log-probability of the token sequence ``ids`` as the output for every row."""
+    labels = torch.tensor(ids, device=batch["input_ids"].device).expand(len(batch["input_ids"]), -1).contiguous()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
