@@ -56,6 +56,8 @@ def _assert_same_labels(a: list[dict], b: list[dict]) -> None:
         np.testing.assert_allclose(np.array(x["topk_logprobs"], np.float32), np.array(y["topk_logprobs"], np.float32),
                                    rtol=1e-3, atol=1e-4)
         assert x["seq_logprob"] == pytest.approx(y["seq_logprob"], abs=1e-4)
+        if "label_logprobs" in x or "label_logprobs" in y:  # prompt logprobs (vLLM) vs teacher forcing
+            np.testing.assert_allclose(x["label_logprobs"], y["label_logprobs"], atol=1e-4)
 
 
 def test_vllm_cache_passes_the_cache_checks(vllm_cache):
@@ -66,6 +68,7 @@ def test_vllm_cache_passes_the_cache_checks(vllm_cache):
     assert m.complete and m.generation.backend == "vllm" and m.generation.backend_version
     assert m.generation.engine["logprobs_mode"] == "raw_logprobs" and m.generation.engine["enforce_eager"] is True
     assert m.teacher.kind == "causal" and m.teacher.architecture == "LlamaForCausalLM"
+    assert m.generation.label_set == ["SUPPORTS", "REFUTES"]
     assert cache.verify_checksums() == []
     tok = AutoTokenizer.from_pretrained(vllm_cache / "tokenizer")
     for row in _rows(vllm_cache):

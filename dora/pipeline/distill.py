@@ -6,8 +6,10 @@
   1:1 positions (same text span, see ``dora.pipeline.align``) carry the teacher's top-k mapped
   into the student vocabulary (unmapped ids' mass goes to the tail bucket); other positions
   get cross-entropy. With identical tokenizers it is exactly ``topk``.
-* ``uld``: like ``aligned``, but the 1:1 positions use the vocabulary-free ULD loss (L1 between
-  sorted probability vectors), so unmapped teacher tokens still teach.
+* ``uld``: cross-entropy on the student's tokens plus, on the 1:1 positions, the vocabulary-free
+  ULD loss (L1 between sorted probability vectors) weighted by 1 - alpha. ULD says how peaked
+  the teacher is, not which token it prefers, so it complements the text loss (as in Boizard
+  et al.) rather than replacing it.
 * ``labels``: closed-label tasks. The student's normalised distribution over the label
   verbalisers (each scored as a sequence) matches the teacher's stored ``label_logprobs``.
 * ``sequence``: the pseudo-label text only (cross-entropy, sequence-level KD).
@@ -182,22 +184,23 @@ def student_loss(
     verbalisers: list[list[int]] | None = None,
 ) -> torch.Tensor:
     """Per label token: (1 - alpha) * KD + alpha * CE where a teacher signal is stored, CE elsewhere
-    (gold rows, unaligned positions); averaged over the batch's label tokens. ``labels`` mode adds
-    (1 - alpha) * the label-set KL per cache row, averaged over those rows."""
+    (gold rows, unaligned positions); averaged over the batch's label tokens. ``uld`` adds
+    (1 - alpha) * ULD to CE on aligned positions; ``labels`` weights the cache rows' CE by alpha and
+    adds (1 - alpha) * the label-set KL per cache row, averaged over those rows."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).logits
     ce = token_cross_entropy(logits, batch["labels"])
     n_tokens = (batch["labels"] != IGNORE).sum().clamp(min=1)
     kd_mask = batch["kd_mask"]
     per_token = ce
-    if mode in ("topk", "aligned", "uld") and kd_mask.any():
-        if mode == "uld":
-            kd = uld_per_token(logits, batch["topk_logprobs"], temperature)
-        else:
-            ids = batch["topk_ids"]
-            valid = ids >= 0
-            # All slots valid (same tokenizer): the exact same-vocabulary computation.
-            kd = topk_kl_per_token(logits, ids.clamp(min=0), batch["topk_logprobs"], temperature,
-                                   valid=None if bool(valid[kd_mask].all()) else valid | ~kd_mask.unsqueeze(-1))
+    if mode == "uld" and kd_mask.any():
+        uld = uld_per_token(logits, batch["topk_logprobs"], temperature)
+        per_token = ce + torch.where(kd_mask, (1 - alpha) * uld, torch.zeros_like(uld))
+    elif mode in ("topk", "aligned") and kd_mask.any():
+        ids = batch["topk_ids"]
+        valid = ids >= 0
+        # All slots valid (same tokenizer): the exact same-vocabulary computation.
+        kd = topk_kl_per_token(logits, ids.clamp(min=0), batch["topk_logprobs"], temperature,
+                               valid=None if bool(valid[kd_mask].all()) else valid | ~kd_mask.unsqueeze(-1))
         per_token = torch.where(kd_mask, (1 - alpha) * kd + alpha * ce, ce)
     if mode == "labels" and "label_rows" in batch:
         rows = batch["label_rows"]
