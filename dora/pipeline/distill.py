@@ -51,6 +51,24 @@ class AlignStats:
         }
 
 
+@dataclass(frozen=True)
+class TokenizerPair:
+    """The teacher's (from the cache) and the student's tokenizers, as token surfaces."""
+
+    teacher_surfaces: list[bytes | None]
+    student_surfaces: list[bytes | None]
+    teacher_eos: int | None
+    student_eos: int | None
+
+    @classmethod
+    def of(cls, cache: LabelCache, student_tokenizer: Any) -> TokenizerPair:
+        from transformers import AutoTokenizer
+
+        teacher = AutoTokenizer.from_pretrained(str(cache.tokenizer_dir))
+        return cls(surfaces(teacher, cache.manifest.teacher.vocab_size), surfaces(student_tokenizer),
+                   teacher.eos_token_id, student_tokenizer.eos_token_id)
+
+
 def _flat(column: Any, k: int | None = None) -> np.ndarray:
     values = column.combine_chunks().flatten()
     if k is not None:
@@ -68,20 +86,17 @@ def cache_features(
     max_source_length: int,
     max_target_length: int,
     vmap: VocabMap | None = None,
+    pair: TokenizerPair | None = None,
     stats: AlignStats | None = None,
 ) -> list[dict[str, Any]]:
-    """One training feature per cached row for loss ``mode`` (see the module docstring)."""
+    """One training feature per cached row for loss ``mode`` (see the module docstring);
+    ``aligned`` and ``uld`` need the tokenizer ``pair`` (and ``aligned`` the ``vmap``)."""
     k = cache.manifest.generation.k
     need_topk = mode in ("topk", "aligned", "uld")
     columns = ["source", "target"] + (["target_ids", "topk_ids", "topk_logprobs"] if need_topk else [])
     columns += ["label_logprobs"] if mode == "labels" else []
-    teacher_tok = None
-    if mode in ("aligned", "uld"):
-        from transformers import AutoTokenizer
-
-        teacher_tok = AutoTokenizer.from_pretrained(str(cache.tokenizer_dir))
-        t_surf = surfaces(teacher_tok, cache.manifest.teacher.vocab_size)
-        s_surf = surfaces(tokenizer)
+    if mode in ("aligned", "uld") and pair is None:
+        pair = TokenizerPair.of(cache, tokenizer)
     stats = stats if stats is not None else AlignStats()
     features: list[dict[str, Any]] = []
     for table in cache.iter_tables(columns):
@@ -106,9 +121,10 @@ def cache_features(
                 t_ids = flat_ids[lo : lo + n].tolist()
                 labels = target_ids(tokenizer, target, max_target_length)
                 feat = encode_pair(tokenizer, "seq2seq", text, labels, max_source_length)
-                feat.update(_aligned_arrays(t_ids, labels, top_ids[lo : lo + n], top_lp[lo : lo + n], t_surf,
-                                            s_surf, teacher_tok.eos_token_id, tokenizer.eos_token_id, vmap, mode,
-                                            stats))
+                assert pair is not None  # set above for these modes
+                feat.update(_aligned_arrays(t_ids, labels, top_ids[lo : lo + n], top_lp[lo : lo + n],
+                                            pair.teacher_surfaces, pair.student_surfaces, pair.teacher_eos,
+                                            pair.student_eos, vmap, mode, stats))
             else:
                 feat = encode_pair(tokenizer, "seq2seq", text, target_ids(tokenizer, target, max_target_length),
                                    max_source_length)

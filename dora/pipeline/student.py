@@ -25,11 +25,11 @@ from typing import Any
 from dora import __version__
 from dora.cache import LabelCache, tokenizer_fingerprint
 from dora.errors import CacheError, ConfigError, ModelError
-from dora.pipeline.align import cached_vocab_map, surfaces
+from dora.pipeline.align import cached_vocab_map
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
 from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, read_examples
-from dora.pipeline.distill import AlignStats, KdLoss, cache_features, collate_kd, student_loss
+from dora.pipeline.distill import AlignStats, KdLoss, TokenizerPair, cache_features, collate_kd, student_loss
 from dora.pipeline.encoding import encode_pair, target_ids
 from dora.pipeline.evaluation import predict
 from dora.pipeline.metrics import require_encoder, score
@@ -123,16 +123,17 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
     verbalisers = None
     if cache is not None:
         vmap = None
-        if kd == "aligned":
+        pair = TokenizerPair.of(cache, tokenizer) if kd in ("aligned", "uld") else None
+        if kd == "aligned" and pair is not None:
             vmap, map_path = cached_vocab_map(
                 config.out, cache.manifest.teacher.tokenizer_fingerprint, tokenizer_fingerprint(tokenizer),
-                _teacher_surfaces(cache), surfaces(tokenizer), _teacher_eos(cache), tokenizer.eos_token_id)
+                pair.teacher_surfaces, pair.student_surfaces, pair.teacher_eos, pair.student_eos)
             stats.vocab_coverage = vmap.coverage()
             stats.extra["vocab_map"] = map_path.name
         if kd == "labels":
             verbalisers = [target_ids(tokenizer, label, config.max_target_length)
                            for label in cache.manifest.generation.label_set or []]
-        features += cache_features(cache, tokenizer, task.source_prefix, kd, vmap=vmap, stats=stats,
+        features += cache_features(cache, tokenizer, task.source_prefix, kd, vmap=vmap, pair=pair, stats=stats,
                                    max_source_length=config.max_source_length,
                                    max_target_length=config.max_target_length)
     alignment = stats.to_dict() if kd in ("aligned", "uld") else None
@@ -242,18 +243,6 @@ def _choose_loss(config: TrainStudentConfig, cache: LabelCache | None, tokenizer
     console.print("[yellow]note:[/] the cache's teacher tokenizer differs from the student's: distilling through "
                   "the aligned top-k KL (--kd-loss aligned); --kd-loss uld, labels or sequence are the alternatives")
     return "aligned"
-
-
-def _teacher_surfaces(cache: LabelCache) -> list[bytes | None]:
-    from transformers import AutoTokenizer
-
-    return surfaces(AutoTokenizer.from_pretrained(str(cache.tokenizer_dir)), cache.manifest.teacher.vocab_size)
-
-
-def _teacher_eos(cache: LabelCache) -> int | None:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(cache.tokenizer_dir)).eos_token_id
 
 
 def _gold_feature(tokenizer: Any, task: Task, ex: Example, config: TrainStudentConfig) -> dict[str, Any]:
