@@ -31,15 +31,17 @@ import torch
 # pure float rounding and the student's is exactly empty (k equal to the vocabulary).
 _LOG_FLOOR = -69.0  # log(1e-30)
 _NEG = -1e4  # log-mass of an excluded top-k slot: exp() underflows to exactly 0
+_TAIL_EPS = 1e-5  # teacher tail mass below this is summation rounding, not signal
 
 
 def teacher_tail_logprob(topk_logprobs: torch.Tensor) -> torch.Tensor:
     """Log of the teacher mass outside its stored top-k: log(1 - sum exp(lp)), -inf when empty.
 
-    Stored float16 values can sum to slightly above 1; that is clamped to an empty tail.
+    A tail below ``_TAIL_EPS`` is float rounding (k equal to the vocabulary, or float16 values
+    summing to slightly above 1) and counts as empty.
     """
-    mass = topk_logprobs.float().exp().sum(-1)
-    return torch.log((1.0 - mass).clamp(min=0.0))
+    tail = 1.0 - topk_logprobs.float().exp().sum(-1)
+    return torch.log(torch.where(tail > _TAIL_EPS, tail, torch.zeros_like(tail)))
 
 
 def _xlogy_diff(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
