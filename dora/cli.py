@@ -269,6 +269,107 @@ def demo_cmd(
     _run(lambda: run_demo(_config(DemoConfig, options)))
 
 
+cache_app = typer.Typer(help="Inspect, verify and share label caches.", no_args_is_help=True,
+                        pretty_exceptions_show_locals=False)
+app.add_typer(cache_app, name="cache")
+CacheArg = Annotated[Path, typer.Argument(help="Cache directory (manifest.json, tokenizer/, shards/).")]
+
+
+@cache_app.command("info")
+def cache_info_cmd(
+    cache: CacheArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Teacher, task, engine, rows, tokens, size, cost record, sequence-logprob spread and fingerprints.
+
+    [bold]Example[/]: dora cache info caches/fever --json
+    """
+    from dora.cache.info import info
+
+    result = _run(lambda: info(cache))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    from dora.pipeline.progress import console
+
+    table = Table(title=f"label cache {result['cache']}", show_header=False)
+    lp = result["seq_logprob"]
+    for key, value in [
+        ("task", result["task"].get("name")), ("complete", result["complete"]),
+        ("teacher", f"{result['teacher']['name_or_path']} ({result['teacher']['architecture']})"),
+        ("engine", f"{result['engine']['backend']} {result['engine']['version']}, k={result['engine']['k']}"),
+        ("rows / pool", f"{result['rows']} / {result['pool_rows']}"), ("tokens", result["tokens"]),
+        ("shards", result["shards"]), ("bytes on disk", result["bytes_on_disk"]),
+        ("bytes per token", result["bytes_per_token"]),
+        ("seq logprob mean ± std", f"{lp['mean']:.3f} ± {lp['std']:.3f}" if lp["mean"] is not None else "-"),
+        ("labeling cost", result["costs"].get("labeling", {}).get("device_hours", "-")),
+        ("pool fingerprint", result["fingerprints"]["pool"][:16] + "..."),
+        ("tokenizer fingerprint", result["fingerprints"]["teacher_tokenizer"][:16] + "..."),
+    ]:
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@cache_app.command("verify")
+def cache_verify_cmd(
+    cache: CacheArg,
+    no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip decoding target_ids with the cached tokenizer.")] = False,
+) -> None:
+    """Every check: sha256 and row counts, schema, unique ids, sorted logprobs <= 0, ids in the vocabulary,
+    target_ids decoding to target. Prints one line per problem and exits 1 if there is any."""
+    from dora.cache.verify import verify
+
+    problems = _run(lambda: verify(cache, decode=not no_decode))
+    for line in problems:
+        typer.echo(line, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{cache}: ok")
+
+
+@cache_app.command("push")
+def cache_push_cmd(
+    cache: CacheArg,
+    dest: Annotated[str, typer.Argument(help="Where to: a directory, file://, memory://, s3://, gs://, or hf://datasets/ORG/NAME.")],
+    license: Annotated[str, typer.Option(help="License stated in the dataset card.")] = "other",
+) -> None:
+    """Copy a complete, verified cache with a dataset card; the manifest is written last.
+
+    [bold]Example[/]: dora cache push caches/fever hf://datasets/my-lab/fever-t5xxl --license cc-by-sa-4.0
+    """
+    from dora.cache.share import push
+
+    result = _run(lambda: push(cache, dest, license=license))
+    typer.echo(f"pushed {cache} -> {result['dest']}")
+
+
+@cache_app.command("pull")
+def cache_pull_cmd(
+    src: Annotated[str, typer.Argument(help="Where from: a directory, file://, memory://, s3://, gs://, http(s)://, or hf://datasets/ORG/NAME[@REVISION].")],
+    dest: Annotated[Path, typer.Argument(help="Local directory for the cache.")],
+    shards: Annotated[str | None, typer.Option(help="Only these shard indices, e.g. 0,1,5.")] = None,
+    rows: Annotated[int | None, typer.Option(help="Only enough leading shards for this many rows.")] = None,
+) -> None:
+    """Fetch a cache, checking every file's size and sha256 before it is used; reruns resume.
+
+    [bold]Example[/]: dora cache pull https://example.org/caches/fever caches/fever --shards 0,1
+    """
+    from dora.cache.share import pull
+    from dora.errors import ConfigError
+
+    def run() -> Any:
+        try:
+            picked = [int(x) for x in shards.split(",")] if shards else None
+        except ValueError:
+            raise ConfigError(f"--shards {shards!r} is not a comma-separated list of shard numbers") from None
+        return pull(src, dest, shards=picked, rows=rows)
+
+    manifest = _run(run)
+    typer.echo(f"pulled {manifest.rows} rows in {len(manifest.shards)} shard(s) -> {dest}")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"dora {__version__}")

@@ -23,6 +23,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 _SHARD_FILE = re.compile(r"^shards/part-\d{5}\.parquet$")
+_TOKENIZER_FILE = re.compile(r"^tokenizer/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
@@ -105,6 +106,15 @@ class ShardEntry:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FileEntry:
+    """A file of the cache's tokenizer copy, so that a pulled cache can be checked whole."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     """The whole manifest. ``stats`` and ``costs`` are free-form dicts of numbers and strings."""
 
@@ -114,9 +124,11 @@ class Manifest:
     pool: PoolInfo
     shard_size: int
     shards: tuple[ShardEntry, ...] = ()
+    tokenizer_files: tuple[FileEntry, ...] = ()
     complete: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     costs: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
     dora_version: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -154,9 +166,12 @@ class Manifest:
                 pool=_build(PoolInfo, data["pool"], f"{where}: pool"),
                 shard_size=_typed(data, "shard_size", int, where),
                 shards=shards,
+                tokenizer_files=tuple(_build(FileEntry, f, f"{where}: tokenizer_files[{i}]")
+                                      for i, f in enumerate(data.get("tokenizer_files", []))),
                 complete=_typed(data, "complete", bool, where),
                 stats=_typed(data, "stats", dict, where),
                 costs=_typed(data, "costs", dict, where) if "costs" in data else {},
+                lineage=_typed(data, "lineage", dict, where) if "lineage" in data else {},
                 dora_version=_typed(data, "dora_version", str, where),
             )
         except KeyError as e:
@@ -180,6 +195,9 @@ class Manifest:
                                  f"which does not fit shard_size {self.shard_size}")
             if not re.fullmatch(r"[0-9a-f]{64}", s.sha256) or s.bytes < 0:
                 raise CacheError(f"{where}: shard {s.file} has a malformed sha256 or size")
+        for f in self.tokenizer_files:
+            if not _TOKENIZER_FILE.match(f.file) or not re.fullmatch(r"[0-9a-f]{64}", f.sha256) or f.bytes < 0:
+                raise CacheError(f"{where}: tokenizer file entry {f.file!r} is not tokenizer/NAME with a sha256 and size")
 
 
 def _typed(data: dict, key: str, kind: type, where: str) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dora.cache.manifest import TOKENIZER_DIR, Manifest, file_sha256, read_manifest
+from dora.cache.manifest import TOKENIZER_DIR, Manifest, ShardEntry, file_sha256, read_manifest
 from dora.cache.schema import check_schema
 from dora.errors import CacheError
 
@@ -74,9 +74,12 @@ class LabelCache:
                 problems.append(f"{self.root / entry.file}: sha256 {digest[:12]}... does not match the manifest")
         return problems
 
+    def read_shard(self, entry: ShardEntry, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self._shard_path(entry.file), columns=columns)
+
     def iter_tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
         for entry in self.manifest.shards:
-            yield pq.read_table(self._shard_path(entry.file), columns=columns)
+            yield self.read_shard(entry, columns)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         tables = list(self.iter_tables(columns))

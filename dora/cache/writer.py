@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from dora.cache.manifest import (
     MANIFEST,
     TOKENIZER_DIR,
+    FileEntry,
     Manifest,
     ShardEntry,
     file_sha256,
@@ -126,12 +127,14 @@ class CacheWriter:
 
     def _save_tokenizer(self, tokenizer: Any) -> None:
         target = self.root / TOKENIZER_DIR
-        if target.is_dir():
-            return
-        tmp = self.root / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save_pretrained(str(tmp))
-        os.replace(tmp, target)
+        if not target.is_dir():
+            tmp = self.root / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(str(tmp))
+            os.replace(tmp, target)
+        files = tuple(FileEntry(file=f"{TOKENIZER_DIR}/{p.name}", bytes=p.stat().st_size, sha256=file_sha256(p))
+                      for p in sorted(target.iterdir()) if p.is_file())
+        self.manifest = dataclasses.replace(self.manifest, tokenizer_files=files)
 
     def missing_shards(self) -> list[int]:
         done = {s.index for s in self.manifest.shards}

@@ -1,0 +1,42 @@
+"""``dora cache info``: what a cache holds, what it cost, and how confident its teacher was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from dora.cache.reader import LabelCache
+
+
+def info(root: str | Path) -> dict[str, Any]:
+    cache = LabelCache.open(root, require_complete=False)
+    m = cache.manifest
+    tokens = 0
+    seq: list[np.ndarray] = []
+    for table in cache.iter_tables(["target_ids", "seq_logprob"]):
+        tokens += int(pc.sum(pc.list_value_length(table.column("target_ids"))).as_py() or 0)
+        seq.append(table.column("seq_logprob").to_numpy())
+    lp = np.concatenate(seq) if seq else np.zeros(0, np.float32)
+    on_disk = sum(s.bytes for s in m.shards) + sum(f.bytes for f in m.tokenizer_files)
+    shard_bytes = sum(s.bytes for s in m.shards)
+    return {
+        "cache": str(cache.root), "complete": m.complete, "task": m.task,
+        "teacher": {"name_or_path": m.teacher.name_or_path, "base": m.teacher.base,
+                    "architecture": m.teacher.architecture, "kind": m.teacher.kind, "vocab_size": m.teacher.vocab_size},
+        "engine": {"backend": m.generation.backend, "version": m.generation.backend_version, "k": m.generation.k,
+                   "do_sample": m.generation.do_sample, "temperature": m.generation.temperature,
+                   "max_new_tokens": m.generation.max_new_tokens, "dtype": m.generation.dtype,
+                   "label_set": m.generation.label_set, "settings": m.generation.engine},
+        "rows": m.rows, "pool_rows": m.pool.rows, "tokens": tokens, "shards": len(m.shards),
+        "bytes_on_disk": on_disk,
+        "bytes_per_token": round(shard_bytes / tokens, 2) if tokens else None,
+        "seq_logprob": {"mean": float(lp.mean()) if len(lp) else None, "std": float(lp.std()) if len(lp) else None,
+                        "min": float(lp.min()) if len(lp) else None, "max": float(lp.max()) if len(lp) else None},
+        "costs": m.costs, "stats": m.stats, "lineage": m.lineage,
+        "fingerprints": {"pool": m.pool.fingerprint, "teacher_tokenizer": m.teacher.tokenizer_fingerprint,
+                         "teacher_weights": m.teacher.weights_sha256},
+        "dora_version": m.dora_version,
+    }

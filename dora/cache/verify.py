@@ -1,0 +1,78 @@
+"""``dora cache verify``: every check a cache can pass, one line per problem.
+
+Cheap checks (``LabelCache.open``): the manifest's schema, every listed shard present with its
+size, row count and column types. Deep checks (here): every shard's sha256, ids unique across
+the cache, rows where the manifest says, top-k log-probabilities sorted and <= 0, token ids
+inside the teacher's vocabulary, ``target_ids`` decoding to ``target`` with the cached tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+from dora.cache.reader import LabelCache
+from dora.errors import CacheError
+
+MAX_PROBLEMS_PER_CHECK = 5
+
+
+def verify(root: str | Path, *, decode: bool = True) -> list[str]:
+    """Return one line per problem (empty when the cache is sound)."""
+    try:
+        cache = LabelCache.open(root, require_complete=False)
+    except CacheError as e:
+        return [str(e)]
+    m = cache.manifest
+    problems = cache.verify_checksums()
+    if not m.complete:
+        problems.append(f"{cache.root}: incomplete ({len(m.shards)} of {m.num_shards} shards listed)")
+    tokenizer = None
+    if decode:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(cache.tokenizer_dir), trust_remote_code=False)
+        except Exception as e:  # a missing or damaged tokenizer directory
+            problems.append(f"{cache.tokenizer_dir}: cannot load the cached tokenizer ({str(e).splitlines()[0][:200]})")
+    seen: dict[str, str] = {}
+    vocab = m.teacher.vocab_size
+    for entry in m.shards:
+        path = cache.root / entry.file
+        if any(path.name in p and "sha256" in p for p in problems):
+            continue  # its bytes are wrong: reading further says nothing new
+        try:
+            table = LabelCache(cache.root, m).read_shard(entry)
+        except Exception as e:
+            problems.append(f"{path}: unreadable ({str(e).splitlines()[0][:200]})")
+            continue
+        where = str(path)
+        rows = table.column("row").to_numpy()
+        if not np.array_equal(rows, np.arange(entry.first_row, entry.first_row + entry.rows)):
+            problems.append(f"{where}: rows are not {entry.first_row}..{entry.first_row + entry.rows - 1} in order")
+        dupes = 0
+        for ident in table.column("id").to_pylist():
+            if ident in seen and dupes < MAX_PROBLEMS_PER_CHECK:
+                problems.append(f"{where}: id {ident!r} also in {seen[ident]}")
+                dupes += 1
+            seen.setdefault(ident, path.name)
+        lp = table.column("topk_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+        lp = lp.astype(np.float32).reshape(-1, m.generation.k)
+        if len(lp) and (np.isnan(lp).any() or (lp > 0).any()):
+            problems.append(f"{where}: top-k log-probabilities above 0 or NaN")
+        if len(lp) and (np.diff(lp, axis=1) > 0).any():
+            problems.append(f"{where}: top-k log-probabilities not sorted in decreasing order")
+        for column in ("target_ids", "topk_ids"):
+            ids = table.column(column).combine_chunks().flatten()
+            ids = ids.flatten() if column == "topk_ids" else ids
+            if len(ids) and (pc.min(ids).as_py() < 0 or pc.max(ids).as_py() >= vocab):
+                problems.append(f"{where}: {column} outside the teacher vocabulary [0, {vocab})")
+        if tokenizer is not None:
+            bad = 0
+            for r, (ids, text) in enumerate(zip(table.column("target_ids").to_pylist(), table.column("target").to_pylist())):
+                if tokenizer.decode(ids, skip_special_tokens=True) != text and bad < MAX_PROBLEMS_PER_CHECK:
+                    problems.append(f"{where}: row {entry.first_row + r}: target_ids do not decode to target")
+                    bad += 1
+    return problems

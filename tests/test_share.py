@@ -1,0 +1,175 @@
+"""Sharing caches: info, verify, push and pull through real backends, damage and malice refused."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dora.cache import LabelCache
+from dora.cache.share import pull, push
+from dora.cache.verify import verify
+from dora.cli import app
+from dora.errors import CacheError
+
+runner = CliRunner()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A loopback HTTP server over a directory (python's http.server), stopped after the test."""
+    servers = []
+
+    def serve(directory: Path) -> str:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+        handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for s in servers:
+        s.shutdown()
+
+
+def test_info_and_verify_a_sound_cache(cache_dir):
+    result = runner.invoke(app, ["cache", "info", str(cache_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["rows"] == 40 and info["shards"] == 3 and info["tokens"] > 0 and info["bytes_per_token"] > 0
+    assert info["seq_logprob"]["mean"] < 0 and info["costs"]["labeling"]["examples"] == 40
+    assert "teacher" in runner.invoke(app, ["cache", "info", str(cache_dir)]).output
+    assert verify(cache_dir) == []
+    ok = runner.invoke(app, ["cache", "verify", str(cache_dir)])
+    assert ok.exit_code == 0 and ok.stdout.strip().endswith(": ok")
+
+
+def test_verify_reports_one_line_per_problem(cache_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(cache_dir, bad)
+    shard = bad / "shards" / "part-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    data[64] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = runner.invoke(app, ["cache", "verify", str(bad)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "part-00001.parquet: sha256" in lines[0]
+
+
+@pytest.mark.parametrize("scheme", ["dir", "file", "memory"])
+def test_push_pull_round_trip_is_byte_identical(cache_dir, tmp_path, scheme):
+    dest = {"dir": str(tmp_path / "remote"), "file": f"file://{tmp_path / 'remote'}",
+            "memory": f"memory://dora-test-{tmp_path.name}"}[scheme]
+    result = runner.invoke(app, ["cache", "push", str(cache_dir), dest, "--license", "cc-by-sa-4.0"])
+    assert result.exit_code == 0, result.output
+    got = tmp_path / "pulled"
+    result = runner.invoke(app, ["cache", "pull", dest, str(got)])
+    assert result.exit_code == 0, result.output
+    assert _files(got) == {k: v for k, v in _files(cache_dir).items()}
+    assert verify(got) == []
+
+
+def test_pull_over_http_and_load_with_datasets(cache_dir, tmp_path, served):
+    import datasets
+
+    remote = tmp_path / "hublike"
+    push(cache_dir, str(remote), license="cc-by-sa-4.0")
+    card = (remote / "README.md").read_text()
+    assert "license: cc-by-sa-4.0" in card and "path: shards/*.parquet" in card and "dora train-student" in card
+    ds = datasets.load_dataset(str(remote), split="train")
+    assert ds.num_rows == 40 and len(ds[0]["topk_ids"][0]) == 8
+    url = served(remote)
+    pull(url, tmp_path / "pulled")
+    assert _files(tmp_path / "pulled") == _files(cache_dir)
+    subset = pull(url, tmp_path / "subset", shards=[0, 2])
+    assert [s.index for s in subset.shards] == [0, 2] and subset.lineage["subset"]["of_rows"] == 40
+    assert LabelCache.open(tmp_path / "subset").num_rows == 24
+    assert pull(url, tmp_path / "first", rows=20).rows == 32  # whole shards covering 20 rows
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    ("flip", "part-00001.parquet: sha256 does not match"),
+    ("truncate", "part-00001.parquet: 10 bytes"),
+    ("delete", "part-00001.parquet: listed in the manifest but missing at the source"),
+    ("manifest", "part-00001.parquet: sha256 does not match"),
+])
+def test_pull_refuses_damage_naming_the_shard(cache_dir, tmp_path, damage, needle):
+    remote = tmp_path / "remote"
+    push(cache_dir, str(remote))
+    shard = remote / "shards" / "part-00001.parquet"
+    if damage == "flip":
+        data = bytearray(shard.read_bytes())
+        data[100] ^= 0x01
+        shard.write_bytes(bytes(data))
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:10])
+    elif damage == "delete":
+        shard.unlink()
+    else:
+        manifest = json.loads((remote / "manifest.json").read_text())
+        manifest["shards"][1]["sha256"] = "0" * 64
+        (remote / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["cache", "pull", str(remote), str(tmp_path / "got")])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not (tmp_path / "got" / "shards" / "part-00001.parquet").exists()
+    assert not (tmp_path / "got" / "manifest.json").exists()  # nothing usable was left half-made
+    assert not list((tmp_path / "got").rglob("*.part-*"))
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("file", "../../../etc/passwd", "not shards/part-NNNNN.parquet"),
+    ("file", "/etc/passwd", "not shards/part-NNNNN.parquet"),
+    ("bytes", 10**15, "beyond any real shard"),
+    ("tokenizer", "../../secret", "is not tokenizer/NAME"),
+])
+def test_malicious_manifests_are_refused_before_reading(cache_dir, tmp_path, field, value, needle):
+    remote = tmp_path / "remote"
+    push(cache_dir, str(remote))
+    manifest = json.loads((remote / "manifest.json").read_text())
+    if field == "tokenizer":
+        manifest["tokenizer_files"][0]["file"] = value
+    else:
+        manifest["shards"][0][field] = value
+    (remote / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match=needle):
+        pull(str(remote), tmp_path / "got")
+    assert not (tmp_path / "got" / "shards").exists()
+
+
+def test_symlink_out_of_a_pulled_cache_is_refused(cache_dir, tmp_path):
+    local = tmp_path / "cache"
+    shutil.copytree(cache_dir, local)
+    outside = tmp_path / "elsewhere.parquet"
+    shutil.move(local / "shards" / "part-00000.parquet", outside)
+    (local / "shards" / "part-00000.parquet").symlink_to(outside)
+    assert any("outside the cache" in p for p in verify(local))
+
+
+def test_an_interrupted_pull_resumes(cache_dir, tmp_path):
+    remote = tmp_path / "remote"
+    push(cache_dir, str(remote))
+    got = tmp_path / "got"
+    pull(str(remote), got)
+    kept = got / "shards" / "part-00000.parquet"
+    before = kept.stat().st_mtime_ns
+    (got / "shards" / "part-00002.parquet").unlink()  # as if the transfer died there
+    (got / "manifest.json").unlink()
+    (got / "shards" / ".part-00002.parquet.part-999").write_bytes(b"half")
+    pull(str(remote), got)
+    assert kept.stat().st_mtime_ns == before  # not fetched again
+    assert _files(got) == _files(cache_dir)  # the dead pull's partial file is gone too
+    assert verify(got) == []
