@@ -370,6 +370,56 @@ def cache_pull_cmd(
     typer.echo(f"pulled {manifest.rows} rows in {len(manifest.shards)} shard(s) -> {dest}")
 
 
+@cache_app.command("filter")
+def cache_filter_cmd(
+    cache: CacheArg,
+    out: Annotated[Path, typer.Argument(help="New cache directory for the rows kept.")],
+    min_seq_logprob: Annotated[float | None, typer.Option(help="Keep rows whose sequence log-probability is at least this.")] = None,
+    max_entropy: Annotated[float | None, typer.Option(help="Keep rows whose mean token entropy (nats, top-k plus tail) is at most this.")] = None,
+    min_length: Annotated[int | None, typer.Option(help="Keep pseudo-labels of at least this many tokens.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Keep pseudo-labels of at most this many tokens.")] = None,
+    gold: Annotated[Path | None, typer.Option(help="Labeled file (ids matching the cache's): keep rows whose pseudo-label equals the gold one.")] = None,
+    id_field: IdFieldOpt = "id",
+    source_field: SourceFieldOpt = "source",
+    target_field: TargetFieldOpt = "target",
+) -> None:
+    """Write a new cache with the rows that pass every criterion; its manifest records the lineage.
+
+    [bold]Example[/]: dora cache filter caches/fever caches/fever-confident --min-seq-logprob -1.5
+    """
+    from dora.cache.transform import filter_cache
+
+    def run() -> Any:
+        references = None
+        if gold is not None:
+            from dora.pipeline.data import Fields, read_examples
+
+            fields = Fields(source=source_field, target=target_field, id=id_field)
+            references = {e.id: e.target or "" for e in read_examples(gold, fields=fields, require_target=True)}
+        return filter_cache(cache, out, min_seq_logprob=min_seq_logprob, max_entropy=max_entropy,
+                            min_length=min_length, max_length=max_length, gold=references)
+
+    manifest = _run(run)
+    f = manifest.lineage["filter"]
+    typer.echo(f"kept {f['kept']} of {f['of']} rows -> {out}")
+
+
+@cache_app.command("merge")
+def cache_merge_cmd(
+    caches: Annotated[list[Path], typer.Argument(help="Two or more caches of the same teacher and settings.")],
+    out: Annotated[Path, typer.Option(help="New cache directory.")],
+    shard_size: Annotated[int | None, typer.Option(help="Rows per shard of the merged cache (default: the first cache's).")] = None,
+) -> None:
+    """Combine caches of one teacher and settings (several workers or pools), deduplicated by id.
+
+    [bold]Example[/]: dora cache merge caches/pool-a caches/pool-b --out caches/all
+    """
+    from dora.cache.transform import merge_caches
+
+    manifest = _run(lambda: merge_caches(caches, out, shard_size=shard_size))
+    typer.echo(f"merged {manifest.rows} rows ({manifest.lineage['duplicates_dropped']} duplicates dropped) -> {out}")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"dora {__version__}")

@@ -9,6 +9,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -173,3 +174,75 @@ def test_an_interrupted_pull_resumes(cache_dir, tmp_path):
     assert kept.stat().st_mtime_ns == before  # not fetched again
     assert _files(got) == _files(cache_dir)  # the dead pull's partial file is gone too
     assert verify(got) == []
+
+
+def test_filter_keeps_what_passes_and_records_lineage(cache_dir, tmp_path):
+    from dora.cache.transform import mean_entropy
+
+    table = LabelCache.open(cache_dir).read()
+    lp = table.column("seq_logprob").to_numpy()
+    cut = float(np.median(lp))
+    result = runner.invoke(app, ["cache", "filter", str(cache_dir), str(tmp_path / "f"), "--min-seq-logprob", str(cut)])
+    assert result.exit_code == 0, result.output
+    kept = LabelCache.open(tmp_path / "f")
+    assert kept.num_rows == int((lp >= cut).sum()) and 0 < kept.num_rows < 40
+    assert (kept.read().column("seq_logprob").to_numpy() >= cut).all()
+    assert kept.manifest.lineage["filter"]["criteria"] == {"min_seq_logprob": cut}
+    assert verify(tmp_path / "f") == []
+    ent = mean_entropy(table, 8)
+    assert ent.shape == (40,) and (ent >= 0).all()
+    # Gold agreement (the tiny fixture teacher's pseudo-labels may be empty strings, so the gold
+    # mapping is given directly; the CLI reads it from a labeled file with ids).
+    rows = table.to_pylist()
+    gold = {r["id"]: r["target"] if i % 2 else r["target"] + " (disagrees)" for i, r in enumerate(rows)}
+    from dora.cache.transform import filter_cache
+
+    agreed = filter_cache(cache_dir, tmp_path / "g", gold=gold)
+    assert agreed.rows == 20 and agreed.lineage["filter"]["criteria"] == {"gold_agreement": True}
+    none = runner.invoke(app, ["cache", "filter", str(cache_dir), str(tmp_path / "h")])
+    assert none.exit_code == 2 and "at least one criterion" in none.stderr
+
+
+def test_merge_deduplicates_and_refuses_mixed_teachers(cache_dir, tmp_path):
+    from dora.cache.transform import filter_cache
+
+    a = filter_cache(cache_dir, tmp_path / "a", max_length=10**6)  # all rows
+    b = filter_cache(cache_dir, tmp_path / "b", min_seq_logprob=-1e9)
+    result = runner.invoke(app, ["cache", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                                 str(tmp_path / "m"), "--shard-size", "25"])
+    assert result.exit_code == 0, result.output
+    merged = LabelCache.open(tmp_path / "m")
+    assert merged.num_rows == a.rows == b.rows == 40 and merged.manifest.lineage["duplicates_dropped"] == 40
+    assert [s.rows for s in merged.manifest.shards] == [25, 15]
+    assert verify(tmp_path / "m") == []
+    other = tmp_path / "other"
+    shutil.copytree(cache_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["generation"]["max_new_tokens"] = 99
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    bad = runner.invoke(app, ["cache", "merge", str(cache_dir), str(other), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "different generation" in bad.stderr
+
+
+def test_filter_by_a_gold_file_through_the_cli(cache_dir, tmp_path):
+    rows = LabelCache.open(cache_dir).read().to_pylist()
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"id": r["id"], "source": r["source"], "target": "SUPPORTS"}) + "\n"
+                            for r in rows))
+    result = runner.invoke(app, ["cache", "filter", str(cache_dir), str(tmp_path / "g"), "--gold", str(gold)])
+    assert result.exit_code == 0, result.output
+    expected = sum(r["target"].strip() == "SUPPORTS" for r in rows)
+    assert f"kept {expected} of 40 rows" in result.stdout
+    assert LabelCache.open(tmp_path / "g").num_rows == expected
+
+
+def test_hub_urls_are_parsed_and_checked():
+    from dora.cache.share import _hub
+
+    assert _hub("hf://datasets/my-lab/fever-t5xxl") == ("my-lab/fever-t5xxl", None)
+    assert _hub("hf://datasets/my-lab/fever-t5xxl@v1.0") == ("my-lab/fever-t5xxl", "v1.0")
+    assert _hub("s3://bucket/cache") is None
+    with pytest.raises(CacheError, match="dataset repositories"):
+        _hub("hf://my-lab/model")
+    with pytest.raises(CacheError, match="ORG/NAME"):
+        _hub("hf://datasets/just-a-name")

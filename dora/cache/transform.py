@@ -1,0 +1,177 @@
+"""``dora cache filter`` and ``dora cache merge``: new caches derived from existing ones.
+
+Both write a complete cache of the same format (manifest last, atomically) whose manifest
+records its lineage: where its rows came from and what was done to them. Neither changes its
+inputs.
+
+    dora cache filter caches/fever caches/fever-confident --min-seq-logprob -2.0 --max-entropy 1.5
+    dora cache merge caches/fever-a caches/fever-b --out caches/fever-all
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dora.cache.manifest import TOKENIZER_DIR, Manifest, PoolInfo, ShardEntry, file_sha256, write_manifest
+from dora.cache.reader import LabelCache
+from dora.cache.schema import shard_schema
+from dora.cache.writer import ROW_GROUP_SIZE, shard_name
+from dora.errors import CacheError
+
+
+def mean_entropy(table: pa.Table, k: int) -> np.ndarray:
+    """Per row: mean over generated tokens of the entropy (nats) of the stored top-k plus its tail bucket."""
+    lp = table.column("topk_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+    lp = lp.astype(np.float64).reshape(-1, k)
+    p = np.exp(lp)
+    tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)
+    ent = -(p * lp).sum(-1) - np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
+    lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    return np.array([ent[a:b].mean() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def _fresh(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise CacheError(f"{out}: exists and is not empty; choose a new --out for the derived cache")
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+
+
+def _write(out: Path, manifest: Manifest, tables: Iterable[tuple[int, pa.Table]], tokenizer_from: Path) -> Manifest:
+    """Write shards, copy the tokenizer, then the manifest (last)."""
+    schema = shard_schema(manifest.generation.k, manifest.generation.label_set is not None)
+    entries = []
+    for index, table in tables:
+        if table.num_rows == 0:
+            continue
+        path = out / shard_name(index)
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table.select(schema.names).cast(schema), tmp, compression="zstd",
+                       row_group_size=ROW_GROUP_SIZE, use_dictionary=["id", "source", "target"])
+        tmp.replace(path)
+        entries.append(ShardEntry(index=index, file=shard_name(index), rows=table.num_rows,
+                                  first_row=index * manifest.shard_size, bytes=path.stat().st_size,
+                                  sha256=file_sha256(path)))
+    shutil.copytree(tokenizer_from, out / TOKENIZER_DIR, dirs_exist_ok=True)
+    result = dataclasses.replace(manifest, shards=tuple(entries), complete=True)
+    write_manifest(out, result)
+    return result
+
+
+def filter_cache(
+    src: str | Path,
+    out: str | Path,
+    *,
+    min_seq_logprob: float | None = None,
+    max_entropy: float | None = None,
+    min_length: int | None = None,
+    max_length: int | None = None,
+    gold: dict[str, str] | None = None,
+) -> Manifest:
+    """Keep the rows that pass every given criterion; shards keep their row ranges (with gaps).
+
+    gold: {id: gold target}; a row is kept when its pseudo-label equals its gold label (rows
+    without gold are kept), as distil-whisper keeps pseudo-labels that agree with references.
+    """
+    cache = LabelCache.open(src)
+    out = Path(out)
+    _fresh(out)
+    k = cache.manifest.generation.k
+    kept = total = 0
+
+    def tables() -> Iterable[tuple[int, pa.Table]]:
+        nonlocal kept, total
+        for entry in cache.manifest.shards:
+            table = cache.read_shard(entry)
+            keep = np.ones(table.num_rows, bool)
+            if min_seq_logprob is not None:
+                keep &= table.column("seq_logprob").to_numpy() >= min_seq_logprob
+            if max_entropy is not None:
+                keep &= mean_entropy(table, k) <= max_entropy
+            lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
+            if min_length is not None:
+                keep &= lengths >= min_length
+            if max_length is not None:
+                keep &= lengths <= max_length
+            if gold is not None:
+                ids, targets = table.column("id").to_pylist(), table.column("target").to_pylist()
+                keep &= np.array([i not in gold or gold[i].strip() == t.strip() for i, t in zip(ids, targets)])
+            total += table.num_rows
+            kept += int(keep.sum())
+            yield entry.index, table.filter(pa.array(keep))
+
+    criteria = {k2: v for k2, v in {"min_seq_logprob": min_seq_logprob, "max_entropy": max_entropy,
+                                    "min_length": min_length, "max_length": max_length,
+                                    "gold_agreement": gold is not None}.items() if v not in (None, False)}
+    if not criteria:
+        raise CacheError("give at least one criterion: --min-seq-logprob, --max-entropy, --min-length, "
+                         "--max-length or --gold")
+    manifest = _write(out, cache.manifest, tables(), cache.tokenizer_dir)
+    lineage = {"filter": {"source": str(cache.root), "criteria": criteria, "kept": kept, "of": total},
+               "parents": [cache.manifest.lineage] if cache.manifest.lineage else []}
+    manifest = dataclasses.replace(manifest, lineage=lineage)
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _identity(m: Manifest) -> dict[str, Any]:
+    return {"task": m.task, "teacher": dataclasses.asdict(m.teacher) | {"name_or_path": None},
+            "generation": dataclasses.asdict(m.generation) | {"engine": None, "backend_version": None},
+            "tokenizer": [(f.file, f.sha256) for f in m.tokenizer_files]}
+
+
+def merge_caches(sources: Sequence[str | Path], out: str | Path, *, shard_size: int | None = None) -> Manifest:
+    """One cache from several made with the same teacher and settings; rows deduplicated by id
+    (first occurrence wins) and renumbered in order."""
+    if len(sources) < 2:
+        raise CacheError("give two or more caches to merge")
+    caches = [LabelCache.open(s) for s in sources]
+    first = caches[0]
+    for other in caches[1:]:
+        a, b = _identity(first.manifest), _identity(other.manifest)
+        diff = [key for key in a if a[key] != b[key]]
+        if diff:
+            raise CacheError(f"{other.root}: made with a different {', '.join(diff)} than {first.root}; only caches "
+                             "of one teacher, tokenizer and generation settings merge")
+    out = Path(out)
+    _fresh(out)
+    size = shard_size or first.manifest.shard_size
+    seen: set[str] = set()
+    parts: list[pa.Table] = []
+    dropped = 0
+    for cache in caches:
+        for table in cache.iter_tables():
+            mask = []
+            for ident in table.column("id").to_pylist():
+                mask.append(ident not in seen)
+                seen.add(ident)
+            dropped += mask.count(False)
+            parts.append(table.filter(pa.array(mask)))
+    merged = pa.concat_tables(parts) if parts else pa.table({})
+    merged = merged.set_column(merged.schema.get_field_index("row"), "row",
+                               pa.array(np.arange(merged.num_rows, dtype=np.int64)))
+    h = hashlib.sha256()
+    for ident, source in zip(merged.column("id").to_pylist(), merged.column("source").to_pylist()):
+        h.update(json.dumps([ident, source], ensure_ascii=False).encode() + b"\n")
+    base = dataclasses.replace(first.manifest, shard_size=size, pool=PoolInfo(fingerprint=h.hexdigest(),
+                               rows=merged.num_rows, path="(merged)"),
+                               stats={"tokens": int(pc.sum(pc.list_value_length(merged.column("target_ids"))).as_py() or 0)},
+                               costs={"merged": [c.manifest.costs for c in caches]}, lineage={})
+    tables = ((i, merged.slice(i * size, size)) for i in range(-(-merged.num_rows // size)))
+    manifest = _write(out, base, tables, first.tokenizer_dir)
+    lineage = {"merge": [{"cache": str(c.root), "pool": c.manifest.pool.fingerprint, "rows": c.num_rows}
+                         for c in caches], "duplicates_dropped": dropped}
+    manifest = dataclasses.replace(manifest, lineage=lineage)
+    write_manifest(out, manifest)
+    return manifest
