@@ -151,13 +151,16 @@ def test_malicious_manifests_are_refused_before_reading(cache_dir, tmp_path, fie
     assert not (tmp_path / "got" / "shards").exists()
 
 
-def test_symlink_out_of_a_pulled_cache_is_refused(cache_dir, tmp_path):
+def test_symlinks_out_of_a_cache_are_refused(cache_dir, tmp_path):
     local = tmp_path / "cache"
     shutil.copytree(cache_dir, local)
     outside = tmp_path / "elsewhere.parquet"
     shutil.move(local / "shards" / "part-00000.parquet", outside)
     (local / "shards" / "part-00000.parquet").symlink_to(outside)
     assert any("outside the cache" in p for p in verify(local))
+    with pytest.raises(CacheError, match="part-00000.parquet: resolves outside the cache"):
+        pull(str(local), tmp_path / "got")
+    assert not (tmp_path / "got" / "shards" / "part-00000.parquet").exists()
 
 
 def test_an_interrupted_pull_resumes(cache_dir, tmp_path):

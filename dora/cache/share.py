@@ -151,6 +151,12 @@ def pull(src: str, dest: str | Path, *, shards: list[int] | None = None, rows: i
         here = json.loads((dest / MANIFEST).read_text())
         if here.get("pool", {}).get("fingerprint") != manifest.pool.fingerprint:
             raise CacheError(f"{dest}: holds another cache; pull into an empty directory")
+    if _is_local(fs):  # a local source: no file may resolve outside it (symlinks)
+        root = Path(base).resolve()
+        for entry in [*manifest.tokenizer_files, *wanted.shards]:
+            real = Path(f"{base}/{entry.file}").resolve()
+            if root not in real.parents:
+                raise CacheError(f"{src}/{entry.file}: resolves outside the cache ({real}); refusing it")
     for stale in [*dest.glob("shards/.*.part-*"), *dest.glob("tokenizer/.*.part-*")]:
         stale.unlink()  # left by a pull that died mid-file
     for entry in [*manifest.tokenizer_files, *wanted.shards]:
@@ -160,6 +166,11 @@ def pull(src: str, dest: str | Path, *, shards: list[int] | None = None, rows: i
         shutil.rmtree(Path(src), ignore_errors=True)
     LabelCache.open(dest)  # the cheap checks, as every consumer will run them
     return wanted
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
 
 
 def _read_capped(fs: Any, url: str, limit: int) -> bytes:
