@@ -69,7 +69,7 @@ def measure(name: str, model: Path, pool: Path, rows: int, out: Path) -> dict:
         extra = {"engine_args": {"enforce_eager": True}} if engine == "vllm" else {}
         result = teacher_label(TeacherLabelConfig(
             task="fever", teacher=str(model), finetune=False, pool=sub, out=out / "cache", engine=engine, top_k=K,
-            max_new_tokens=NEW_TOKENS, label_batch_size=BATCH, **extra))
+            max_new_tokens=NEW_TOKENS, label_batch_size=BATCH, score_labels=False, **extra))
         cost = result.costs["labeling"]
         return {"tokens": cost["tokens"], "seconds": cost["wall_seconds"]}
     ids, tok = prompts(model, pool, rows)

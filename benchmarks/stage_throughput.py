@@ -66,14 +66,14 @@ def main() -> None:
     # labeling measurements generate the same number of tokens.
     out = teacher_label(TeacherLabelConfig(
         task="fever", teacher=str(teacher_dir), train=train, pool=pool, out=work / "cache", max_steps=args.steps,
-        batch_size=16, top_k=args.top_k, max_new_tokens=16, label_batch_size=64))
+        batch_size=16, top_k=args.top_k, max_new_tokens=16, label_batch_size=64, score_labels=False))
     ft = out.costs["teacher_finetune"]
     lab = out.costs["labeling"]
     results.append(("teacher fine-tune (dora loop)", "steps/s", args.steps / ft["wall_seconds"], ""))
     dora_tps = lab["tokens"] / lab["wall_seconds"]
     again = teacher_label(TeacherLabelConfig(  # a second labeling run: best of two, like the baseline
         task="fever", teacher=str(work / "cache.teacher"), finetune=False, pool=pool, out=work / "cache2",
-        top_k=args.top_k, max_new_tokens=16, label_batch_size=64))
+        top_k=args.top_k, max_new_tokens=16, label_batch_size=64, score_labels=False))
     dora_tps = max(dora_tps, again.costs["labeling"]["tokens"] / again.costs["labeling"]["wall_seconds"])
 
     # Bare baseline: batched generate with the same model, batches and lengths, no top-k, no cache.

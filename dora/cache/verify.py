@@ -44,7 +44,7 @@ def verify(root: str | Path, *, decode: bool = True) -> list[str]:
         if any(path.name in p and "sha256" in p for p in problems):
             continue  # its bytes are wrong: reading further says nothing new
         try:
-            table = LabelCache(cache.root, m).read_shard(entry)
+            table = cache.read_shard(entry)
         except Exception as e:
             problems.append(f"{path}: unreadable ({str(e).splitlines()[0][:200]})")
             continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -51,6 +51,12 @@ class EngineSettings:
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
     engine_args: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Any) -> EngineSettings:
+        """The engine's view of a stage config: same field names, ``label_batch_size`` as batch size."""
+        names = {f.name for f in fields(cls)} - {"batch_size"}
+        return cls(**{n: getattr(config, n) for n in names}, batch_size=config.label_batch_size)
 
 
 class Engine(Protocol):

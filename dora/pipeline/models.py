@@ -51,9 +51,13 @@ def load_config(name: str, *, revision: str | None = None, trust_remote_code: bo
         raise ModelError(f"cannot read the model config of {name!r} ({str(e).splitlines()[0][:200]}); {_hub_hint(name)}") from None
 
 
-def model_kind(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> ModelKind:
-    config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
+def kind_of(config: Any) -> ModelKind:
+    """seq2seq (encoder-decoder, like T5) or causal (decoder-only), from a model config."""
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def architecture_of(config: Any) -> str:
+    return (getattr(config, "architectures", None) or [type(config).__name__])[0]
 
 
 def load_model(
@@ -62,7 +66,7 @@ def load_model(
     """Load weights in float32 (training and labeling cast under accelerate where a device allows)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    kind = model_kind(name, revision=revision, trust_remote_code=trust_remote_code)
+    kind = kind_of(load_config(name, revision=revision, trust_remote_code=trust_remote_code))
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     try:
         model = auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)

@@ -31,8 +31,10 @@ from dora.pipeline.engines import Engine, EngineName, EngineSettings, Transforme
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.generation import Generated, decode
 from dora.pipeline.models import (
+    architecture_of,
     check_top_k,
     free_accelerator_memory,
+    kind_of,
     load_config,
     load_model,
     load_tokenizer,
@@ -149,9 +151,8 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
     CacheWriter.preflight(config.out, fingerprint(pool))
     base = load_config(config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code)
     check_top_k(config.top_k, getattr(base, "vocab_size", config.top_k), config.teacher)
-    kind = "seq2seq" if getattr(base, "is_encoder_decoder", False) else "causal"
-    architecture = (getattr(base, "architectures", None) or [type(base).__name__])[0]
-    engine_name, why = resolve_engine(config.engine, kind, architecture)  # fails now, not after fine-tuning
+    kind = kind_of(base)  # fine-tuning changes weights, not the architecture or vocabulary
+    engine_name, why = resolve_engine(config.engine, kind, architecture_of(base))  # fails now, not after fine-tuning
 
     # 2. Fine-tune the teacher (or reuse one fine-tuned with the same data and settings).
     costs: dict[str, Any] = {}
@@ -172,13 +173,7 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
 
     # 3. Start the labeling engine on the teacher, and open (or continue) the cache.
     tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-    settings = EngineSettings(
-        top_k=config.top_k, max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
-        batch_size=config.label_batch_size, dtype=config.dtype, temperature=config.temperature, top_p=config.top_p,
-        seed=config.seed, tensor_parallel_size=config.tensor_parallel_size,
-        pipeline_parallel_size=config.pipeline_parallel_size, max_model_len=config.max_model_len,
-        gpu_memory_utilization=config.gpu_memory_utilization, engine_args=config.engine_args,
-    )
+    settings = EngineSettings.from_config(config)
     console.print(f"labeling engine: {engine_name} ({why})")
     engine: Engine
     if engine_name == "vllm":
@@ -193,10 +188,9 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
             model, _ = load_model(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
         check_top_k(config.top_k, vocab_size(model), teacher_path)
         engine = TransformersEngine(model, tokenizer, kind, settings)
-    labeled = load_config(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
     label_set = list(config.labels or task.labels or []) if config.score_labels else []
     verbalisers = [target_ids(tokenizer, label, config.max_target_length) for label in label_set]
-    manifest = _new_manifest(config, task, pool, teacher_path, labeled, kind, tokenizer, engine, label_set or None)
+    manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, engine, label_set or None)
     writer = CacheWriter.open(config.out, manifest, tokenizer)
     missing = writer.missing_shards()
     if len(missing) < manifest.num_shards:
@@ -253,7 +247,7 @@ def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], t
               "labels": list(task.labels) if task.labels else None},
         teacher=TeacherInfo(
             name_or_path=teacher_path, base=config.teacher if config.finetune else None,
-            architecture=(model_config.architectures or [type(model_config).__name__])[0], kind=kind,  # type: ignore[arg-type]
+            architecture=architecture_of(model_config), kind=kind,  # type: ignore[arg-type]
             vocab_size=int(model_config.vocab_size), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
             weights_sha256=weights_sha256(teacher_path), revision=None if config.finetune else config.revision,
             finetuned=config.finetune,
