@@ -33,7 +33,7 @@ app = typer.Typer(
 T = TypeVar("T")
 
 # --- shared options: declared once, used by every command that needs them -----------------------
-DATA, TRAIN, OUT, MODEL, ENGINE = "Data", "Training", "Output", "Model", "Labeling engine"
+DATA, TRAIN, OUT, MODEL, ENGINE, SCALE = "Data", "Training", "Output", "Model", "Labeling engine", "Scale out"
 TaskOpt = Annotated[str, typer.Option(help="Task: fever, multipit_id, stanceosaurus, wlp, nq, multipit_gen, or your own name with --metric.", rich_help_panel=DATA)]
 MetricOpt = Annotated[str | None, typer.Option(help="Metric for your own task: accuracy, f1, squad, bleu or rouge.", rich_help_panel=DATA)]
 PrefixOpt = Annotated[str | None, typer.Option(help='Source prefix (default "<task>: ").', rich_help_panel=DATA)]
@@ -133,6 +133,10 @@ def teacher_label_cmd(
     lora: Annotated[bool, typer.Option(help="Fine-tune LoRA adapters (peft) instead of all weights.", rich_help_panel=TRAIN)] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=TRAIN)] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.", rich_help_panel=TRAIN)] = 32,
+    save_every: Annotated[int, typer.Option(help="Fine-tuning: save a resumable checkpoint every N steps.", rich_help_panel=TRAIN)] = 200,
+    fsdp: Annotated[bool, typer.Option(help="Fine-tuning under torchrun/accelerate launch: shard the teacher over the processes (FSDP2).", rich_help_panel=SCALE)] = False,
+    ray: Annotated[str | None, typer.Option(help="Label on Ray: local (a cluster on this machine), auto (the running cluster) or ray://HOST:PORT.", rich_help_panel=SCALE)] = None,
+    ray_workers: Annotated[int | None, typer.Option(help="Ray: engine replicas (default: one per GPU group, 2 without GPUs).", rich_help_panel=SCALE)] = None,
     epochs: EpochsOpt = 3.0,
     max_steps: MaxStepsOpt = None,
     batch_size: BatchOpt = 8,
@@ -157,6 +161,10 @@ def teacher_label_cmd(
     [bold]Example[/]: dora teacher-label --task fever --teacher ./t5-large --train gold.jsonl --pool pool.jsonl --out cache/fever
 
     [bold]vLLM[/]: dora teacher-label --task nq --teacher ./llama-dir --train gold.jsonl --pool pool.jsonl --out cache/nq --engine vllm --tensor-parallel-size 4 --dtype bfloat16
+
+    [bold]Ray[/]: dora teacher-label ... --out /shared/cache/fever --ray auto --ray-workers 8  (one engine per worker, whole shards each)
+
+    [bold]FSDP[/]: torchrun --nproc-per-node 4 -m dora teacher-label ... --fsdp  (fine-tune sharded; rank 0 then labels over all GPUs)
 
     Rerunning the same command continues an interrupted run: the fine-tuned teacher and complete shards are reused.
     """
@@ -189,6 +197,7 @@ def train_student_cmd(
     save_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.", rich_help_panel=TRAIN)] = 500,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last when present.", rich_help_panel=TRAIN)] = True,
     eval_batch_size: Annotated[int, typer.Option(help="Generation batch size for evaluation.", rich_help_panel=MODEL)] = 32,
+    shuffle_window: Annotated[int, typer.Option(help="Cache shards held and shuffled together (memory is this many shards, not the cache).", rich_help_panel=TRAIN)] = 4,
     epochs: EpochsOpt = 3.0,
     max_steps: MaxStepsOpt = None,
     batch_size: BatchOpt = 16,
@@ -212,6 +221,8 @@ def train_student_cmd(
     """Stage 2: train a T5 student from a label cache (distill), gold labels (annotate), or both.
 
     [bold]Example[/]: dora train-student --task fever --student ./t5-small --cache cache/fever --eval test.jsonl --out runs/distill
+
+    [bold]Several GPUs[/]: accelerate launch --multi_gpu --num_processes 4 -m dora train-student ... (data-parallel; resumable)
     """
     options = locals()  # the command's options, by name
     from dora.pipeline.student import TrainStudentConfig, train_student

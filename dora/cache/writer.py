@@ -1,7 +1,10 @@
 """Writing a cache: shards atomically, the manifest last, complete shards skipped on a rerun.
 
 Shard ``i`` holds pool rows ``[i * shard_size, (i + 1) * shard_size)``: boundaries depend only
-on row numbers, so independent workers can fill disjoint shards of the same cache.
+on row numbers, so independent workers can fill disjoint shards of the same cache. Workers
+write shard files (``write_shard_file``); only the process holding the cache's lock
+(``CacheWriter``) lists them in the manifest. A shard is therefore complete and listed, or
+absent: a crash at any moment leaves at most an unlisted file, which the next writer removes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cache.manifest import (
     MANIFEST,
     TOKENIZER_DIR,
@@ -40,6 +44,38 @@ def shard_rows(index: int, shard_size: int, total: int) -> range:
     return range(index * shard_size, min((index + 1) * shard_size, total))
 
 
+def _is_leftover(name: str) -> bool:
+    """Files a crashed writer may leave at the top of a cache (removed or reused by the next one)."""
+    return name == LOCK_FILE or name.startswith((f".{TOKENIZER_DIR}.tmp-", f".{MANIFEST}.tmp-"))
+
+
+def write_shard_file(root: Path, index: int, table: pa.Table, *, k: int, label_scores: bool, shard_size: int,
+                     pool_rows: int) -> ShardEntry:
+    """Write shard ``index`` to ``root`` atomically (temporary file, fsync, rename); list nothing.
+
+    Safe to call from any worker process: the returned entry is listed by the cache's writer.
+    """
+    expected = shard_rows(index, shard_size, pool_rows)
+    if table.num_rows != len(expected):
+        raise CacheError(f"shard {index}: {table.num_rows} rows, expected {len(expected)}")
+    table = table.cast(shard_schema(k, label_scores))
+    rel = shard_name(index)
+    final = root / rel
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE,
+                       use_dictionary=["id", "source", "target"], write_statistics=["row"])
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CacheError(f"{final}: could not write the shard ({e.strerror}); free space or fix "
+                         "permissions, then rerun: complete shards are kept") from None
+    return ShardEntry(index=index, file=rel, rows=table.num_rows, first_row=expected.start,
+                      bytes=final.stat().st_size, sha256=file_sha256(final))
+
+
 def _identity(m: Manifest) -> dict[str, Any]:
     """The fields that must agree for a rerun to continue an existing cache."""
     return {
@@ -61,9 +97,10 @@ class CacheWriter:
         writer.finish(stats={"tokens": n})
     """
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, lock: CacheLock | None = None) -> None:
         self.root = root
         self.manifest = manifest
+        self._lock = lock
 
     @staticmethod
     def preflight(root: str | Path, pool_fingerprint: str) -> None:
@@ -76,21 +113,36 @@ class CacheWriter:
             if old.pool.fingerprint != pool_fingerprint:
                 raise CacheError(f"{root}: holds a cache made with a different pool; use a new --out directory, "
                                  "or delete this one to relabel")
-        elif root.exists() and any(p.name not in {"shards", TOKENIZER_DIR} for p in root.iterdir()):
+        elif root.exists() and any(p.name not in {"shards", TOKENIZER_DIR} and not _is_leftover(p.name)
+                                   for p in root.iterdir()):
             raise CacheError(f"{root}: is not empty and is not a dora cache; choose an empty or new --out")
         parent = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), Path("/"))
         if not os.access(parent, os.W_OK):
             raise CacheError(f"{parent}: not writable; choose an --out you can write to")
 
     @classmethod
-    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any) -> CacheWriter:
+    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any, *, lock: CacheLock | None = None) -> CacheWriter:
         """Start a new cache, or continue one made with the same teacher, settings and pool.
 
         Refuses a directory that holds something else, so a typo in ``--out`` cannot mix two
-        caches or overwrite unrelated files.
+        caches or overwrite unrelated files, and one that another live process is writing. The
+        writer holds the cache's lock until ``close`` (or ``finish``); pass ``lock`` when the
+        caller took it earlier (it then stays the caller's to release).
         """
         root = Path(root)
         cls.preflight(root, manifest.pool.fingerprint)
+        if lock is not None:
+            return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=False)
+        lock = CacheLock(root).acquire()
+        try:
+            return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=True)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, root: Path, manifest: Manifest, tokenizer: Any, lock: CacheLock,
+                     owns_lock: bool) -> CacheWriter:
         if (root / MANIFEST).exists():
             old = read_manifest(root)
             if _identity(old) != _identity(manifest):
@@ -104,11 +156,25 @@ class CacheWriter:
             (root / "shards").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CacheError(f"{root}: cannot create the cache directory ({e.strerror}); choose a writable --out") from None
-        writer = cls(root, manifest)
+        writer = cls(root, manifest, lock if owns_lock else None)
         writer._drop_unlisted()
         writer._save_tokenizer(tokenizer)
-        write_manifest(root, writer.manifest)
+        writer._save_manifest()
         return writer
+
+    def close(self) -> None:
+        """Release the cache's lock (the cache stays as it is: complete shards listed)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _save_manifest(self) -> None:
+        try:
+            write_manifest(self.root, self.manifest)
+        except OSError as e:
+            (self.root / f".{MANIFEST}.tmp-{os.getpid()}").unlink(missing_ok=True)
+            raise CacheError(f"{self.root / MANIFEST}: could not update the manifest ({e.strerror}); free space "
+                             "or fix permissions, then rerun: the previous manifest and its shards are intact") from None
 
     def _drop_unlisted(self) -> None:
         """Remove temporary files and shards a crash left unlisted, and listed shards that were damaged."""
@@ -118,6 +184,9 @@ class CacheWriter:
             path = self.root / entry.file
             if path.is_file() and path.stat().st_size == entry.bytes:
                 keep.append(entry)
+        for path in self.root.iterdir():
+            if _is_leftover(path.name) and path.name != LOCK_FILE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         for path in (self.root / "shards").iterdir():
             rel = f"shards/{path.name}"
             if rel not in listed or listed[rel] not in keep:
@@ -142,28 +211,20 @@ class CacheWriter:
 
     def write_shard(self, index: int, table: pa.Table) -> ShardEntry:
         """Write shard ``index`` atomically and list it in the manifest."""
-        expected = shard_rows(index, self.manifest.shard_size, self.manifest.pool.rows)
-        if table.num_rows != len(expected):
-            raise CacheError(f"shard {index}: {table.num_rows} rows, expected {len(expected)}")
-        table = table.cast(shard_schema(self.manifest.generation.k, self.manifest.generation.label_set is not None))
-        rel = shard_name(index)
-        final = self.root / rel
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        try:
-            pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE,
-                           use_dictionary=["id", "source", "target"], write_statistics=["row"])
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise CacheError(f"{final}: could not write the shard ({e.strerror}); free space or fix "
-                             "permissions, then rerun: complete shards are kept") from None
-        entry = ShardEntry(index=index, file=rel, rows=table.num_rows, first_row=expected.start,
-                           bytes=final.stat().st_size, sha256=file_sha256(final))
-        shards = tuple(sorted([*self.manifest.shards, entry], key=lambda s: s.index))
+        g = self.manifest.generation
+        entry = write_shard_file(self.root, index, table, k=g.k, label_scores=g.label_set is not None,
+                                 shard_size=self.manifest.shard_size, pool_rows=self.manifest.pool.rows)
+        return self.add_shard(entry)
+
+    def add_shard(self, entry: ShardEntry) -> ShardEntry:
+        """List a shard another worker wrote with ``write_shard_file`` (its size is checked)."""
+        path = self.root / entry.file
+        if entry.file != shard_name(entry.index) or not path.is_file() or path.stat().st_size != entry.bytes:
+            raise CacheError(f"{path}: the worker's shard {entry.index} is missing or changed size; rerun to relabel it")
+        shards = tuple(sorted([*(s for s in self.manifest.shards if s.index != entry.index), entry],
+                              key=lambda s: s.index))
         self.manifest = dataclasses.replace(self.manifest, shards=shards)
-        write_manifest(self.root, self.manifest)
+        self._save_manifest()
         return entry
 
     def finish(self, *, stats: dict[str, Any], costs: dict[str, Any] | None = None) -> Manifest:
@@ -175,5 +236,6 @@ class CacheWriter:
             self.manifest, complete=True, stats={**self.manifest.stats, **stats},
             costs={**self.manifest.costs, **(costs or {})},
         )
-        write_manifest(self.root, self.manifest)
+        self._save_manifest()
+        self.close()
         return self.manifest

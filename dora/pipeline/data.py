@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -56,35 +55,33 @@ def _format_of(path: Path) -> str:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    raw = path.read_bytes()
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(path, f"not UTF-8 (byte {e.start + 1} of the line)",
-                             line=number, fix="re-save the file as UTF-8") from None
-        if not text.strip():
-            continue
-        try:
-            yield number, json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(path, f"invalid JSON ({e.msg} at column {e.colno})", line=number,
-                             fix="write one JSON object per line") from None
+    with open(path, "rb") as f:  # line by line: a pool of millions of rows is never held whole
+        for number, line in enumerate(f, start=1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(path, f"not UTF-8 (byte {e.start + 1} of the line)",
+                                 line=number, fix="re-save the file as UTF-8") from None
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(path, f"invalid JSON ({e.msg} at column {e.colno})", line=number,
+                                 fix="write one JSON object per line") from None
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise InputError(path, "not UTF-8", line=line, fix="re-save the file as UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        for record in reader:
-            yield reader.line_num, record
-    except csv.Error as e:
-        raise InputError(path, f"invalid CSV ({e})", line=reader.line_num,
-                         fix="quote fields that contain commas or newlines") from None
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            for record in reader:
+                yield reader.line_num, record
+        except UnicodeDecodeError:
+            raise InputError(path, "not UTF-8", line=reader.line_num + 1, fix="re-save the file as UTF-8") from None
+        except csv.Error as e:
+            raise InputError(path, f"invalid CSV ({e})", line=reader.line_num,
+                             fix="quote fields that contain commas or newlines") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -129,25 +126,11 @@ def _text_field(path: Path, line: int, record: dict, name: str, *, required: boo
     return str(value)
 
 
-def read_examples(
-    path: str | Path,
-    *,
-    fields: Fields = Fields(),
-    require_target: bool,
-    limit: int | None = None,
-) -> list[Example]:
-    """Read and validate every row of ``path``.
-
-    require_target: the file is labeled data (train/eval) and each row needs a non-empty target;
-        otherwise (an unlabeled pool) the target column may be absent.
-    limit: read at most this many rows.
-    """
+def iter_examples(path: str | Path, *, fields: Fields = Fields(), require_target: bool) -> Iterator[tuple[int, Example]]:
+    """Yield (line number, validated example) one at a time; ids are not checked for duplicates."""
     path = Path(path)
-    examples: list[Example] = []
-    seen: dict[str, int] = {}
+    row = 0
     for line, record in iter_records(path):
-        if limit is not None and len(examples) >= limit:
-            break
         if not isinstance(record, dict):
             raise InputError(path, f"expected a JSON object, got {type(record).__name__}", line=line,
                              fix='write objects like {"source": "...", "target": "..."}')
@@ -159,24 +142,56 @@ def read_examples(
         if require_target and target is not None and not target.strip():
             raise InputError(path, f"empty {fields.target!r}", line=line,
                              fix="remove the row or give it a label")
-        row = len(examples)
         ident = _text_field(path, line, record, fields.id, required=False)
-        ident = str(row) if ident is None else ident
-        if ident in seen:
-            raise InputError(path, f"duplicate id {ident!r} (first at row {seen[ident] + 1})", line=line,
-                             fix=f"make the {fields.id!r} column unique or drop it")
-        seen[ident] = row
-        examples.append(Example(id=ident, row=row, source=source, target=target))
+        yield line, Example(id=str(row) if ident is None else ident, row=row, source=source, target=target)
+        row += 1
+
+
+def duplicate_id_error(path: Path, fields: Fields, ident: str, first_row: int, line: int) -> InputError:
+    return InputError(path, f"duplicate id {ident!r} (first at row {first_row + 1})", line=line,
+                      fix=f"make the {fields.id!r} column unique or drop it")
+
+
+def no_examples_error(path: Path, fields: Fields) -> InputError:
+    return InputError(path, "no examples in the file", fix=f"give at least one row with a {fields.source!r} field")
+
+
+def read_examples(
+    path: str | Path,
+    *,
+    fields: Fields = Fields(),
+    require_target: bool,
+    limit: int | None = None,
+) -> list[Example]:
+    """Read and validate every row of ``path`` into memory (labeled sets; pools stream: ``dora.pipeline.pool``).
+
+    require_target: the file is labeled data (train/eval) and each row needs a non-empty target;
+        otherwise (an unlabeled pool) the target column may be absent.
+    limit: read at most this many rows.
+    """
+    path = Path(path)
+    examples: list[Example] = []
+    seen: dict[str, int] = {}
+    for line, ex in iter_examples(path, fields=fields, require_target=require_target):
+        if limit is not None and len(examples) >= limit:
+            break
+        if ex.id in seen:
+            raise duplicate_id_error(path, fields, ex.id, seen[ex.id], line)
+        seen[ex.id] = ex.row
+        examples.append(ex)
     if not examples:
-        raise InputError(path, "no examples in the file",
-                         fix=f"give at least one row with a {fields.source!r} field")
+        raise no_examples_error(path, fields)
     return examples
+
+
+def fingerprint_update(h: Any, ex: Example) -> None:
+    h.update(json.dumps([ex.id, ex.source], ensure_ascii=False).encode())
+    h.update(b"\n")
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
     """sha256 over ids and sources: identifies a pool independently of its file format."""
     h = hashlib.sha256()
     for ex in examples:
-        h.update(json.dumps([ex.id, ex.source], ensure_ascii=False).encode())
-        h.update(b"\n")
+        fingerprint_update(h, ex)
     return h.hexdigest()

@@ -77,6 +77,13 @@ def _flat(column: Any, k: int | None = None) -> np.ndarray:
     return out.reshape(-1, k) if k is not None else out
 
 
+def cache_columns(mode: str) -> list[str]:
+    """The shard columns loss ``mode`` reads."""
+    need_topk = mode in ("topk", "aligned", "uld")
+    return (["source", "target"] + (["target_ids", "topk_ids", "topk_logprobs"] if need_topk else [])
+            + (["label_logprobs"] if mode == "labels" else []))
+
+
 def cache_features(
     cache: LabelCache,
     tokenizer: Any,
@@ -89,48 +96,67 @@ def cache_features(
     pair: TokenizerPair | None = None,
     stats: AlignStats | None = None,
 ) -> list[dict[str, Any]]:
-    """One training feature per cached row for loss ``mode`` (see the module docstring);
-    ``aligned`` and ``uld`` need the tokenizer ``pair`` (and ``aligned`` the ``vmap``)."""
-    k = cache.manifest.generation.k
-    need_topk = mode in ("topk", "aligned", "uld")
-    columns = ["source", "target"] + (["target_ids", "topk_ids", "topk_logprobs"] if need_topk else [])
-    columns += ["label_logprobs"] if mode == "labels" else []
+    """One training feature per cached row for loss ``mode`` (see the module docstring), all
+    shards at once; training streams them a shard at a time with ``table_features``."""
     if mode in ("aligned", "uld") and pair is None:
         pair = TokenizerPair.of(cache, tokenizer)
+    features: list[dict[str, Any]] = []
+    for table in cache.iter_tables(cache_columns(mode)):
+        features += table_features(table, cache.manifest.generation.k, tokenizer, prefix, mode,
+                                   max_source_length=max_source_length, max_target_length=max_target_length,
+                                   vmap=vmap, pair=pair, stats=stats)
+    return features
+
+
+def table_features(
+    table: Any,
+    k: int,
+    tokenizer: Any,
+    prefix: str,
+    mode: str,
+    *,
+    max_source_length: int,
+    max_target_length: int,
+    vmap: VocabMap | None = None,
+    pair: TokenizerPair | None = None,
+    stats: AlignStats | None = None,
+) -> list[dict[str, Any]]:
+    """Features of one shard's table (columns: ``cache_columns(mode)``); ``aligned`` and ``uld``
+    need the tokenizer ``pair`` (and ``aligned`` the ``vmap``)."""
+    need_topk = mode in ("topk", "aligned", "uld")
     stats = stats if stats is not None else AlignStats()
     features: list[dict[str, Any]] = []
-    for table in cache.iter_tables(columns):
-        sources, targets = table.column("source").to_pylist(), table.column("target").to_pylist()
-        if need_topk:
-            ids_col = table.column("target_ids").combine_chunks()
-            lengths = ids_col.value_lengths().to_numpy()
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-            flat_ids = _flat(table.column("target_ids"))
-            top_ids = _flat(table.column("topk_ids"), k)
-            top_lp = _flat(table.column("topk_logprobs"), k).astype(np.float32)
-        label_lp = table.column("label_logprobs").to_pylist() if mode == "labels" else None
-        for i, (source, target) in enumerate(zip(sources, targets)):
-            text = prefix + source
-            if mode == "topk":
-                lo, n = int(starts[i]), min(int(lengths[i]), max_target_length)
-                feat = encode_pair(tokenizer, "seq2seq", text, flat_ids[lo : lo + n].tolist(), max_source_length)
-                feat.update(topk_ids=top_ids[lo : lo + n].astype(np.int64), topk_logprobs=top_lp[lo : lo + n],
-                            kd_mask=np.ones(n, bool))
-            elif mode in ("aligned", "uld"):
-                lo, n = int(starts[i]), int(lengths[i])
-                t_ids = flat_ids[lo : lo + n].tolist()
-                labels = target_ids(tokenizer, target, max_target_length)
-                feat = encode_pair(tokenizer, "seq2seq", text, labels, max_source_length)
-                assert pair is not None  # set above for these modes
-                feat.update(_aligned_arrays(t_ids, labels, top_ids[lo : lo + n], top_lp[lo : lo + n],
-                                            pair.teacher_surfaces, pair.student_surfaces, pair.teacher_eos,
-                                            pair.student_eos, vmap, mode, stats))
-            else:
-                feat = encode_pair(tokenizer, "seq2seq", text, target_ids(tokenizer, target, max_target_length),
-                                   max_source_length)
-                if label_lp is not None:
-                    feat["label_logprobs"] = np.asarray(label_lp[i], np.float32)
-            features.append(feat)
+    sources, targets = table.column("source").to_pylist(), table.column("target").to_pylist()
+    if need_topk:
+        ids_col = table.column("target_ids").combine_chunks()
+        lengths = ids_col.value_lengths().to_numpy()
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        flat_ids = _flat(table.column("target_ids"))
+        top_ids = _flat(table.column("topk_ids"), k)
+        top_lp = _flat(table.column("topk_logprobs"), k).astype(np.float32)
+    label_lp = table.column("label_logprobs").to_pylist() if mode == "labels" else None
+    for i, (source, target) in enumerate(zip(sources, targets)):
+        text = prefix + source
+        if mode == "topk":
+            lo, n = int(starts[i]), min(int(lengths[i]), max_target_length)
+            feat = encode_pair(tokenizer, "seq2seq", text, flat_ids[lo : lo + n].tolist(), max_source_length)
+            feat.update(topk_ids=top_ids[lo : lo + n].astype(np.int64), topk_logprobs=top_lp[lo : lo + n],
+                        kd_mask=np.ones(n, bool))
+        elif mode in ("aligned", "uld"):
+            lo, n = int(starts[i]), int(lengths[i])
+            t_ids = flat_ids[lo : lo + n].tolist()
+            labels = target_ids(tokenizer, target, max_target_length)
+            feat = encode_pair(tokenizer, "seq2seq", text, labels, max_source_length)
+            assert pair is not None  # set above for these modes
+            feat.update(_aligned_arrays(t_ids, labels, top_ids[lo : lo + n], top_lp[lo : lo + n],
+                                        pair.teacher_surfaces, pair.student_surfaces, pair.teacher_eos,
+                                        pair.student_eos, vmap, mode, stats))
+        else:
+            feat = encode_pair(tokenizer, "seq2seq", text, target_ids(tokenizer, target, max_target_length),
+                               max_source_length)
+            if label_lp is not None:
+                feat["label_logprobs"] = np.asarray(label_lp[i], np.float32)
+        features.append(feat)
     return features
 
 

@@ -85,8 +85,12 @@ class TransformersEngine:
 
         self.version = transformers.__version__
         self.model, self.tokenizer, self.kind, self.s = model, tokenizer, kind, settings
-        self.device = pick_device()
-        model.to(device=self.device, dtype=getattr(torch, settings.dtype))
+        if getattr(model, "hf_device_map", None):  # spread over several GPUs (device_map="auto")
+            self.device = next(model.parameters()).device
+            model.to(dtype=getattr(torch, settings.dtype))
+        else:
+            self.device = pick_device()
+            model.to(device=self.device, dtype=getattr(torch, settings.dtype))
         if settings.temperature > 0:
             torch.manual_seed(settings.seed)
 
@@ -97,11 +101,40 @@ class TransformersEngine:
                            device=self.device, on_batch=on_batch, temperature=s.temperature, top_p=s.top_p)
 
     def settings(self) -> dict[str, Any]:
-        return {"device": str(self.device), "batch_size": self.s.batch_size}
+        spread = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()})
+        return {"device": ",".join(spread) if len(spread) > 1 else str(self.device), "batch_size": self.s.batch_size}
 
     def score(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> np.ndarray:
         return hf_score(self.model, self.tokenizer, self.kind, prompts, continuations, batch_size=self.s.batch_size,
                         device=self.device)
+
+
+def start_engine(name: str, teacher_path: str, tokenizer: Any, kind: ModelKind, settings: EngineSettings, *,
+                 revision: str | None = None, trust_remote_code: bool = False, model: Any = None) -> Engine:
+    """Start engine ``name`` on the teacher at ``teacher_path`` (or on ``model``, already loaded).
+
+    The transformers engine spreads a teacher over every visible GPU (``device_map="auto"``)
+    when there are several, so a teacher bigger than one device still labels.
+    """
+    from dora.pipeline.models import check_top_k, free_accelerator_memory, load_model, vocab_size
+
+    if name == "vllm":
+        from dora.pipeline.vllm_engine import VllmEngine
+
+        del model  # a training copy: vLLM loads its own from the saved directory
+        free_accelerator_memory()
+        return VllmEngine(teacher_path, tokenizer, settings, trust_remote_code=trust_remote_code, revision=revision)
+    if model is None:
+        model, _ = load_model(teacher_path, revision=revision, trust_remote_code=trust_remote_code,
+                              device_map="auto" if _gpu_count() > 1 else None)
+    check_top_k(settings.top_k, vocab_size(model), teacher_path)
+    return TransformersEngine(model, tokenizer, kind, settings)
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def vllm_available() -> bool:

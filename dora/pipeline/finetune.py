@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dora.cache.manifest import write_atomic
 from dora.errors import ConfigError
 from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, fingerprint
+from dora.pipeline.distributed import process_rank
 from dora.pipeline.encoding import causal_targets, collate, encode_pair, target_ids
 from dora.pipeline.losses import token_cross_entropy
 from dora.pipeline.models import ModelKind, load_model
@@ -65,8 +67,10 @@ def finetune_teacher(
     settings: LoopSettings,
     lora: LoraSettings | None,
     out_dir: Path,
+    fsdp: bool = False,
 ) -> tuple[Any | None, dict[str, Any]]:
-    """Fine-tune ``base`` on the labeled examples and save it to ``out_dir``.
+    """Fine-tune ``base`` on the labeled examples and save it to ``out_dir``; with ``fsdp``
+    under a multi-process launch, the model is sharded over the processes.
 
     Returns (the trained model, or None when an earlier run's result was reused; the record).
     """
@@ -96,24 +100,40 @@ def finetune_teacher(
     ]
     train_model = model
     if lora is not None:
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        task_type = TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM
-        train_model = get_peft_model(model, LoraConfig(task_type=task_type, r=lora.r, lora_alpha=lora.alpha,
-                                                       lora_dropout=lora.dropout, target_modules="all-linear"))
+        train_model = _with_lora(model, kind, lora)
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    merged: dict[str, Any] = {}
+
+    def save_final(trained: Any, path: Path, state_dict: dict[str, Any] | None) -> None:
+        if state_dict is not None:  # gathered from FSDP shards: rebuild a plain model on this rank
+            trained, _ = load_model(base, revision=revision, trust_remote_code=trust_remote_code)
+            trained = _with_lora(trained, kind, lora) if lora is not None else trained
+            trained.load_state_dict(state_dict)
+        if lora is not None:
+            trained = trained.merge_and_unload()  # vLLM and the student stage want plain weights
+        merged["model"] = trained
+        trained.save_pretrained(str(path), safe_serialization=True)
+        tokenizer.save_pretrained(str(path))
+
     result = train_loop(
         model=train_model, features=features, collate=lambda f: collate(f, tokenizer.pad_token_id),
         loss_fn=sequence_loss(kind), settings=settings, out_dir=out_dir,
-        save_model=lambda m, p: None, description="fine-tune teacher",
+        save_model=save_final, final_dir=out_dir, description="fine-tune teacher", fsdp=fsdp,
     )
-    if lora is not None:
-        train_model = train_model.merge_and_unload()  # vLLM and the student stage want plain weights
-    train_model.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
+    train_model = merged.get("model", train_model) if not fsdp else None  # FSDP: rank 0 reloads it to label
     cost = watch.cost("teacher_finetune", examples=result.examples_seen, tokens=result.tokens_seen)
     record = {"key": key, "base": base, "steps": result.steps, "epochs": result.epochs,
               "lora": asdict(lora) if lora else None, "cost": cost.to_dict(), "history": result.history}
-    (out_dir / RECORD).write_text(json.dumps(record, indent=2))  # last: marks the teacher complete
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the optimizer state is dead weight now
+    if process_rank()[0] == 0:
+        write_atomic(out_dir / RECORD, json.dumps(record, indent=2).encode())  # last: marks the teacher complete
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the optimizer state is dead weight now
     return train_model, record
+
+
+def _with_lora(model: Any, kind: ModelKind, lora: LoraSettings) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task_type = TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM
+    return get_peft_model(model, LoraConfig(task_type=task_type, r=lora.r, lora_alpha=lora.alpha,
+                                            lora_dropout=lora.dropout, target_modules="all-linear"))

@@ -61,15 +61,19 @@ def architecture_of(config: Any) -> str:
 
 
 def load_model(
-    name: str, *, revision: str | None = None, trust_remote_code: bool = False
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False, device_map: str | None = None
 ) -> tuple[Any, ModelKind]:
-    """Load weights in float32 (training and labeling cast under accelerate where a device allows)."""
+    """Load weights in float32 (training and labeling cast under accelerate where a device allows).
+
+    ``device_map="auto"`` spreads the layers over the visible GPUs (labeling a teacher bigger than one).
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kind = kind_of(load_config(name, revision=revision, trust_remote_code=trust_remote_code))
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+        extra = {"device_map": device_map} if device_map else {}
+        model = auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, **extra)
     except Exception as e:
         raise ModelError(f"cannot load a {kind} model from {name!r} ({str(e).splitlines()[0][:200]}); {_hub_hint(name)}") from None
     return model, kind

@@ -15,8 +15,9 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def progress_bar() -> Progress:
-    """A progress display for long loops: description, bar, done/total, elapsed, remaining."""
+def progress_bar(*, enabled: bool = True) -> Progress:
+    """A progress display for long loops: description, bar, done/total, elapsed, remaining
+    (``enabled=False`` on all but the first process of a multi-process run)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -26,4 +27,5 @@ def progress_bar() -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=False,
+        disable=not enabled,
     )

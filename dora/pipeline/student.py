@@ -23,13 +23,23 @@ from pathlib import Path
 from typing import Any
 
 from dora import __version__
-from dora.cache import LabelCache, tokenizer_fingerprint
+from dora.cache import LabelCache, ShardEntry, tokenizer_fingerprint
 from dora.errors import CacheError, ConfigError, ModelError
 from dora.pipeline.align import cached_vocab_map
+from dora.pipeline.batches import Blocks
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
 from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import Example, read_examples
-from dora.pipeline.distill import AlignStats, KdLoss, TokenizerPair, cache_features, collate_kd, student_loss
+from dora.pipeline.distill import (
+    AlignStats,
+    KdLoss,
+    TokenizerPair,
+    cache_columns,
+    collate_kd,
+    student_loss,
+    table_features,
+)
+from dora.pipeline.distributed import process_rank
 from dora.pipeline.encoding import encode_pair, target_ids
 from dora.pipeline.evaluation import predict
 from dora.pipeline.metrics import require_encoder, score
@@ -71,6 +81,8 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     """Batch size for generating eval predictions."""
     encoder: str | None = None
     """Sentence encoder directory for BERT-iBLEU (multipit_gen)."""
+    shuffle_window: int = 4
+    """Cache shards held (and shuffled together) at a time: memory is this many shards, not the cache."""
 
     def __post_init__(self) -> None:
         TaskInputs.__post_init__(self)
@@ -84,7 +96,7 @@ class TrainStudentConfig(TaskInputs, Optimisation):
             raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
         if self.kd_loss not in ("auto", "topk", "aligned", "uld", "labels", "sequence"):
             raise ConfigError(f"--kd-loss must be auto, topk, aligned, uld, labels or sequence, got {self.kd_loss!r}")
-        positive_ints(self, "eval_batch_size", "save_every")
+        positive_ints(self, "eval_batch_size", "save_every", "shuffle_window")
         if self.eval_every is not None:
             positive_ints(self, "eval_every")
 
@@ -97,8 +109,9 @@ class TrainStudentResult:
     record: dict[str, Any]
 
 
-def train_student(config: TrainStudentConfig) -> TrainStudentResult:
-    """Run stage 2 and return the scores of the saved (best) student."""
+def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
+    """Run stage 2 and return the scores of the saved (best) student (None on ranks other than 0
+    of a multi-process launch)."""
     watch = Stopwatch()
     task = get_task(config.task, metric=config.metric, prefix=config.prefix)
     # 1. Inputs first: bad rows and unfit caches fail before any model loads.
@@ -117,10 +130,15 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
         raise ModelError(f"student {config.student!r} is a decoder-only model; dora trains seq2seq (T5) students")
     kd = _choose_loss(config, cache, tokenizer, model)
 
-    # 3. Features: cache rows carry the teacher's signal for the chosen loss; gold rows labels.
-    features = [_gold_feature(tokenizer, task, ex, config) for ex in gold]
+    # 3. Features: gold rows carry labels (in memory: a labeled set is small); cache rows the
+    #    teacher's signal for the chosen loss, featurised a shard at a time as training reaches
+    #    them, so memory does not grow with the cache.
+    gold_features = [_gold_feature(tokenizer, task, ex, config) for ex in gold]
     stats = AlignStats()
     verbalisers = None
+    block = cache.manifest.shard_size if cache else 4096
+    sizes = [len(gold_features[i : i + block]) for i in range(0, len(gold_features), block)]
+    loaders = [lambda i=i: gold_features[i : i + block] for i in range(0, len(gold_features), block)]
     if cache is not None:
         vmap = None
         pair = TokenizerPair.of(cache, tokenizer) if kd in ("aligned", "uld") else None
@@ -133,18 +151,24 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
         if kd == "labels":
             verbalisers = [target_ids(tokenizer, label, config.max_target_length)
                            for label in cache.manifest.generation.label_set or []]
-        features += cache_features(cache, tokenizer, task.source_prefix, kd, vmap=vmap, pair=pair, stats=stats,
-                                   max_source_length=config.max_source_length,
-                                   max_target_length=config.max_target_length)
-    alignment = stats.to_dict() if kd in ("aligned", "uld") else None
-    console.print(f"student: {len(features)} training rows ({len(gold)} gold, "
-                  f"{cache.num_rows if cache else 0} from the cache); {_describe(kd, config, alignment)}")
+
+        def load_shard(entry: ShardEntry) -> list[dict[str, Any]]:
+            return table_features(cache.read_shard(entry, cache_columns(kd)), cache.manifest.generation.k, tokenizer,
+                                  task.source_prefix, kd, max_source_length=config.max_source_length,
+                                  max_target_length=config.max_target_length, vmap=vmap, pair=pair, stats=stats)
+
+        sizes += [entry.rows for entry in cache.manifest.shards]
+        loaders += [lambda e=entry: load_shard(e) for entry in cache.manifest.shards]
+    data = Blocks(sizes, lambda b: loaders[b](), window=config.shuffle_window)
+    console.print(f"student: {len(data)} training rows ({len(gold)} gold, "
+                  f"{cache.num_rows if cache else 0} from the cache); {_describe(kd, config)}")
 
     # 4. Train, evaluating with the task metric and keeping the best model.
     config.out.mkdir(parents=True, exist_ok=True)
     settings = config.loop_settings(eval_every=config.eval_every, save_every=config.save_every, resume=config.resume)
+    rank, world = process_rank()
     if settings.eval_every is None:  # default: once per epoch
-        settings = replace(settings, eval_every=steps_per_epoch(len(features), settings))
+        settings = replace(settings, eval_every=steps_per_epoch(len(data), settings, world))
     evaluate = None
     if evals:
         def evaluate(m: Any) -> dict[str, float]:
@@ -155,12 +179,17 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult:
                          encoder=config.encoder)
 
     result = train_loop(
-        model=model, features=features, collate=lambda f: collate_kd(f, tokenizer.pad_token_id),
+        model=model, features=data, collate=lambda f: collate_kd(f, tokenizer.pad_token_id),
         loss_fn=lambda m, b: student_loss(m, b, mode=kd, temperature=config.temperature, alpha=config.alpha,
                                           verbalisers=verbalisers),
-        settings=settings, out_dir=config.out, save_model=lambda m, p: save_hf(m, tokenizer, p),
+        settings=settings, out_dir=config.out, save_model=lambda m, p, _: save_hf(m, tokenizer, p),
         evaluate=evaluate, primary=task.primary, description="train student",
     )
+    if rank != 0:  # data-parallel: rank 0 saves and records
+        return None
+    alignment = stats.to_dict() if kd in ("aligned", "uld") else None
+    if alignment:
+        console.print(f"student: alignment {alignment}")
 
     # 5. The best model (or the last, without an eval file) becomes the output directory.
     best = config.out / "best"
@@ -200,12 +229,12 @@ def _strategy(gold: list[Example], cache: LabelCache | None) -> str:
     return "mixed" if gold and cache else ("distill" if cache else "annotate")
 
 
-def _describe(kd: str, config: TrainStudentConfig, alignment: dict[str, Any] | None) -> str:
+def _describe(kd: str, config: TrainStudentConfig) -> str:
     t, a = config.temperature, config.alpha
     return {
         "topk": f"loss: top-k KL at T={t} (alpha={a} on the pseudo-label)",
-        "aligned": f"loss: aligned top-k KL at T={t} across tokenizers (alpha={a}); {alignment}",
-        "uld": f"loss: ULD on aligned positions at T={t} (alpha={a}); {alignment}",
+        "aligned": f"loss: aligned top-k KL at T={t} across tokenizers (alpha={a})",
+        "uld": f"loss: ULD on aligned positions at T={t} (alpha={a})",
         "labels": f"loss: label-set KL at T={t} over the cache's labels (alpha={a} on the pseudo-label)",
         "sequence": "loss: cross-entropy on the pseudo-label text (sequence-level KD)",
         "none": "loss: cross-entropy on gold labels",

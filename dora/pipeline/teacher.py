@@ -16,32 +16,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
+from dora.cache.lock import CacheLock
 from dora.errors import ConfigError
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
 from dora.pipeline.costs import Stopwatch
-from dora.pipeline.data import Example, fingerprint, read_examples
-from dora.pipeline.encoding import encode_prompts, target_ids
-from dora.pipeline.engines import Engine, EngineName, EngineSettings, TransformersEngine, resolve_engine
+from dora.pipeline.data import Example, read_examples
+from dora.pipeline.distributed import end_distributed, process_rank
+from dora.pipeline.engines import EngineName, EngineSettings, resolve_engine
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
-from dora.pipeline.generation import Generated, decode
+from dora.pipeline.labeling import LabelSpec
 from dora.pipeline.models import (
+    ModelKind,
     architecture_of,
     check_top_k,
-    free_accelerator_memory,
     kind_of,
     load_config,
-    load_model,
     load_tokenizer,
-    vocab_size,
     weights_sha256,
 )
+from dora.pipeline.pool import Pool
 from dora.pipeline.progress import console, progress_bar
+from dora.pipeline.ray_label import RayLabeling, require_ray
 from dora.pipeline.tasks import Task, get_task
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -99,6 +98,14 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
     """Label verbalisers of your own closed-label task (the paper's tasks know theirs)."""
     score_labels: bool = True
     """Store the teacher's log-probability of every label (``label_logprobs``) for label-set KD."""
+    save_every: int = 200
+    """Fine-tuning: save a resumable checkpoint every N optimizer steps (a killed run resumes there)."""
+    fsdp: bool = False
+    """Fine-tuning: shard the teacher over the processes of ``torchrun``/``accelerate launch`` (FSDP2)."""
+    ray: str | None = None
+    """Label on Ray: ``local`` (start a cluster on this machine), ``auto`` (the running cluster) or ``ray://HOST:PORT``."""
+    ray_workers: int | None = None
+    """Ray: engine replicas (default: one per GPU group the cluster has, or 2 without GPUs)."""
 
     def __post_init__(self) -> None:
         TaskInputs.__post_init__(self)
@@ -107,7 +114,13 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
         if self.finetune and self.train is None:
             raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
                               "a teacher that is already fine-tuned")
-        positive_ints(self, "top_k", "label_batch_size", "shard_size", "lora_r", "lora_alpha")
+        positive_ints(self, "top_k", "label_batch_size", "shard_size", "lora_r", "lora_alpha", "save_every")
+        if self.ray_workers is not None:
+            positive_ints(self, "ray_workers")
+            if self.ray is None:
+                raise ConfigError("--ray-workers needs --ray local|auto|ray://HOST:PORT")
+        if self.ray is not None and not (self.ray in ("local", "auto") or self.ray.startswith("ray://")):
+            raise ConfigError(f"--ray must be local, auto or ray://HOST:PORT, got {self.ray!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.engine not in ("transformers", "vllm", "auto"):
@@ -142,82 +155,115 @@ class TeacherLabelResult:
     costs: dict[str, Any]
 
 
-def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult:
-    """Run stage 1. Safe to rerun: a fine-tuned teacher and complete shards are reused."""
+def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
+    """Run stage 1. Safe to rerun: a fine-tuned teacher and complete shards are reused.
+
+    Under ``torchrun``/``accelerate launch`` with ``fsdp``, every rank fine-tunes its shard of
+    the teacher; rank 0 then labels alone and the other ranks return None.
+    """
     task = get_task(config.task, metric=config.metric, prefix=config.prefix)
-    # 1. Read every input before any expensive work, so a bad row fails in seconds.
+    # 1. Read every input before any expensive work, so a bad row fails in seconds. The pool is
+    #    scanned (validated, fingerprinted), never held whole.
     train = read_examples(config.train, fields=config.fields, require_target=True) if config.finetune else []
-    pool = read_examples(config.pool, fields=config.fields, require_target=False)
-    CacheWriter.preflight(config.out, fingerprint(pool))
+    pool = Pool.scan(config.pool, fields=config.fields)
+    CacheWriter.preflight(config.out, pool.fingerprint)
     base = load_config(config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code)
     check_top_k(config.top_k, getattr(base, "vocab_size", config.top_k), config.teacher)
     kind = kind_of(base)  # fine-tuning changes weights, not the architecture or vocabulary
     engine_name, why = resolve_engine(config.engine, kind, architecture_of(base))  # fails now, not after fine-tuning
+    if config.ray is not None:
+        require_ray()
+    rank, world = process_rank()
+    # One writer per cache: a second run on the same --out stops here, before any training.
+    lock = CacheLock(config.out).acquire() if rank == 0 else None
+    try:
+        return _run(config, task, train, pool, base, kind, engine_name, why, lock, rank, world)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _run(config: TeacherLabelConfig, task: Task, train: list[Example], pool: Pool, base: Any, kind: ModelKind,
+         engine_name: str, why: str, lock: CacheLock | None, rank: int, world: int) -> TeacherLabelResult | None:
     # 2. Fine-tune the teacher (or reuse one fine-tuned with the same data and settings).
     costs: dict[str, Any] = {}
     model = None
     teacher_path, revision = config.teacher, config.revision
     if config.finetune:
         tokenizer = load_tokenizer(config.teacher, revision=revision, trust_remote_code=config.trust_remote_code)
-        settings = config.loop_settings(eval_every=None, save_every=200)
+        settings = config.loop_settings(eval_every=None, save_every=config.save_every)
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
         model, record = finetune_teacher(
             base=config.teacher, revision=revision, trust_remote_code=config.trust_remote_code,
             tokenizer=tokenizer, examples=train, prefix=task.source_prefix,
             max_source_length=config.max_source_length, max_target_length=config.max_target_length,
-            settings=settings, lora=lora, out_dir=config.teacher_dir,
+            settings=settings, lora=lora, out_dir=config.teacher_dir, fsdp=config.fsdp,
         )
         costs["teacher_finetune"] = record["cost"]
         teacher_path, revision = str(config.teacher_dir), None
+    if world > 1:  # the sharded fine-tune is over: rank 0 labels, spreading the teacher over the GPUs
+        model = None
+        end_distributed()
+        if rank != 0:
+            return None
 
-    # 3. Start the labeling engine on the teacher, and open (or continue) the cache.
+    # 3. Start the labeling engine (here, or one per Ray worker) and open (or continue) the cache.
     tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
     settings = EngineSettings.from_config(config)
-    console.print(f"labeling engine: {engine_name} ({why})")
-    engine: Engine
-    if engine_name == "vllm":
-        from dora.pipeline.vllm_engine import VllmEngine
-
-        del model  # the training copy: vLLM loads its own from the saved directory
-        free_accelerator_memory()
-        engine = VllmEngine(teacher_path, tokenizer, settings, trust_remote_code=config.trust_remote_code,
-                            revision=revision)
-    else:
-        if model is None:
-            model, _ = load_model(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-        check_top_k(config.top_k, vocab_size(model), teacher_path)
-        engine = TransformersEngine(model, tokenizer, kind, settings)
     label_set = list(config.labels or task.labels or []) if config.score_labels else []
-    verbalisers = [target_ids(tokenizer, label, config.max_target_length) for label in label_set]
-    manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, engine, label_set or None)
-    writer = CacheWriter.open(config.out, manifest, tokenizer)
-    missing = writer.missing_shards()
-    if len(missing) < manifest.num_shards:
-        console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
-                      f"complete in {config.out}; labeling the rest")
+    spec = LabelSpec(teacher_path=teacher_path, revision=revision, trust_remote_code=config.trust_remote_code,
+                     kind=kind, engine=engine_name, settings=settings, source_prefix=task.source_prefix,
+                     max_target_length=config.max_target_length, label_set=tuple(label_set))
+    console.print(f"labeling engine: {engine_name} ({why})" + (f" on Ray ({config.ray})" if config.ray else ""))
+    cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers) if config.ray is not None else None
+    try:
+        if cluster is not None:
+            described = cluster.describe()
+            labeler = None
+        else:
+            labeler = spec.labeler(tokenizer, model=model)
+            described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
+        del model
+        manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, described, label_set or None)
+        # A fresh copy for the cache: encoding sets run-time truncation on the labeler's tokenizer,
+        # which would otherwise be saved (same ids, other bytes, depending on where labeling ran).
+        fresh = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+        writer = CacheWriter.open(config.out, manifest, fresh, lock=lock)
+        missing = writer.missing_shards()
+        if len(missing) < manifest.num_shards:
+            console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
+                          f"complete in {config.out}; labeling the rest")
 
-    # 4. Label shard by shard (prompts go in a shard at a time, so memory stays flat); each shard
-    #    is written and listed before the next starts.
-    watch = Stopwatch()
-    tokens = rows_done = 0
-    todo = sum(len(shard_rows(i, config.shard_size, len(pool))) for i in missing)
-    with progress_bar() as bar:
-        job = bar.add_task("label pool", total=todo, info="")
-        for index in missing:
-            rows = [pool[r] for r in shard_rows(index, config.shard_size, len(pool))]
-            prompts = encode_prompts(tokenizer, [task.source_prefix + ex.source for ex in rows],
-                                     config.max_source_length)
-            generated = engine.label(prompts, on_batch=lambda n: bar.advance(job, n))
-            scores = engine.score(prompts, verbalisers) if verbalisers else None
-            writer.write_shard(index, shard_table(rows, generated, tokenizer, config.top_k, scores))
-            tokens += sum(len(g.ids) for g in generated)
-            rows_done += len(rows)
-            bar.update(job, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
+        # 4. Label shard by shard: the pool is read a shard at a time, and each shard is written
+        #    and listed before it counts, so a crash loses at most the shards in flight.
+        watch = Stopwatch()
+        tokens = rows_done = 0
+        todo = sum(len(shard_rows(i, config.shard_size, pool.rows)) for i in missing)
+        with progress_bar() as bar:
+            job = bar.add_task("label pool", total=todo, info="")
+            shards = pool.shards(config.shard_size, missing)
+            if cluster is not None:
+                for entry, n_tokens in cluster.label(shards, writer):
+                    tokens += n_tokens
+                    rows_done += entry.rows
+                    bar.update(job, advance=entry.rows, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
+            else:
+                assert labeler is not None
+                for index, rows in shards:
+                    table, n_tokens = labeler.label(rows, on_batch=lambda n: bar.advance(job, n))
+                    writer.write_shard(index, table)
+                    tokens += n_tokens
+                    rows_done += len(rows)
+                    bar.update(job, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
 
     # 5. Record what labeling cost and mark the cache complete.
     previous = writer.manifest.costs.get("labeling", {})
     label_cost = watch.cost("labeling", examples=rows_done, tokens=tokens)
+    if cluster is not None:
+        label_cost = cluster.cost(label_cost)
     costs["labeling"] = label_cost.to_dict() | {
         "runs": previous.get("runs", 0) + 1,
         "wall_seconds_total": round(previous.get("wall_seconds_total", 0.0) + label_cost.wall_seconds, 3),
@@ -239,9 +285,10 @@ def _count_tokens(writer: CacheWriter) -> int:
                for t in cache.iter_tables(["target_ids"]))
 
 
-def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], teacher_path: str,
-                  model_config: Any, kind: str, tokenizer: Any, engine: Engine,
+def _new_manifest(config: TeacherLabelConfig, task: Task, pool: Pool, teacher_path: str,
+                  model_config: Any, kind: str, tokenizer: Any, engine: tuple[str, str, dict[str, Any]],
                   label_set: list[str] | None) -> Manifest:
+    engine_name, engine_version, engine_settings = engine
     return Manifest(
         task={"name": task.name, "metric": task.metric, "source_prefix": task.source_prefix,
               "labels": list(task.labels) if task.labels else None},
@@ -253,45 +300,14 @@ def _new_manifest(config: TeacherLabelConfig, task: Task, pool: list[Example], t
             finetuned=config.finetune,
         ),
         generation=GenerationInfo(
-            backend=engine.name, backend_version=engine.version, k=config.top_k,
+            backend=engine_name, backend_version=engine_version, k=config.top_k,
             max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
             do_sample=config.temperature > 0, temperature=config.temperature,
             top_p=config.top_p if config.temperature > 0 else 1.0,
-            seed=config.seed if config.temperature > 0 else None, dtype=config.dtype, engine=engine.settings(),
+            seed=config.seed if config.temperature > 0 else None, dtype=config.dtype, engine=engine_settings,
             label_set=label_set,
         ),
-        pool=PoolInfo(fingerprint=fingerprint(pool), rows=len(pool), path=str(config.pool)),
+        pool=PoolInfo(fingerprint=pool.fingerprint, rows=pool.rows, path=str(config.pool)),
         shard_size=config.shard_size,
         dora_version=__version__,
-    )
-
-
-def shard_table(rows: list[Example], generated: list[Generated], tokenizer: Any, k: int,
-                label_scores: np.ndarray | None = None) -> pa.Table:
-    """Build one shard's Arrow table from generation results (schema: ``dora.cache.shard_schema``)."""
-    from dora.cache import shard_schema
-
-    lengths = np.array([len(g.ids) for g in generated], dtype=np.int32)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    flat_ids = np.concatenate([g.topk_ids for g in generated]).reshape(-1) if lengths.sum() else np.zeros(0, np.int32)
-    flat_lp = (np.concatenate([g.topk_logprobs for g in generated]).reshape(-1).astype(np.float16)
-               if lengths.sum() else np.zeros(0, np.float16))
-    nested = lambda values, kind: pa.ListArray.from_arrays(  # noqa: E731
-        offsets, pa.FixedSizeListArray.from_arrays(pa.array(values, type=kind), k))
-    target_ids = pa.ListArray.from_arrays(offsets, pa.array(
-        np.concatenate([g.ids for g in generated]) if lengths.sum() else np.zeros(0, np.int32), type=pa.int32()))
-    return pa.Table.from_arrays(
-        [
-            pa.array([r.id for r in rows], pa.string()),
-            pa.array([r.row for r in rows], pa.int64()),
-            pa.array([r.source for r in rows], pa.string()),
-            pa.array([decode(tokenizer, g.ids) for g in generated], pa.string()),
-            target_ids,
-            nested(flat_ids, pa.int32()),
-            nested(flat_lp, pa.float16()),
-            pa.array([g.seq_logprob for g in generated], pa.float32()),
-            *([pa.array(label_scores.astype(np.float32).tolist(), pa.list_(pa.float32()))]
-              if label_scores is not None else []),
-        ],
-        schema=shard_schema(k, label_scores is not None),
     )

@@ -4,12 +4,21 @@ What it does, top to bottom: shuffle each epoch with a seed of its own (so a res
 the same order), run micro-batches with gradient accumulation, clip, step AdamW with linear
 warm-up and decay, evaluate every ``eval_every`` steps with the task metric, keep the best
 model, and save a resumable checkpoint (``checkpoints/last``) every ``save_every`` steps.
+
+The same loop runs as one process or as several under ``torchrun`` / ``accelerate launch``:
+data-parallel (each process a disjoint share of every epoch, gradients averaged), or with
+``fsdp`` the model sharded over the processes (``dora.pipeline.fsdp``). Multi-GPU recipes::
+
+    accelerate launch --multi_gpu --num_processes 4 -m dora train-student --cache c/ --out runs/s
+    torchrun --nproc-per-node 4 -m dora teacher-label --fsdp --teacher t5-xxl/ ...
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -17,12 +26,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dora.errors import ConfigError, TrainingError
+from dora.pipeline.batches import InMemory, TrainData
+from dora.pipeline.fsdp import clip_gradients, full_state_dict, load_sharded, save_sharded, shard_model
 from dora.pipeline.progress import console, progress_bar
 
 STATE_FILE = "trainer_state.json"
+SaveModel = Callable[[Any, Path, "dict[str, Any] | None"], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,20 +68,59 @@ class LoopResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def total_steps(n_examples: int, s: LoopSettings) -> int:
+def total_steps(n_examples: int, s: LoopSettings, world: int = 1) -> int:
     if s.max_steps is not None:
         return s.max_steps
-    return max(1, math.ceil(s.epochs * steps_per_epoch(n_examples, s)))
+    return max(1, math.ceil(s.epochs * steps_per_epoch(n_examples, s, world)))
 
 
-def steps_per_epoch(n_examples: int, s: LoopSettings) -> int:
-    """Optimizer steps in one pass; the last step of an epoch may accumulate fewer micro-batches."""
-    return math.ceil(math.ceil(n_examples / s.batch_size) / s.grad_accum)
+def steps_per_epoch(n_examples: int, s: LoopSettings, world: int = 1) -> int:
+    """Optimizer steps in one pass over ``world`` processes; the last step of an epoch may
+    accumulate fewer micro-batches."""
+    return math.ceil(math.ceil(n_examples / (s.batch_size * world)) / s.grad_accum)
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+class Checkpoints:
+    """``<dir>/last``: the newest resumable state, replaced so that a crash at any moment leaves
+    either the previous checkpoint or the new one (``last.old`` is put back on the next start)."""
+
+    def __init__(self, root: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, fsdp: bool) -> None:
+        self.root, self.accelerator, self.fsdp = root, accelerator, fsdp
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.last, self.tmp, self.old = root / "last", root / "last.tmp", root / "last.old"
+
+    def state(self) -> dict[str, Any] | None:
+        if self.accelerator.is_main_process and not self.last.is_dir() and (self.old / STATE_FILE).is_file():
+            os.replace(self.old, self.last)  # a crash between the two renames of ``save``
+        self.accelerator.wait_for_everyone()
+        path = self.last / STATE_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def load(self) -> None:
+        if self.fsdp:
+            load_sharded(self.last, self.model, self.optimizer, self.scheduler, self.accelerator.process_index)
+        else:
+            self.accelerator.load_state(str(self.last))
+
+    def save(self, state: dict[str, Any]) -> None:
+        main = self.accelerator.is_main_process
+        if main:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        if self.fsdp:
+            save_sharded(self.tmp, self.model, self.optimizer, self.scheduler, self.accelerator.process_index)
+        else:
+            self.accelerator.save_state(str(self.tmp))
+        self.accelerator.wait_for_everyone()
+        if main:
+            (self.tmp / STATE_FILE).write_text(json.dumps(state, indent=2))  # written last: marks it complete
+            shutil.rmtree(self.old, ignore_errors=True)
+            if self.last.is_dir():
+                os.replace(self.last, self.old)
+            os.replace(self.tmp, self.last)
+            shutil.rmtree(self.old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
 
 def mixed_precision() -> str:
@@ -81,104 +133,125 @@ def mixed_precision() -> str:
 def train_loop(
     *,
     model: Any,
-    features: Sequence[dict[str, Any]],
+    features: TrainData | Sequence[dict[str, Any]],
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     loss_fn: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor],
     settings: LoopSettings,
     out_dir: Path,
-    save_model: Callable[[Any, Path], None],
+    save_model: SaveModel,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
     primary: str | None = None,
     description: str = "training",
+    final_dir: Path | None = None,
+    fsdp: bool = False,
 ) -> LoopResult:
-    """Train ``model`` in place; return what happened. The best (or last) model is saved by the caller."""
+    """Train ``model`` in place; return what happened.
+
+    ``features`` is a list of features or a ``TrainData`` that streams them. Under
+    ``torchrun``/``accelerate launch`` each process takes every ``world``-th micro-batch of the
+    same epoch order (disjoint rows; gradients averaged); ``fsdp`` shards the model over the
+    processes instead of replicating it. ``save_model(module, path, state_dict)`` runs on rank 0
+    only: for the best model (when evaluating) and, with ``final_dir``, the final one.
+    """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
-    if not features:
+    data = features if isinstance(features, TrainData) else InMemory(features)
+    if not len(data):
         raise ConfigError("no training examples; give a non-empty training file or cache")
     torch.manual_seed(settings.seed)
     accelerator = Accelerator(mixed_precision=mixed_precision(), cpu=not torch.cuda.is_available())
-    steps = total_steps(len(features), settings)
-    no_decay = ("bias", "layer_norm", "layernorm", "norm")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not any(x in n.lower() for x in no_decay)],
-         "weight_decay": settings.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and any(x in n.lower() for x in no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    fsdp = fsdp and world > 1
+    if evaluate is not None and fsdp:
+        raise ConfigError("evaluation during FSDP training is not supported; train the student data-parallel")
+    per_epoch = steps_per_epoch(len(data), settings, world)
+    steps = settings.max_steps if settings.max_steps is not None else max(1, math.ceil(settings.epochs * per_epoch))
+    if fsdp:
+        model = shard_model(model, accelerator.device, bf16=accelerator.mixed_precision == "bf16")
+    optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * steps), steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if not fsdp:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        # Not prepared: accelerate would step it once per process per step under DDP.
+        accelerator.register_for_checkpointing(scheduler)
+    checkpoints = Checkpoints(out_dir / "checkpoints", accelerator, model, optimizer, scheduler, fsdp)
 
-    ckpt = out_dir / "checkpoints" / "last"
-    # What makes a checkpoint resumable by this run: same data size and optimisation settings.
-    run_key = json.dumps({"n": len(features), **asdict(settings), "resume": None}, sort_keys=True)
+    # What makes a checkpoint resumable by this run: same data size, settings and process count.
+    run_key = json.dumps({"n": len(data), **asdict(settings), "resume": None, "world": world}, sort_keys=True)
     state: dict[str, Any] = {"step": 0, "examples_seen": 0, "tokens_seen": 0, "seconds": 0.0,
                              "best": None, "best_step": None, "history": [], "run_key": run_key}
-    if settings.resume and (ckpt / STATE_FILE).is_file():
-        saved = json.loads((ckpt / STATE_FILE).read_text())
+    saved = checkpoints.state() if settings.resume else None
+    if saved is not None:
         if saved.get("run_key") != run_key:
-            raise ConfigError(f"{ckpt}: a checkpoint of a different run (other data or settings); "
-                              "pass --no-resume to start over, or use another --out")
-        accelerator.load_state(str(ckpt))
+            raise ConfigError(f"{checkpoints.last}: a checkpoint of a different run (other data, settings or "
+                              "process count); pass --no-resume to start over, or use another --out")
+        checkpoints.load()
         state = saved
-        console.print(f"[dim]{description}: resuming from step {state['step']} ({ckpt})[/]")
+        console.print(f"[dim]{description}: resuming from step {state['step']} ({checkpoints.last})[/]")
 
-    micro_per_epoch = math.ceil(len(features) / settings.batch_size)
-    per_epoch = steps_per_epoch(len(features), settings)
-
+    micro_per_epoch = math.ceil(len(data) / (settings.batch_size * world))  # per process
     start_time = time.perf_counter() - state["seconds"]
     model.train()
     running = 0.0
     running_n = 0
 
-    def save_checkpoint() -> None:
-        tmp = ckpt.with_name("last.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.save_state(str(tmp))
-        state["seconds"] = time.perf_counter() - start_time
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        shutil.rmtree(ckpt, ignore_errors=True)
-        tmp.rename(ckpt)
+    def save_to(path: Path) -> None:
+        unwrapped = model if fsdp else accelerator.unwrap_model(model)
+        state_dict = full_state_dict(model) if fsdp else None  # every rank takes part in the gather
+        if accelerator.is_main_process:
+            save_model(unwrapped, path, state_dict)
+        accelerator.wait_for_everyone()
 
     def run_eval() -> None:
         if evaluate is None:
             return
-        scores = evaluate(accelerator.unwrap_model(model))
+        if accelerator.is_main_process:
+            scores = evaluate(accelerator.unwrap_model(model))
+            state["history"].append({"step": state["step"], "eval": scores})
+            value = scores.get(primary or "", float("nan"))
+            if state["best"] is None or value > state["best"].get(primary, float("-inf")):
+                state["best"], state["best_step"] = scores, state["step"]
+                save_model(accelerator.unwrap_model(model), out_dir / "best", None)
+            console.print(f"[dim]{description}: step {state['step']} {primary}={value:.4f}[/]")
         model.train()
-        state["history"].append({"step": state["step"], "eval": scores})
-        value = scores.get(primary or "", float("nan"))
-        if state["best"] is None or value > state["best"].get(primary, float("-inf")):
-            state["best"], state["best_step"] = scores, state["step"]
-            save_model(accelerator.unwrap_model(model), out_dir / "best")
-        console.print(f"[dim]{description}: step {state['step']} {primary}={value:.4f}[/]")
+        accelerator.wait_for_everyone()
 
-    with progress_bar() as bar:
+    def save_checkpoint() -> None:
+        state["seconds"] = time.perf_counter() - start_time
+        checkpoints.save(state)
+
+    with progress_bar(enabled=accelerator.is_main_process) as bar:
         task = bar.add_task(description, total=steps, completed=state["step"], info="")
         while state["step"] < steps:
             epoch, step_in_epoch = divmod(state["step"], per_epoch)
-            offset = step_in_epoch * settings.grad_accum
-            order = _epoch_order(len(features), settings.seed, epoch)
-            for b in range(offset, micro_per_epoch):
-                idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-                batch = {k: v.to(accelerator.device) for k, v in collate([features[i] for i in idx]).items()}
-                with accelerator.autocast():
+            order = data.order(settings.seed, epoch)
+            if world > 1:  # every process runs the same number of full micro-batches
+                size = micro_per_epoch * settings.batch_size * world
+                order = np.resize(order, size)
+            for b in range(step_in_epoch * settings.grad_accum, micro_per_epoch):
+                g = b * world + rank  # this process's micro-batch of the global sequence
+                idx = order[g * settings.batch_size : (g + 1) * settings.batch_size]
+                batch = {k: v.to(accelerator.device) for k, v in collate(data.take(idx)).items()}
+                last_micro = (b + 1) % settings.grad_accum == 0 or b + 1 == micro_per_epoch
+                with _sync(accelerator, model, fsdp, last_micro), accelerator.autocast():
                     loss = loss_fn(model, batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"{description}: the loss became {float(loss)} at step {state['step'] + 1}; lower "
-                        "--learning-rate, or check the data (the last checkpoint is kept)"
-                    )
-                accelerator.backward(loss / settings.grad_accum)
+                    finite = _all_finite(loss, accelerator, world)
+                    if not finite:
+                        raise TrainingError(
+                            f"{description}: the loss became {float(loss)} at step {state['step'] + 1}; lower "
+                            "--learning-rate, or check the data (the last checkpoint is kept)"
+                        )
+                    accelerator.backward(loss / settings.grad_accum)
                 running += float(loss.detach())
                 running_n += 1
-                state["examples_seen"] += len(idx)
-                state["tokens_seen"] += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
-                if (b + 1) % settings.grad_accum and b + 1 != micro_per_epoch:
+                tokens = int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+                state["examples_seen"] += len(idx) * world
+                state["tokens_seen"] += tokens * world  # same-sized batches on every process: an estimate
+                if not last_micro:
                     continue
                 if settings.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                    clip_gradients(model, accelerator, settings.max_grad_norm, fsdp)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -196,9 +269,35 @@ def train_loop(
                     break
     run_eval()
     state["seconds"] = time.perf_counter() - start_time
-    save_checkpoint()
+    save_checkpoint()  # first: a crash while saving the final model resumes at the last step
+    if final_dir is not None:
+        save_to(final_dir)
     return LoopResult(
         steps=state["step"], epochs=state["step"] / per_epoch,
         examples_seen=state["examples_seen"], tokens_seen=state["tokens_seen"], seconds=state["seconds"],
         best=state["best"], best_step=state["best_step"], history=state["history"],
     )
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    no_decay = ("bias", "layer_norm", "layernorm", "norm")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if not any(x in n.lower() for x in no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if any(x in n.lower() for x in no_decay)], "weight_decay": 0.0},
+    ]
+
+
+def _sync(accelerator: Any, model: Any, fsdp: bool, last_micro: bool) -> Any:
+    """Skip the gradient all-reduce on micro-batches that only accumulate (DDP)."""
+    if last_micro or fsdp or accelerator.num_processes == 1:
+        return contextlib.nullcontext()
+    return accelerator.no_sync(model)
+
+
+def _all_finite(loss: torch.Tensor, accelerator: Any, world: int) -> bool:
+    """Whether the loss is finite on every process (so all stop together, none hangs)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=accelerator.device)
+    if world > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return float(bad) == 0.0
