@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import fever_rows, write_jsonl
 from typer.testing import CliRunner
 
-from conftest import fever_rows, write_jsonl
 from dora.cache import LabelCache
 from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cli import app
