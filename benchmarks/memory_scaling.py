@@ -4,7 +4,7 @@
 
 With a trivial teacher and student (a T5 of 30k parameters built from a config: this
 measures dora, not the model), for each pool size N it runs, each in a fresh process, and
-reports the peak resident memory (ru_maxrss):
+reports the peak resident memory (VmHWM):
 
 * ``label``: ``dora teacher-label --no-finetune`` on a synthetic pool of N rows (FEVER claims
   with a row number appended), writing the cache (the real stage, CLI and all);
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,8 +41,10 @@ def child(kind: str, work: Path, n: int, steps: int) -> None:
     _quiet()
     start = time.perf_counter()
     pool, cache = work / f"pool-{n}.jsonl", work / f"cache-{n}"
-    if kind == "floor":
-        import dora.pipeline.student  # noqa: F401  (what every measurement imports: torch, transformers)
+    if kind == "floor":  # what every measurement imports: torch, transformers, dora
+        import transformers  # noqa: F401
+
+        import dora.pipeline.student  # noqa: F401
         import dora.pipeline.teacher  # noqa: F401
     elif kind == "label":
         from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
@@ -68,7 +69,10 @@ def child(kind: str, work: Path, n: int, steps: int) -> None:
 
         cache_features(LabelCache.open(cache), load_tokenizer(str(work / "model")), "fever: ", "topk",
                        max_source_length=32, max_target_length=64)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would inherit the
+    # parent's peak; VmHWM belongs to this process's own address space.
+    status = Path("/proc/self/status").read_text()
+    peak_mb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
     print(json.dumps({"seconds": round(time.perf_counter() - start, 1), "peak_mb": round(peak_mb)}))
 
 

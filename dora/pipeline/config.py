@@ -77,6 +77,8 @@ class Optimisation:
     """AdamW weight decay."""
     seed: int = 42
     """Seed for data order and initialisation."""
+    report_to: str = "none"
+    """Where training curves go besides ``curves.csv``: none, tensorboard or wandb."""
 
     def __post_init__(self) -> None:
         positive_ints(self, "batch_size", "grad_accum")
@@ -90,10 +92,13 @@ class Optimisation:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        from dora.pipeline.tracking import check_report_to
+
+        check_report_to(self.report_to)
 
     def loop_settings(self, *, eval_every: int | None, save_every: int | None, resume: bool = True) -> Any:
         from dora.pipeline.training import LoopSettings
 
-        names = {f.name for f in fields(Optimisation)}
+        names = {f.name for f in fields(Optimisation)} - {"report_to"}
         return LoopSettings(**{n: getattr(self, n) for n in names}, eval_every=eval_every,
                             save_every=save_every, resume=resume)

@@ -24,7 +24,9 @@ from typing import Any
 
 from rich.table import Table
 
+from dora.pipeline.pricing import Prices
 from dora.pipeline.progress import console
+from dora.pipeline.report import report
 from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
 from dora.pipeline.student import TrainStudentConfig, train_student
 from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
@@ -118,8 +120,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         table.add_row(r["strategy"], str(r["gold_labels"]), str(r["examples_seen"]), f"{r['accuracy']:.3f}",
                       f"{r['wall_seconds']:.1f}", f"{r['device_hours']:.5f}")
     console.print(table)
-    console.print(f"total {time.perf_counter() - start:.0f} s. Outputs in {root}/ (runs/*/metrics.json, run.json; "
-                  f"cache/manifest.json). Real results need pretrained checkpoints: see README.")
+    # The runs priced: labels at the paper's estimate; compute stays in device-hours (no price given).
+    drawn = report([root / "runs" / "annotate", root / "runs" / "distill"], lambda task: Prices.resolve(task),
+                   root / "report")
+    console.print(f"total {time.perf_counter() - start:.0f} s. Outputs in {root}/ (runs/*/metrics.json, run.json, "
+                  f"curves.csv; cache/manifest.json; {drawn.plot.relative_to(root)}). Price the compute with "
+                  f"`dora report {root}/runs/* --gpu-hour-usd X`. Real results need pretrained checkpoints: see README.")
     (root / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     return {"rows": rows}
 

@@ -25,6 +25,7 @@ from dora.pipeline.encoding import causal_targets, collate, encode_pair, target_
 from dora.pipeline.losses import token_cross_entropy
 from dora.pipeline.models import ModelKind, load_model
 from dora.pipeline.progress import console
+from dora.pipeline.tracking import Tracker
 from dora.pipeline.training import LoopSettings, train_loop
 
 RECORD = "dora_finetune.json"
@@ -68,6 +69,7 @@ def finetune_teacher(
     lora: LoraSettings | None,
     out_dir: Path,
     fsdp: bool = False,
+    report_to: str = "none",
 ) -> tuple[Any | None, dict[str, Any]]:
     """Fine-tune ``base`` on the labeled examples and save it to ``out_dir``; with ``fsdp``
     under a multi-process launch, the model is sharded over the processes.
@@ -120,11 +122,13 @@ def finetune_teacher(
         model=train_model, features=features, collate=lambda f: collate(f, tokenizer.pad_token_id),
         loss_fn=sequence_loss(kind), settings=settings, out_dir=out_dir,
         save_model=save_final, final_dir=out_dir, description="fine-tune teacher", fsdp=fsdp,
+        tracker=Tracker(report_to, out_dir, f"teacher-{out_dir.name}") if process_rank()[0] == 0 else None,
     )
     train_model = merged.get("model", train_model) if not fsdp else None  # FSDP: rank 0 reloads it to label
     cost = watch.cost("teacher_finetune", examples=result.examples_seen, tokens=result.tokens_seen)
     record = {"key": key, "base": base, "steps": result.steps, "epochs": result.epochs,
-              "lora": asdict(lora) if lora else None, "cost": cost.to_dict(), "history": result.history}
+              "lora": asdict(lora) if lora else None, "cost": cost.to_dict() | {"gold_labels": len(examples)},
+              "history": result.history}
     if process_rank()[0] == 0:
         write_atomic(out_dir / RECORD, json.dumps(record, indent=2).encode())  # last: marks the teacher complete
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the optimizer state is dead weight now

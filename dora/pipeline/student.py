@@ -46,6 +46,7 @@ from dora.pipeline.metrics import require_encoder, score
 from dora.pipeline.models import load_model, load_tokenizer, save_hf, vocab_size
 from dora.pipeline.progress import console
 from dora.pipeline.tasks import Task, get_task
+from dora.pipeline.tracking import Tracker
 from dora.pipeline.training import steps_per_epoch, train_loop
 
 
@@ -184,6 +185,7 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
                                           verbalisers=verbalisers),
         settings=settings, out_dir=config.out, save_model=lambda m, p, _: save_hf(m, tokenizer, p),
         evaluate=evaluate, primary=task.primary, description="train student",
+        tracker=Tracker(config.report_to, config.out, f"student-{config.out.name}") if rank == 0 else None,
     )
     if rank != 0:  # data-parallel: rank 0 saves and records
         return None

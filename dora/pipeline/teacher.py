@@ -197,7 +197,7 @@ def _run(config: TeacherLabelConfig, task: Task, train: list[Example], pool: Poo
             base=config.teacher, revision=revision, trust_remote_code=config.trust_remote_code,
             tokenizer=tokenizer, examples=train, prefix=task.source_prefix,
             max_source_length=config.max_source_length, max_target_length=config.max_target_length,
-            settings=settings, lora=lora, out_dir=config.teacher_dir, fsdp=config.fsdp,
+            settings=settings, lora=lora, out_dir=config.teacher_dir, fsdp=config.fsdp, report_to=config.report_to,
         )
         costs["teacher_finetune"] = record["cost"]
         teacher_path, revision = str(config.teacher_dir), None

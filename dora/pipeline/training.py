@@ -33,6 +33,7 @@ from dora.errors import ConfigError, TrainingError
 from dora.pipeline.batches import InMemory, TrainData
 from dora.pipeline.fsdp import clip_gradients, full_state_dict, load_sharded, save_sharded, shard_model
 from dora.pipeline.progress import console, progress_bar
+from dora.pipeline.tracking import CURVES, Tracker, write_curves
 
 STATE_FILE = "trainer_state.json"
 SaveModel = Callable[[Any, Path, "dict[str, Any] | None"], None]
@@ -144,6 +145,7 @@ def train_loop(
     description: str = "training",
     final_dir: Path | None = None,
     fsdp: bool = False,
+    tracker: Tracker | None = None,
 ) -> LoopResult:
     """Train ``model`` in place; return what happened.
 
@@ -151,7 +153,8 @@ def train_loop(
     ``torchrun``/``accelerate launch`` each process takes every ``world``-th micro-batch of the
     same epoch order (disjoint rows; gradients averaged); ``fsdp`` shards the model over the
     processes instead of replicating it. ``save_model(module, path, state_dict)`` runs on rank 0
-    only: for the best model (when evaluating) and, with ``final_dir``, the final one.
+    only: for the best model (when evaluating) and, with ``final_dir``, the final one. The
+    history (loss every 10 steps, each evaluation) goes to ``tracker`` and ``out_dir/curves.csv``.
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -208,7 +211,7 @@ def train_loop(
             return
         if accelerator.is_main_process:
             scores = evaluate(accelerator.unwrap_model(model))
-            state["history"].append({"step": state["step"], "eval": scores})
+            record({"step": state["step"], "eval": scores})
             value = scores.get(primary or "", float("nan"))
             if state["best"] is None or value > state["best"].get(primary, float("-inf")):
                 state["best"], state["best_step"] = scores, state["step"]
@@ -217,9 +220,16 @@ def train_loop(
         model.train()
         accelerator.wait_for_everyone()
 
+    def record(entry: dict[str, Any]) -> None:
+        state["history"].append(entry)
+        if tracker is not None and accelerator.is_main_process:
+            tracker.log(entry)
+
     def save_checkpoint() -> None:
         state["seconds"] = time.perf_counter() - start_time
         checkpoints.save(state)
+        if accelerator.is_main_process:
+            write_curves(out_dir / CURVES, state["history"])
 
     with progress_bar(enabled=accelerator.is_main_process) as bar:
         task = bar.add_task(description, total=steps, completed=state["step"], info="")
@@ -259,7 +269,7 @@ def train_loop(
                 avg = running / max(running_n, 1)
                 bar.update(task, completed=state["step"], info=f"loss {avg:.4f}")
                 if state["step"] % 10 == 0 or state["step"] == steps:
-                    state["history"].append({"step": state["step"], "loss": round(avg, 6)})
+                    record({"step": state["step"], "loss": round(avg, 6)})
                     running, running_n = 0.0, 0
                 if settings.eval_every and state["step"] % settings.eval_every == 0 and state["step"] < steps:
                     run_eval()

@@ -1,0 +1,136 @@
+"""Turning recorded quantities into dollars, with every dollar traced to a price and its source.
+
+dora records device-hours and labels; prices are the user's. Compute is priced from
+``--gpu-hour-usd`` (any device) or a prices file; annotation from ``--annotation-usd`` or the
+paper's per-label estimates (Kang, Xu and Ritter, ACL 2023, Table 1). A quantity without a
+price stays a quantity: its dollars are ``None`` and the line says the price is missing.
+
+A prices file (JSON or YAML) maps device kinds (matched case-insensitively as a substring of the
+recorded device name, the longest match winning; ``"*"`` for any device) to dollars per
+device-hour, and may set the annotation price::
+
+    gpu_hour_usd: {"H100": 2.49, "A100": 1.29, "cpu": 0.04}
+    annotation_usd: 0.15
+
+>>> p = Prices.resolve("fever", gpu_hour_usd=2.0)
+>>> p.labels(1000).usd, p.labels(1000).source
+(129.0, "the paper's estimate for fever (0.129 USD per label)")
+>>> p.compute("labeling", {"device": "NVIDIA H100 80GB HBM3", "device_hours": 1.5}).usd
+3.0
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dora.errors import ConfigError
+
+# US dollars per label, the paper's estimates (Table 1).
+PAPER_ANNOTATION_USD = {"wlp": 0.260, "stanceosaurus": 0.364, "fever": 0.129, "multipit_id": 0.200,
+                        "multipit_gen": 0.371, "nq": 0.129}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Line:
+    """One priced quantity: ``quantity`` ``unit`` at ``price`` each is ``usd`` (None: no price)."""
+
+    what: str
+    quantity: float
+    unit: str
+    price: float | None
+    usd: float | None
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "quantity": round(self.quantity, 6), "unit": self.unit, "price": self.price,
+                "usd": None if self.usd is None else round(self.usd, 4), "source": self.source}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prices:
+    gpu_hour_usd: dict[str, float] = field(default_factory=dict)
+    """Dollars per device-hour by device kind (substring of the recorded name; ``*``: any)."""
+    compute_source: str = ""
+    annotation_usd: float | None = None
+    annotation_source: str = ""
+
+    @classmethod
+    def resolve(cls, task: str, *, gpu_hour_usd: float | None = None, annotation_usd: float | None = None,
+                prices_file: Path | None = None) -> Prices:
+        """Command-line prices win over the file; the paper's estimate is the annotation default."""
+        table: dict[str, float] = {}
+        compute_source = ""
+        file_annotation = None
+        if prices_file is not None:
+            data = _read_prices(prices_file)
+            table = {str(k).lower(): float(v) for k, v in (data.get("gpu_hour_usd") or {}).items()}
+            compute_source = f"{prices_file}"
+            file_annotation = data.get("annotation_usd")
+        if gpu_hour_usd is not None:
+            if gpu_hour_usd < 0:
+                raise ConfigError(f"--gpu-hour-usd must be >= 0, got {gpu_hour_usd}")
+            table, compute_source = {"*": gpu_hour_usd}, "--gpu-hour-usd"
+        if annotation_usd is not None:
+            if annotation_usd < 0:
+                raise ConfigError(f"--annotation-usd must be >= 0, got {annotation_usd}")
+            ann, ann_source = annotation_usd, "--annotation-usd"
+        elif file_annotation is not None:
+            ann, ann_source = float(file_annotation), f"{prices_file}"
+        elif task in PAPER_ANNOTATION_USD:
+            ann = PAPER_ANNOTATION_USD[task]
+            ann_source = f"the paper's estimate for {task} ({ann} USD per label)"
+        else:
+            ann, ann_source = None, f"no annotation price for task {task!r}: pass --annotation-usd"
+        return cls(gpu_hour_usd=table, compute_source=compute_source, annotation_usd=ann, annotation_source=ann_source)
+
+    def device_hour(self, device: str) -> tuple[float | None, str]:
+        matches = [k for k in self.gpu_hour_usd if k != "*" and k in device.lower()]
+        if matches:
+            key = max(matches, key=len)
+            return self.gpu_hour_usd[key], f"{self.compute_source} ({key}: {self.gpu_hour_usd[key]} USD/device-hour)"
+        if "*" in self.gpu_hour_usd:
+            return self.gpu_hour_usd["*"], f"{self.compute_source} ({self.gpu_hour_usd['*']} USD/device-hour)"
+        return None, f"price missing for {device!r}: pass --gpu-hour-usd or a --prices file"
+
+    def compute(self, stage: str, cost: dict[str, Any]) -> Line:
+        price, source = self.device_hour(str(cost.get("device", "")))
+        hours = float(cost.get("device_hours", 0.0))
+        return Line(what=f"{stage} on {cost.get('device', '?')} x{cost.get('device_count', 1)}", quantity=hours,
+                    unit="device-hours", price=price, usd=None if price is None else hours * price, source=source)
+
+    def labels(self, n: int, what: str = "gold labels") -> Line:
+        p = self.annotation_usd
+        return Line(what=what, quantity=n, unit="labels", price=p, usd=None if p is None else n * p,
+                    source=self.annotation_source)
+
+
+def total(lines: list[Line]) -> float | None:
+    """Sum of the lines' dollars; None when any line has no price."""
+    if any(line.usd is None for line in lines):
+        return None
+    return sum(line.usd or 0.0 for line in lines)
+
+
+def _read_prices(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: prices file not found; check --prices")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'} ({e}); write "
+                          'e.g. {"gpu_hour_usd": {"H100": 2.49}, "annotation_usd": 0.15}') from None
+    if not isinstance(data, dict) or not isinstance(data.get("gpu_hour_usd", {}), dict):
+        raise ConfigError(f"{path}: expected a mapping with gpu_hour_usd: {{device kind: USD per hour}}")
+    for k, v in (data.get("gpu_hour_usd") or {}).items():
+        if not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"{path}: gpu_hour_usd[{k!r}] must be a non-negative number, got {v!r}")
+    return data
