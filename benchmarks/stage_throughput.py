@@ -111,7 +111,7 @@ def main() -> None:
         student = AutoModelForSeq2SeqLM.from_pretrained(student_dir)
         collate_fn = (lambda f: collate_kd(f, tok.pad_token_id)) if name == "kd" else (lambda f: collate(f, tok.pad_token_id))
         r = train_loop(model=student, features=feats, collate=collate_fn, loss_fn=losses[name], settings=settings,
-                       out_dir=work / f"run-{name}-{run}", save_model=lambda m, p: None, description=f"student {name}")
+                       out_dir=work / f"run-{name}-{run}", save_model=lambda m, p, sd: None, description=f"student {name}")
         timings[name] = max(timings.get(name, 0.0), args.steps / r.seconds)
     results.append(("student: cross-entropy (floor)", "steps/s", timings["ce"], "baseline"))
     results.append(("student: top-k KD from cache", "steps/s", timings["kd"],

@@ -38,7 +38,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(t5_dir, tmp_path):
     loss = sequence_loss("seq2seq")
     pad = lambda f: collate(f, tok.pad_token_id)  # noqa: E731
     whole = train_loop(model=model, features=feats, collate=pad, loss_fn=loss, settings=SETTINGS,
-                       out_dir=tmp_path / "whole", save_model=lambda m, p: None)
+                       out_dir=tmp_path / "whole", save_model=lambda m, p, sd: None)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     assert whole.steps == 9 and whole.examples_seen == 3 * 21
 
@@ -53,13 +53,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(t5_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_loop(model=model2, features=feats, collate=pad, loss_fn=crashing, settings=SETTINGS,
-                   out_dir=tmp_path / "crash", save_model=lambda m, p: None)
+                   out_dir=tmp_path / "crash", save_model=lambda m, p, sd: None)
     state = json.loads((tmp_path / "crash" / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert state["step"] == 4
 
     _, model3, _ = _setup(t5_dir)  # a fresh process would start from the base weights too
     resumed = train_loop(model=model3, features=feats, collate=pad, loss_fn=loss, settings=SETTINGS,
-                         out_dir=tmp_path / "crash", save_model=lambda m, p: None)
+                         out_dir=tmp_path / "crash", save_model=lambda m, p, sd: None)
     assert resumed.steps == 9 and resumed.examples_seen == whole.examples_seen
     for k, v in model3.state_dict().items():
         torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6, msg=k)
@@ -69,7 +69,7 @@ def test_a_checkpoint_from_another_run_is_not_resumed_silently(t5_dir, tmp_path)
     tok, model, feats = _setup(t5_dir)
     pad = lambda f: collate(f, tok.pad_token_id)  # noqa: E731
     train_loop(model=model, features=feats, collate=pad, loss_fn=sequence_loss("seq2seq"),
-               settings=SETTINGS, out_dir=tmp_path, save_model=lambda m, p: None)
+               settings=SETTINGS, out_dir=tmp_path, save_model=lambda m, p, sd: None)
     with pytest.raises(ConfigError, match="different run"):
         train_loop(model=model, features=feats[:10], collate=pad, loss_fn=sequence_loss("seq2seq"),
-                   settings=SETTINGS, out_dir=tmp_path, save_model=lambda m, p: None)
+                   settings=SETTINGS, out_dir=tmp_path, save_model=lambda m, p, sd: None)
