@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from dora.cache.manifest import TOKENIZER_DIR, Manifest, PoolInfo, ShardEntry, file_sha256, write_manifest
 from dora.cache.reader import LabelCache
 from dora.cache.schema import shard_schema
-from dora.cache.writer import ROW_GROUP_SIZE, shard_name
+from dora.cache.writer import PARQUET_OPTIONS, shard_name
 from dora.errors import CacheError
 
 
@@ -57,8 +57,7 @@ def _write(out: Path, manifest: Manifest, tables: Iterable[tuple[int, pa.Table]]
             continue
         path = out / shard_name(index)
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table.select(schema.names).cast(schema), tmp, compression="zstd",
-                       row_group_size=ROW_GROUP_SIZE, use_dictionary=["id", "source", "target"])
+        pq.write_table(table.select(schema.names).cast(schema), tmp, **PARQUET_OPTIONS)
         tmp.replace(path)
         entries.append(ShardEntry(index=index, file=shard_name(index), rows=table.num_rows,
                                   first_row=index * manifest.shard_size, bytes=path.stat().st_size,
