@@ -272,7 +272,7 @@ def report_cmd(
             table.add_row(Path(r["run"]).name, r["strategy"], f"{r['gold_labels']:,}", money(r["label_usd"]),
                           f"{r['device_hours']:.4f}", money(r["compute_usd"]), money(r["total_usd"]),
                           "-" if r["score"] is None else f"{r['score']:.4f}")
-        console.print(table)
+        console.print(table, width=max(console.width, 120))  # a table, not wrapped text, even when piped
         for source in sorted({x for r in result.rows for x in r["prices"].split("; ")}):
             console.print(f"  price: {source}")
         for r in result.rows:
@@ -287,7 +287,11 @@ def report_cmd(
 def budget_cmd(
     task: TaskOpt,
     budget: Annotated[float, typer.Option(help="Dollars to spend.", rich_help_panel=PRICES)],
-    from_run: Annotated[Path, typer.Option("--from", help="A recorded distill run (dora train-student on a cache) whose measured device-hours are scaled.", rich_help_panel=DATA)],
+    from_run: Annotated[Path | None, typer.Option("--from", help="A recorded distill run (dora train-student on a cache) whose measured device-hours are scaled.", rich_help_panel=DATA)] = None,
+    device: Annotated[str, typer.Option(help="Measured rates: the device they were measured on (priced by name).", rich_help_panel=PRICES)] = "gpu",
+    finetune_hours: Annotated[float | None, typer.Option(help="Measured rates: device-hours to fine-tune the teacher on your labels.", rich_help_panel=PRICES)] = None,
+    label_rows_per_hour: Annotated[float | None, typer.Option(help="Measured rates: pool rows labeled per device-hour.", rich_help_panel=PRICES)] = None,
+    student_rows_per_hour: Annotated[float | None, typer.Option(help="Measured rates: pool rows per device-hour of student training (all epochs).", rich_help_panel=PRICES)] = None,
     labels_owned: Annotated[int, typer.Option(help="Gold labels you already have (the teacher trains on them).", rich_help_panel=DATA)] = 0,
     pool_rows: Annotated[int | None, typer.Option(help="Unlabeled pool rows to label (default: the measured run's).", rich_help_panel=DATA)] = None,
     gpu_hour_usd: GpuHourOpt = None,
@@ -298,14 +302,25 @@ def budget_cmd(
     """Plan a budget: how many labels it buys (annotate), what distilling costs, and what is left for labels.
 
     [bold]Example[/]: dora budget --task fever --budget 500 --labels-owned 1000 --from runs/distill --gpu-hour-usd 2.49
+
+    [bold]From measured rates[/]: dora budget --task fever --budget 500 --labels-owned 1000 --pool-rows 1000000 --device H100 --finetune-hours 2 --label-rows-per-hour 400000 --student-rows-per-hour 900000 --prices prices.yaml
     """
     from dora.pipeline.pricing import Prices
+    from dora.pipeline.report import Rates
     from dora.pipeline.report import budget as plan_budget
 
     def stage() -> None:
         price = Prices.resolve(task, gpu_hour_usd=gpu_hour_usd, annotation_usd=annotation_usd, prices_file=prices)
+        given = [x is not None for x in (finetune_hours, label_rows_per_hour, student_rows_per_hour)]
+        if any(given) and not all(given):
+            from dora.errors import ConfigError
+
+            raise ConfigError("measured rates need all three: --finetune-hours, --label-rows-per-hour, "
+                              "--student-rows-per-hour")
+        rates = Rates(device=device, finetune_hours=finetune_hours, label_rows_per_hour=label_rows_per_hour,  # type: ignore[arg-type]
+                      student_rows_per_hour=student_rows_per_hour) if all(given) else None
         plans = plan_budget(budget_usd=budget, labels_owned=labels_owned, prices=price, reference=from_run,
-                            pool_rows=pool_rows)
+                            rates=rates, pool_rows=pool_rows)
         if json_out:
             typer.echo(json.dumps([p.to_dict() for p in plans], indent=2))
             return

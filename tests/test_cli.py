@@ -56,6 +56,7 @@ def test_distill_student_from_the_cache(cache_dir, t5_dir, data_dir, tmp_path):
     scores = json.loads(ok("evaluate", "--task", "fever", "--model", out, "--data", data_dir / "test.jsonl",
                            "--out", tmp_path / "scores.json", "--max-new-tokens", "12").stdout)
     assert scores["scores"]["accuracy"] == pytest.approx(metrics["eval"]["accuracy"])
+    assert scores["cost"]["stage"] == "evaluation" and scores["cost"]["examples"] == 16 and scores["cost"]["device_hours"] > 0
     preds = tmp_path / "scores.predictions.jsonl"
     again = json.loads(ok("evaluate", "--task", "fever", "--predictions", preds).stdout)
     assert again["scores"] == scores["scores"]

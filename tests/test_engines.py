@@ -29,7 +29,7 @@ def test_bad_engine_config_files(tmp_path, content, suffix, needle):
     path.write_text(content)
     with pytest.raises(ConfigError, match=needle):
         parse_engine_args([], path)
-    with pytest.raises(ConfigError, match="engine config file not found"):
+    with pytest.raises(ConfigError, match="file not found; check --engine-config"):
         parse_engine_args([], tmp_path / "missing.yaml")
 
 

@@ -104,3 +104,31 @@ def test_budget_plans_every_option_from_a_recorded_run(runs):
     bad = runner.invoke(app, ["budget", "--task", "fever", "--budget", "100", "--from", str(runs / "annotate"),
                               "--gpu-hour-usd", "1"])
     assert bad.exit_code == 2 and "not a distill run" in bad.output
+
+
+def test_budget_from_measured_rates_when_no_run_is_recorded(tmp_path):
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"gpu_hour_usd": {"H100": 2.5}}))
+    result = runner.invoke(app, ["budget", "--task", "nq", "--budget", "1000", "--labels-owned", "500", "--pool-rows",
+                                 "1000000", "--device", "NVIDIA H100", "--finetune-hours", "4",
+                                 "--label-rows-per-hour", "200000", "--student-rows-per-hour", "500000",
+                                 "--prices", str(prices), "--json"])
+    assert result.exit_code == 0, result.output
+    distill = {p["option"]: p for p in json.loads(result.output)}["distill"]
+    hours = [line["quantity"] for line in distill["lines"][:3]]
+    assert hours == pytest.approx([4.0, 5.0, 2.0])
+    spent = 11.0 * 2.5
+    assert distill["lines"][3]["quantity"] == int((1000 - spent) / 0.129)  # nq: the paper's 0.129 per label
+    partial = runner.invoke(app, ["budget", "--task", "nq", "--budget", "10", "--finetune-hours", "4"])
+    assert partial.exit_code == 2 and "need all three" in partial.output
+
+
+def test_report_to_an_uninstalled_tracker_fails_before_training(t5_dir, data_dir, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    result = runner.invoke(app, ["train-student", "--task", "fever", "--student", str(t5_dir), "--train",
+                                 str(data_dir / "train.jsonl"), "--out", str(tmp_path / "run"), "--report-to", "wandb"])
+    assert result.exit_code == 2 and "--report-to wandb needs the wandb package" in result.output
+    assert not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ keyword-only bases and add their own fields; ``__post_init__`` of each stage cal
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,25 @@ def as_paths(config: Any, *names: str) -> None:
         value = getattr(config, name)
         if value is not None and not isinstance(value, Path):
             object.__setattr__(config, name, Path(value))
+
+
+def read_mapping(path: Path, *, option: str, expected: str) -> dict[str, Any]:
+    """A JSON or YAML file (by extension) holding a mapping; errors name the file, the option and the fix."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found; check {option}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            loaded = yaml.safe_load(text)
+        else:
+            loaded = json.loads(text)
+    except Exception as e:  # json and yaml raise several types
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'} ({e}); write {expected}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected {expected}")
+    return loaded
 
 
 def positive_ints(config: Any, *names: str) -> None:

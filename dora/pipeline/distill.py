@@ -84,27 +84,14 @@ def cache_columns(mode: str) -> list[str]:
             + (["label_logprobs"] if mode == "labels" else []))
 
 
-def cache_features(
-    cache: LabelCache,
-    tokenizer: Any,
-    prefix: str,
-    mode: str,
-    *,
-    max_source_length: int,
-    max_target_length: int,
-    vmap: VocabMap | None = None,
-    pair: TokenizerPair | None = None,
-    stats: AlignStats | None = None,
-) -> list[dict[str, Any]]:
-    """One training feature per cached row for loss ``mode`` (see the module docstring), all
-    shards at once; training streams them a shard at a time with ``table_features``."""
-    if mode in ("aligned", "uld") and pair is None:
-        pair = TokenizerPair.of(cache, tokenizer)
+def cache_features(cache: LabelCache, tokenizer: Any, prefix: str, mode: str, **options: Any) -> list[dict[str, Any]]:
+    """One training feature per cached row for loss ``mode``, all shards at once (benchmarks and
+    tools; training streams them a shard at a time). ``options``: those of ``table_features``."""
+    if mode in ("aligned", "uld") and options.get("pair") is None:
+        options["pair"] = TokenizerPair.of(cache, tokenizer)
     features: list[dict[str, Any]] = []
     for table in cache.iter_tables(cache_columns(mode)):
-        features += table_features(table, cache.manifest.generation.k, tokenizer, prefix, mode,
-                                   max_source_length=max_source_length, max_target_length=max_target_length,
-                                   vmap=vmap, pair=pair, stats=stats)
+        features += table_features(table, cache.manifest.generation.k, tokenizer, prefix, mode, **options)
     return features
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from dora.errors import ConfigError, ModelError
+from dora.pipeline.config import read_mapping
 from dora.pipeline.generation import Generated, hf_generate, hf_score, pick_device
 from dora.pipeline.models import ModelKind
 
@@ -173,22 +174,8 @@ def parse_engine_args(pairs: Sequence[str], config_file: Path | None) -> dict[st
     over a JSON or YAML file of engine arguments."""
     args: dict[str, Any] = {}
     if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(f"{config_file}: engine config file not found; check --engine-config")
-        text = config_file.read_text(encoding="utf-8")
-        try:
-            if config_file.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                loaded = yaml.safe_load(text)
-            else:
-                loaded = json.loads(text)
-        except Exception as e:
-            raise ConfigError(f"{config_file}: not valid {config_file.suffix.lstrip('.').upper() or 'JSON'} ({e}); "
-                              "write a mapping of engine argument names to values") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: expected a mapping of engine argument names to values")
-        args.update(loaded)
+        args.update(read_mapping(config_file, option="--engine-config",
+                                 expected="a mapping of engine argument names to values"))
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():

@@ -15,6 +15,7 @@ from typing import Any
 
 from dora.errors import ConfigError, InputError
 from dora.pipeline.config import TaskInputs, as_paths, positive_ints
+from dora.pipeline.costs import Stopwatch
 from dora.pipeline.data import iter_records, read_examples
 from dora.pipeline.metrics import score
 from dora.pipeline.models import ModelKind
@@ -83,6 +84,7 @@ def _read_predictions(path: Path) -> tuple[list[str], list[str], list[str] | Non
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Return (and optionally write) ``{"task", "metric", "scores", ...}``."""
+    watch = Stopwatch()
     task = get_task(config.task, metric=config.metric, prefix=config.prefix)
     result: dict[str, Any] = {"task": task.name, "metric": task.metric}
     if config.predictions is not None:
@@ -109,6 +111,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             pred_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             result["predictions_file"] = str(pred_path)
     result["scores"] = score(task, preds, refs, sources=sources, encoder=config.encoder)
+    tokens = sum(len(p.split()) for p in preds)  # whitespace words: the tokenizer is not loaded for a predictions file
+    result["cost"] = watch.cost("evaluation", examples=len(preds), tokens=tokens).to_dict() | {"tokens_are": "words"}
     if config.out is not None:
         config.out.parent.mkdir(parents=True, exist_ok=True)
         config.out.write_text(json.dumps(result, indent=2) + "\n")

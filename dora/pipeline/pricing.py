@@ -21,12 +21,12 @@ device-hour, and may set the annotation price::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError
+from dora.pipeline.config import read_mapping
 
 # US dollars per label, the paper's estimates (Table 1).
 PAPER_ANNOTATION_USD = {"wlp": 0.260, "stanceosaurus": 0.364, "fever": 0.129, "multipit_id": 0.200,
@@ -115,21 +115,10 @@ def total(lines: list[Line]) -> float | None:
 
 
 def _read_prices(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: prices file not found; check --prices")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'} ({e}); write "
-                          'e.g. {"gpu_hour_usd": {"H100": 2.49}, "annotation_usd": 0.15}') from None
-    if not isinstance(data, dict) or not isinstance(data.get("gpu_hour_usd", {}), dict):
-        raise ConfigError(f"{path}: expected a mapping with gpu_hour_usd: {{device kind: USD per hour}}")
+    data = read_mapping(path, option="--prices",
+                        expected='a mapping like {"gpu_hour_usd": {"H100": 2.49}, "annotation_usd": 0.15}')
+    if not isinstance(data.get("gpu_hour_usd", {}), dict):
+        raise ConfigError(f"{path}: gpu_hour_usd must map device kinds to USD per device-hour")
     for k, v in (data.get("gpu_hour_usd") or {}).items():
         if not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"{path}: gpu_hour_usd[{k!r}] must be a non-negative number, got {v!r}")

@@ -162,14 +162,15 @@ def _plot_curves(records: list[RunRecord], path: Path) -> Path | None:
         with open(file, newline="") as f:
             rows = list(csv.DictReader(f))
         label = f"{record.strategy}: {record.path.name}"
-        loss = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss")]
+        loss = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") and float(r["loss"]) > 0]
         if loss:
             loss_ax.plot(*zip(*loss), label=label)
         key = f"eval_{record.metric}"
         evals = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
         if evals:
             eval_ax.plot(*zip(*evals), marker="o", label=label)
-    loss_ax.set(xlabel="step", ylabel="training loss", title="training loss")
+    loss_ax.set(xlabel="step", ylabel="training loss (log scale)", title="training loss (KD and CE differ in scale)")
+    loss_ax.set_yscale("log")
     eval_ax.set(xlabel="step", ylabel=records[0].metric, title=f"eval {records[0].metric}")
     for ax in (loss_ax, eval_ax):
         ax.grid(alpha=0.3)
@@ -195,25 +196,59 @@ class Plan:
                 "total_usd": _round(total(self.lines)), "lines": [line.to_dict() for line in self.lines]}
 
 
-def budget(*, budget_usd: float, labels_owned: int, prices: Prices, reference: Path,
-           pool_rows: int | None = None, pool_fractions: tuple[float, ...] = (1.0, 0.5, 0.25)) -> list[Plan]:
-    """Options for spending ``budget_usd``: all on labels, or distilling (priced from the measured
-    device-hours of ``reference``, a distill run, scaled to ``labels_owned`` and the pool) with the
-    rest on labels; each mixed option labels only a fraction of the pool."""
+@dataclass(frozen=True, kw_only=True)
+class Rates:
+    """Measured throughputs, when there is no recorded run to scale (e.g. from benchmarks/)."""
+
+    device: str
+    """Device kind the rates were measured on (priced like a recorded device name)."""
+    finetune_hours: float
+    """Device-hours to fine-tune the teacher on the labels owned."""
+    label_rows_per_hour: float
+    """Pool rows the teacher labels per device-hour."""
+    student_rows_per_hour: float
+    """Pool rows per device-hour of student training, at the planned number of epochs."""
+
+    def costs(self, labels: int, pool_rows: int) -> dict[str, dict[str, Any]]:
+        for name in ("finetune_hours", "label_rows_per_hour", "student_rows_per_hour"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        base = {"device": self.device, "device_count": 1}
+        return {"teacher_finetune": base | {"device_hours": self.finetune_hours, "gold_labels": max(labels, 1)},
+                "labeling": base | {"device_hours": pool_rows / self.label_rows_per_hour, "examples": pool_rows},
+                "student_train": base | {"device_hours": pool_rows / self.student_rows_per_hour, "examples": pool_rows}}
+
+
+def budget(*, budget_usd: float, labels_owned: int, prices: Prices, reference: Path | None = None,
+           rates: Rates | None = None, pool_rows: int | None = None,
+           pool_fractions: tuple[float, ...] = (1.0, 0.5, 0.25)) -> list[Plan]:
+    """Options for spending ``budget_usd``: all on labels, or distilling with the rest on labels;
+    each mixed option labels only a fraction of the pool. Compute comes from the measured
+    device-hours of ``reference`` (a recorded distill run), scaled to ``labels_owned`` and the
+    pool, or from measured ``rates``."""
     if budget_usd <= 0:
         raise ConfigError(f"--budget must be positive, got {budget_usd}")
     if labels_owned < 0:
         raise ConfigError(f"--labels-owned must be >= 0, got {labels_owned}")
     if prices.annotation_usd is None:
         raise ConfigError(prices.annotation_source)
-    run = RunRecord.load(reference)
-    missing = [s for s in STAGES if s not in run.costs]
-    if missing:
-        raise ConfigError(f"{reference}: not a distill run with every stage recorded (missing {', '.join(missing)}); "
-                          "give --from a run trained on a cache that dora teacher-label made")
+    if (reference is None) == (rates is None):
+        raise ConfigError("give either --from RUN (a recorded distill run) or the measured rates "
+                          "(--device, --finetune-hours, --label-rows-per-hour, --student-rows-per-hour)")
+    if rates is not None:
+        if pool_rows is None:
+            raise ConfigError("--pool-rows is needed with measured rates")
+        costs, basis = rates.costs(labels_owned, pool_rows), "measured rates"
+    else:
+        assert reference is not None
+        costs, basis = RunRecord.load(reference).costs, str(reference)
+        missing = [s for s in STAGES if s not in costs]
+        if missing:
+            raise ConfigError(f"{reference}: not a distill run with every stage recorded (missing {', '.join(missing)}); "
+                              "give --from a run trained on a cache that dora teacher-label made")
     per_label = prices.annotation_usd
     plans = [_annotate(budget_usd, per_label, prices)]
-    ft, lab, st = (run.costs[s] for s in STAGES)
+    ft, lab, st = (costs[s] for s in STAGES)
     ref_labels = int(ft.get("gold_labels") or 0)
     ref_pool = max(int(lab.get("examples") or 1), 1)
     full_pool = pool_rows or ref_pool
@@ -222,10 +257,10 @@ def budget(*, budget_usd: float, labels_owned: int, prices: Prices, reference: P
         # Fine-tuning scales with the labels the teacher sees; labeling and the student with the pool.
         lines = [
             _scaled(prices, "teacher_finetune", ft, max(labels_owned, 1) / ref_labels, f"{labels_owned:,} labels, "
-                    f"scaled from {ref_labels:,} measured") if ref_labels else
-            _scaled(prices, "teacher_finetune", ft, 1.0, "as measured (its label count was not recorded)"),
-            _scaled(prices, "labeling", lab, rows / ref_pool, f"{rows:,} pool rows, scaled from {ref_pool:,} measured"),
-            _scaled(prices, "student_train", st, rows / ref_pool, f"{rows:,} pool rows at the measured run's epochs"),
+                    f"scaled from {ref_labels:,} in {basis}") if ref_labels else
+            _scaled(prices, "teacher_finetune", ft, 1.0, f"as in {basis} (its label count was not recorded)"),
+            _scaled(prices, "labeling", lab, rows / ref_pool, f"{rows:,} pool rows, scaled from {ref_pool:,} in {basis}"),
+            _scaled(prices, "student_train", st, rows / ref_pool, f"{rows:,} pool rows, scaled from {ref_pool:,} in {basis}"),
         ]
         compute = total(lines)
         name = "distill" if fraction == 1.0 else f"mixed: distill {fraction:.0%} of the pool"
