@@ -378,6 +378,7 @@ def evaluate_cmd(
 def demo_cmd(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, models, cache and runs.", rich_help_panel=OUT)] = Path("dora-demo"),
     quick: Annotated[bool, typer.Option(help="Fewer rows and steps (about a minute; for smoke tests).", rich_help_panel=TRAIN)] = False,
+    budgets: Annotated[int, typer.Option(help="Label budgets (1-4): N also runs both strategies with 1/2, 1/4, ... of the gold labels, so the report draws curves.", rich_help_panel=TRAIN)] = 1,
 ) -> None:
     """Run both strategies end to end on shipped FEVER data with tiny models built from configs.
 

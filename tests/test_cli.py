@@ -243,14 +243,21 @@ def test_a_different_pool_cannot_join_an_existing_cache(cache_dir, t5_dir, data_
 
 
 def test_demo_quick_runs_both_strategies(tmp_path):
-    result = ok("demo", "--quick", "--workdir", tmp_path / "demo")
+    result = ok("demo", "--quick", "--budgets", "2", "--workdir", tmp_path / "demo")
     rows = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert (tmp_path / "demo" / "report" / "report.png").is_file() and (tmp_path / "demo" / "report" / "report.csv").is_file()
-    assert [r["strategy"] for r in rows] == ["annotate", "distill"]
+    assert [(r["strategy"], r["gold_labels"]) for r in rows] == [
+        ("annotate", 60), ("distill", 60), ("annotate", 120), ("distill", 120)]
     assert all(0 <= r["accuracy"] <= 1 and r["wall_seconds"] > 0 for r in rows)
     assert rows[0]["examples_seen"] == rows[1]["examples_seen"]  # equal student compute
     assert "annotate" in result.output and "distill" in result.output
-    assert LabelCache.open(tmp_path / "demo" / "cache").manifest.complete
+    for n in (60, 120):
+        assert LabelCache.open(tmp_path / "demo" / f"cache-{n}").manifest.complete
+    report = (tmp_path / "demo" / "report" / "report.csv").read_text()
+    assert report.count("annotate") >= 2 and (tmp_path / "demo" / "report" / "report.png").is_file()
+    # The demo's runs are ordinary run records: `dora report` prices them with the user's price.
+    priced = json.loads(ok("report", *sorted((tmp_path / "demo" / "runs").iterdir()), "--out", tmp_path / "r",
+                           "--gpu-hour-usd", "2", "--json").stdout)
+    assert len(priced) == 4 and all(r["total_usd"] > r["label_usd"] for r in priced)
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):

@@ -24,6 +24,7 @@ from typing import Any
 
 from rich.table import Table
 
+from dora.errors import ConfigError
 from dora.pipeline.pricing import Prices
 from dora.pipeline.progress import console
 from dora.pipeline.report import report
@@ -38,10 +39,15 @@ class DemoConfig:
     """Where data, models, the cache and both runs are written (reused on a rerun)."""
     quick: bool = False
     """Fewer rows and steps, for smoke tests."""
+    budgets: int = 1
+    """Label budgets to run both strategies at: 1 uses all gold labels; N also runs with 1/2, 1/4, ...
+    of them, so ``report/report.png`` draws each strategy as a curve (about N times as long)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workdir, Path):
             object.__setattr__(self, "workdir", Path(self.workdir))
+        if not 1 <= self.budgets <= 4:
+            raise ConfigError(f"--budgets must be 1 to 4, got {self.budgets}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,22 +103,29 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     common = dict(task="fever", batch_size=16, learning_rate=1e-3, max_source_length=64, max_target_length=16,
                   max_new_tokens=16, seed=0)
 
-    console.rule("annotate: the student learns from the gold labels")
-    # Equal student compute for both strategies: as many examples seen as the distill run.
-    annotate_epochs = sizes.student_epochs * sizes.pool / sizes.gold
-    annotate = train_student(TrainStudentConfig(
-        student=str(student_base), train=paths["gold"], eval=paths["test"], out=root / "runs" / "annotate",
-        epochs=annotate_epochs, eval_every=_eval_every(sizes.gold, annotate_epochs), **common))
+    counts = sorted(sizes.gold // 2**i for i in range(config.budgets))
+    rows, runs = [], []
+    for n in counts:
+        gold = paths["gold"] if n == sizes.gold else _head(paths["gold"], n, root / "data" / f"gold-{n}.jsonl")
+        suffix = "" if config.budgets == 1 else f"-{n}"
+        console.rule(f"annotate: the student learns from {n} gold labels")
+        # Equal student compute for both strategies: as many examples seen as the distill run.
+        annotate_epochs = sizes.student_epochs * sizes.pool / n
+        annotate = train_student(TrainStudentConfig(
+            student=str(student_base), train=gold, eval=paths["test"], out=root / "runs" / f"annotate{suffix}",
+            epochs=annotate_epochs, eval_every=_eval_every(n, annotate_epochs), **common))
 
-    console.rule("distill: the teacher learns from the same gold labels and labels the pool")
-    labeled = teacher_label(TeacherLabelConfig(
-        teacher=str(teacher_base), train=paths["gold"], pool=paths["pool"], out=root / "cache",
-        epochs=sizes.teacher_epochs, top_k=20, shard_size=1024, label_batch_size=64, **common))
-    distill = train_student(TrainStudentConfig(
-        student=str(student_base), cache=root / "cache", eval=paths["test"], out=root / "runs" / "distill",
-        epochs=sizes.student_epochs, eval_every=_eval_every(sizes.pool, sizes.student_epochs), **common))
+        console.rule(f"distill: the teacher learns from the same {n} gold labels and labels the pool")
+        labeled = teacher_label(TeacherLabelConfig(
+            teacher=str(teacher_base), train=gold, pool=paths["pool"], out=root / f"cache{suffix}",
+            epochs=sizes.teacher_epochs, top_k=20, shard_size=1024, label_batch_size=64, **common))
+        distill = train_student(TrainStudentConfig(
+            student=str(student_base), cache=root / f"cache{suffix}", eval=paths["test"],
+            out=root / "runs" / f"distill{suffix}", epochs=sizes.student_epochs,
+            eval_every=_eval_every(sizes.pool, sizes.student_epochs), **common))
+        rows += _summary(n, annotate, labeled, distill)
+        runs += [annotate.out, distill.out]
 
-    rows = _summary(sizes, annotate, labeled, distill)
     table = Table(title=f"FEVER, {sizes.test} held-out claims (accuracy; majority class is about 0.5)")
     for col in ("strategy", "gold labels", "examples seen", "accuracy", "seconds", "device-h"):
         table.add_column(col, justify="right" if col != "strategy" else "left")
@@ -121,8 +134,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                       f"{r['wall_seconds']:.1f}", f"{r['device_hours']:.5f}")
     console.print(table)
     # The runs priced: labels at the paper's estimate; compute stays in device-hours (no price given).
-    drawn = report([root / "runs" / "annotate", root / "runs" / "distill"], lambda task: Prices.resolve(task),
-                   root / "report")
+    drawn = report(runs, lambda task: Prices.resolve(task), root / "report")
     console.print(f"total {time.perf_counter() - start:.0f} s. Outputs in {root}/ (runs/*/metrics.json, run.json, "
                   f"curves.csv; cache/manifest.json; {drawn.plot.relative_to(root)}). Price the compute with "
                   f"`dora report {root}/runs/* --gpu-hour-usd X`. Real results need pretrained checkpoints: see README.")
@@ -135,16 +147,21 @@ def _eval_every(rows: int, epochs: float, batch_size: int = 16, evaluations: int
     return max(1, int(-(-rows // batch_size) * epochs) // evaluations)
 
 
-def _summary(sizes: _Sizes, annotate: Any, labeled: Any, distill: Any) -> list[dict[str, Any]]:
+def _head(path: Path, n: int, out: Path) -> Path:
+    out.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    return out
+
+
+def _summary(gold: int, annotate: Any, labeled: Any, distill: Any) -> list[dict[str, Any]]:
     def stage_costs(*records: dict[str, Any]) -> tuple[float, float]:
         return sum(r["wall_seconds"] for r in records), sum(r["device_hours"] for r in records)
 
     a_sec, a_dh = stage_costs(annotate.record["cost"])
     d_sec, d_dh = stage_costs(labeled.costs["teacher_finetune"], labeled.costs["labeling"], distill.record["cost"])
     return [
-        {"strategy": "annotate", "gold_labels": sizes.gold, "examples_seen": annotate.record["examples_seen"],
+        {"strategy": "annotate", "gold_labels": gold, "examples_seen": annotate.record["examples_seen"],
          "accuracy": (annotate.metrics["eval"] or {}).get("accuracy", 0.0), "wall_seconds": a_sec, "device_hours": a_dh},
-        {"strategy": "distill", "gold_labels": sizes.gold,
+        {"strategy": "distill", "gold_labels": gold,
          "examples_seen": distill.record["examples_seen"],
          "accuracy": (distill.metrics["eval"] or {}).get("accuracy", 0.0), "wall_seconds": d_sec, "device_hours": d_dh},
     ]

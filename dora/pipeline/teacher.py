@@ -33,6 +33,7 @@ from dora.pipeline.models import (
     ModelKind,
     architecture_of,
     check_top_k,
+    free_accelerator_memory,
     kind_of,
     load_config,
     load_tokenizer,
@@ -215,7 +216,11 @@ def _run(config: TeacherLabelConfig, task: Task, train: list[Example], pool: Poo
                      kind=kind, engine=engine_name, settings=settings, source_prefix=task.source_prefix,
                      max_target_length=config.max_target_length, label_set=tuple(label_set))
     console.print(f"labeling engine: {engine_name} ({why})" + (f" on Ray ({config.ray})" if config.ray else ""))
-    cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers) if config.ray is not None else None
+    cluster = None
+    if config.ray is not None:
+        model = None  # the workers load the saved teacher; free this process's GPU memory for them
+        free_accelerator_memory()
+        cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers)
     try:
         if cluster is not None:
             described = cluster.describe()
