@@ -272,7 +272,9 @@ def report_cmd(
             table.add_row(Path(r["run"]).name, r["strategy"], f"{r['gold_labels']:,}", money(r["label_usd"]),
                           f"{r['device_hours']:.4f}", money(r["compute_usd"]), money(r["total_usd"]),
                           "-" if r["score"] is None else f"{r['score']:.4f}")
-        console.print(table, width=max(console.width, 120))  # a table, not wrapped text, even when piped
+        from rich.console import Console
+
+        Console(stderr=True, width=max(console.width, 120)).print(table)  # a table, not wrapped text, when piped
         for source in sorted({x for r in result.rows for x in r["prices"].split("; ")}):
             console.print(f"  price: {source}")
         for r in result.rows:
