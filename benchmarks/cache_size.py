@@ -55,7 +55,7 @@ def main() -> None:
         ids, lp = top.indices.int().numpy(), top.values.numpy()
         offsets = pa.array(np.arange(0, rows * args.seq_len + 1, args.seq_len, dtype=np.int32))
 
-        def nested(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+        def nested(values: np.ndarray, kind: pa.DataType, offsets: pa.Array = offsets, k: int = k) -> pa.Array:
             return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), kind), k))
 
         n = rows * args.seq_len
