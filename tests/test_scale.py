@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from conftest import fever_rows, write_jsonl
 from typer.testing import CliRunner
@@ -267,21 +266,45 @@ def test_student_on_two_processes_resumes_mid_epoch(cache_dir, t5_dir, tmp_path)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_fsdp_teacher_finetune_on_two_gloo_processes(t5_dir, data_dir, tmp_path):
-    out = tmp_path / "cache"
-    log = tmp_path / "fsdp.log"
-    proc = _torchrun(["teacher-label", "--task", "fever", "--teacher", str(t5_dir), "--train",
-                      str(data_dir / "train.jsonl"), "--pool", str(data_dir / "pool.jsonl"), "--out", str(out),
-                      "--fsdp", "--max-steps", "6", "--save-every", "3", "--top-k", "4", "--shard-size", "16",
-                      "--max-new-tokens", "6"], log)
-    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    cache = LabelCache.open(out)
+def _fsdp_label(t5_dir: Path, data_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return _torchrun(["teacher-label", "--task", "fever", "--teacher", str(t5_dir), "--train", str(data_dir / "train.jsonl"),
+                      "--pool", str(data_dir / "pool.jsonl"), "--out", str(out), "--fsdp", "--save-every", "7",
+                      "--top-k", "4", "--shard-size", "16", "--max-new-tokens", "6", *extra], out.with_suffix(".log"))
+
+
+def test_fsdp_teacher_on_two_gloo_processes_resumes_from_sharded_checkpoints(t5_dir, data_dir, tmp_path):
+    whole = tmp_path / "whole"
+    proc = _fsdp_label(t5_dir, data_dir, whole, "--max-steps", "150")
+    assert proc.wait(timeout=300) == 0, whole.with_suffix(".log").read_text()[-3000:]
+    cache = LabelCache.open(whole)
     assert cache.num_rows == 40 and cache.manifest.teacher.finetuned
-    teacher = out.with_name("cache.teacher")
-    record = json.loads((teacher / "dora_finetune.json").read_text())
-    assert record["steps"] == 6
+    teacher = tmp_path / "whole.teacher"
+    assert json.loads((teacher / "dora_finetune.json").read_text())["steps"] == 150
     trained, base = _weights(teacher), _weights(t5_dir)
-    assert trained.keys() <= base.keys() | {"lm_head.weight"}
     assert any(not np.array_equal(trained[k], base[k]) for k in trained if k in base)
     assert not (teacher / "checkpoints").exists()
-    assert pq.read_table(out / "shards" / "part-00000.parquet").num_rows == 16
+
+    killed = tmp_path / "killed"
+    proc = _fsdp_label(t5_dir, data_dir, killed, "--max-steps", "150")
+    state = tmp_path / "killed.teacher" / "checkpoints" / "last" / "trainer_state.json"
+    while proc.poll() is None and not state.exists():
+        time.sleep(0.02)
+    _kill_tree(proc)
+    step = json.loads(state.read_text())["step"]
+    assert (state.parent / "sharded").is_dir() and 0 < step < 150  # each rank wrote its shard
+    proc = _fsdp_label(t5_dir, data_dir, killed, "--max-steps", "150")
+    assert proc.wait(timeout=300) == 0, killed.with_suffix(".log").read_text()[-3000:]
+    assert f"resuming from step {step}" in killed.with_suffix(".log").read_text()
+    resumed = _weights(tmp_path / "killed.teacher")
+    assert all(np.array_equal(resumed[k], trained[k]) for k in trained)  # bit-identical to the uninterrupted run
+    _same_rows(killed, whole)
+
+
+def test_fsdp_with_lora_saves_merged_plain_weights(t5_dir, data_dir, tmp_path):
+    out = tmp_path / "lora"
+    proc = _fsdp_label(t5_dir, data_dir, out, "--max-steps", "6", "--lora", "--lora-r", "4")
+    assert proc.wait(timeout=300) == 0, out.with_suffix(".log").read_text()[-3000:]
+    merged, base = _weights(tmp_path / "lora.teacher"), _weights(t5_dir)
+    assert not any("lora" in k for k in merged) and merged.keys() <= base.keys() | {"lm_head.weight"}
+    assert any(not np.array_equal(merged[k], base[k]) for k in merged if k in base)
+    assert LabelCache.open(out).num_rows == 40
