@@ -12,6 +12,7 @@ Example (tiny local models, CPU)::
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,13 +25,12 @@ from dora.cache.lock import CacheLock
 from dora.errors import ConfigError
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
 from dora.pipeline.costs import Stopwatch
-from dora.pipeline.data import Example, read_examples
+from dora.pipeline.data import read_examples
 from dora.pipeline.distributed import end_distributed, process_rank
 from dora.pipeline.engines import EngineName, EngineSettings, resolve_engine
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.labeling import LabelSpec
 from dora.pipeline.models import (
-    ModelKind,
     architecture_of,
     check_top_k,
     free_accelerator_memory,
@@ -175,111 +175,104 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     if config.ray is not None:
         require_ray()
     rank, world = process_rank()
-    # One writer per cache: a second run on the same --out stops here, before any training.
-    lock = CacheLock(config.out).acquire() if rank == 0 else None
-    try:
-        return _run(config, task, train, pool, base, kind, engine_name, why, lock, rank, world)
-    finally:
-        if lock is not None:
-            lock.release()
+    with contextlib.ExitStack() as held:
+        # One writer per cache: a second run on the same --out stops here, before any training.
+        lock = held.enter_context(CacheLock(config.out)) if rank == 0 else None
 
-
-def _run(config: TeacherLabelConfig, task: Task, train: list[Example], pool: Pool, base: Any, kind: ModelKind,
-         engine_name: str, why: str, lock: CacheLock | None, rank: int, world: int) -> TeacherLabelResult | None:
-    # 2. Fine-tune the teacher (or reuse one fine-tuned with the same data and settings).
-    costs: dict[str, Any] = {}
-    model = None
-    teacher_path, revision = config.teacher, config.revision
-    if config.finetune:
-        tokenizer = load_tokenizer(config.teacher, revision=revision, trust_remote_code=config.trust_remote_code)
-        settings = config.loop_settings(eval_every=None, save_every=config.save_every)
-        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
-        model, record = finetune_teacher(
-            base=config.teacher, revision=revision, trust_remote_code=config.trust_remote_code,
-            tokenizer=tokenizer, examples=train, prefix=task.source_prefix,
-            max_source_length=config.max_source_length, max_target_length=config.max_target_length,
-            settings=settings, lora=lora, out_dir=config.teacher_dir, fsdp=config.fsdp, report_to=config.report_to,
-        )
-        costs["teacher_finetune"] = record["cost"]
-        teacher_path, revision = str(config.teacher_dir), None
-    if world > 1:  # the sharded fine-tune is over: rank 0 labels, spreading the teacher over the GPUs
+        # 2. Fine-tune the teacher (or reuse one fine-tuned with the same data and settings).
+        costs: dict[str, Any] = {}
         model = None
-        end_distributed()
-        if rank != 0:
-            return None
+        teacher_path, revision = config.teacher, config.revision
+        if config.finetune:
+            tokenizer = load_tokenizer(config.teacher, revision=revision, trust_remote_code=config.trust_remote_code)
+            settings = config.loop_settings(eval_every=None, save_every=config.save_every)
+            lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
+            model, record = finetune_teacher(
+                base=config.teacher, revision=revision, trust_remote_code=config.trust_remote_code,
+                tokenizer=tokenizer, examples=train, prefix=task.source_prefix,
+                max_source_length=config.max_source_length, max_target_length=config.max_target_length,
+                settings=settings, lora=lora, out_dir=config.teacher_dir, fsdp=config.fsdp, report_to=config.report_to,
+            )
+            costs["teacher_finetune"] = record["cost"]
+            teacher_path, revision = str(config.teacher_dir), None
+        if world > 1:  # the sharded fine-tune is over: rank 0 labels, spreading the teacher over the GPUs
+            model = None
+            end_distributed()
+            if rank != 0:
+                return None
 
-    # 3. Start the labeling engine (here, or one per Ray worker) and open (or continue) the cache.
-    tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-    settings = EngineSettings.from_config(config)
-    label_set = list(config.labels or task.labels or []) if config.score_labels else []
-    spec = LabelSpec(teacher_path=teacher_path, revision=revision, trust_remote_code=config.trust_remote_code,
-                     kind=kind, engine=engine_name, settings=settings, source_prefix=task.source_prefix,
-                     max_target_length=config.max_target_length, label_set=tuple(label_set))
-    console.print(f"labeling engine: {engine_name} ({why})" + (f" on Ray ({config.ray})" if config.ray else ""))
-    cluster = None
-    if config.ray is not None:
-        model = None  # the workers load the saved teacher; free this process's GPU memory for them
-        free_accelerator_memory()
-        cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers)
-    try:
-        if cluster is not None:
-            described = cluster.describe()
-            labeler = None
-        else:
-            labeler = spec.labeler(tokenizer, model=model)
-            described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
-        del model
-        manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, described, label_set or None)
-        # A fresh copy for the cache: encoding sets run-time truncation on the labeler's tokenizer,
-        # which would otherwise be saved (same ids, other bytes, depending on where labeling ran).
-        fresh = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-        writer = CacheWriter.open(config.out, manifest, fresh, lock=lock)
-        missing = writer.missing_shards()
-        if len(missing) < manifest.num_shards:
-            console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
-                          f"complete in {config.out}; labeling the rest")
-
-        # 4. Label shard by shard: the pool is read a shard at a time, and each shard is written
-        #    and listed before it counts, so a crash loses at most the shards in flight.
-        watch = Stopwatch()
-        tokens = rows_done = 0
-        todo = sum(len(shard_rows(i, config.shard_size, pool.rows)) for i in missing)
-        with progress_bar() as bar:
-            job = bar.add_task("label pool", total=todo, info="")
-            shards = pool.shards(config.shard_size, missing)
+        # 3. Start the labeling engine (here, or one per Ray worker) and open (or continue) the cache.
+        tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+        settings = EngineSettings.from_config(config)
+        label_set = list(config.labels or task.labels or []) if config.score_labels else []
+        spec = LabelSpec(teacher_path=teacher_path, revision=revision, trust_remote_code=config.trust_remote_code,
+                         kind=kind, engine=engine_name, settings=settings, source_prefix=task.source_prefix,
+                         max_target_length=config.max_target_length, label_set=tuple(label_set))
+        console.print(f"labeling engine: {engine_name} ({why})" + (f" on Ray ({config.ray})" if config.ray else ""))
+        cluster = None
+        if config.ray is not None:
+            model = None  # the workers load the saved teacher; free this process's GPU memory for them
+            free_accelerator_memory()
+            cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers)
+        try:
             if cluster is not None:
-                for entry, n_tokens in cluster.label(shards, writer):
-                    tokens += n_tokens
-                    rows_done += entry.rows
-                    bar.update(job, advance=entry.rows, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
+                described = cluster.describe()
+                labeler = None
             else:
-                assert labeler is not None
-                for index, rows in shards:
-                    table, n_tokens = labeler.label(rows, on_batch=lambda n: bar.advance(job, n))
-                    writer.write_shard(index, table)
-                    tokens += n_tokens
-                    rows_done += len(rows)
-                    bar.update(job, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
-    finally:
-        if cluster is not None:
-            cluster.shutdown()
+                labeler = spec.labeler(tokenizer, model=model)
+                described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
+            del model
+            manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, described, label_set or None)
+            # A fresh copy for the cache: encoding sets run-time truncation on the labeler's tokenizer,
+            # which would otherwise be saved (same ids, other bytes, depending on where labeling ran).
+            fresh = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+            writer = CacheWriter.open(config.out, manifest, fresh, lock=lock)
+            missing = writer.missing_shards()
+            if len(missing) < manifest.num_shards:
+                console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
+                              f"complete in {config.out}; labeling the rest")
 
-    # 5. Record what labeling cost and mark the cache complete.
-    previous = writer.manifest.costs.get("labeling", {})
-    label_cost = watch.cost("labeling", examples=rows_done, tokens=tokens)
-    if cluster is not None:
-        label_cost = cluster.cost(label_cost)
-    costs["labeling"] = label_cost.to_dict() | {
-        "runs": previous.get("runs", 0) + 1,
-        "wall_seconds_total": round(previous.get("wall_seconds_total", 0.0) + label_cost.wall_seconds, 3),
-    }
-    total = costs["labeling"]["wall_seconds_total"]
-    stats = {"tokens": _count_tokens(writer), "seconds": total, "device": label_cost.device,
-             "device_count": label_cost.device_count,
-             "device_hours": round(total * label_cost.device_count / 3600, 6)}
-    final = writer.finish(stats=stats, costs=costs)
-    console.print(f"cache: {final.rows} rows, {stats['tokens']} tokens in {len(final.shards)} shard(s) -> {config.out}")
-    return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=costs)
+            # 4. Label shard by shard: the pool is read a shard at a time, and each shard is written
+            #    and listed before it counts, so a crash loses at most the shards in flight.
+            watch = Stopwatch()
+            tokens = rows_done = 0
+            todo = sum(len(shard_rows(i, config.shard_size, pool.rows)) for i in missing)
+            with progress_bar() as bar:
+                job = bar.add_task("label pool", total=todo, info="")
+                shards = pool.shards(config.shard_size, missing)
+                if cluster is not None:
+                    for entry, n_tokens in cluster.label(shards, writer):
+                        tokens += n_tokens
+                        rows_done += entry.rows
+                        bar.update(job, advance=entry.rows, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
+                else:
+                    assert labeler is not None
+                    for index, rows in shards:
+                        table, n_tokens = labeler.label(rows, on_batch=lambda n: bar.advance(job, n))
+                        writer.write_shard(index, table)
+                        tokens += n_tokens
+                        rows_done += len(rows)
+                        bar.update(job, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
+        finally:
+            if cluster is not None:
+                cluster.shutdown()
+
+        # 5. Record what labeling cost and mark the cache complete.
+        previous = writer.manifest.costs.get("labeling", {})
+        label_cost = watch.cost("labeling", examples=rows_done, tokens=tokens)
+        if cluster is not None:
+            label_cost = cluster.cost(label_cost)
+        costs["labeling"] = label_cost.to_dict() | {
+            "runs": previous.get("runs", 0) + 1,
+            "wall_seconds_total": round(previous.get("wall_seconds_total", 0.0) + label_cost.wall_seconds, 3),
+        }
+        total = costs["labeling"]["wall_seconds_total"]
+        stats = {"tokens": _count_tokens(writer), "seconds": total, "device": label_cost.device,
+                 "device_count": label_cost.device_count,
+                 "device_hours": round(total * label_cost.device_count / 3600, 6)}
+        final = writer.finish(stats=stats, costs=costs)
+        console.print(f"cache: {final.rows} rows, {stats['tokens']} tokens in {len(final.shards)} shard(s) -> {config.out}")
+        return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=costs)
 
 
 def _count_tokens(writer: CacheWriter) -> int:
