@@ -2,15 +2,15 @@
 
     python benchmarks/stage_throughput.py [--rows 512] [--steps 30] [--d-model 256]
 
-Builds a tokenizer and T5 models from configs on the shipped FEVER sample (random weights:
+Builds a tokenizer and a T5 teacher from a config on the shipped FEVER sample (random weights:
 speed does not depend on them), then measures
 
 * teacher fine-tuning: optimizer steps per second through dora's loop;
 * labeling: generated tokens per second of dora's engine writing the cache, against a bare
   batched ``model.generate`` with the same batches and lengths (overhead = top-k extraction,
-  decoding, Parquet writing);
-* student training: steps per second with the top-k KD loss from the cache, against plain
-  cross-entropy on the same tokens (the floor).
+  decoding, Parquet writing).
+
+Student training against its floor and the paper's online teacher: ``benchmarks/stage2.py``.
 
 Prints a table; ratios are what to compare across machines.
 """
@@ -31,20 +31,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=512, help="pool rows to label")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per training measurement")
-    parser.add_argument("--d-model", type=int, default=256, help="teacher width (student is half)")
+    parser.add_argument("--d-model", type=int, default=256, help="teacher width")
     parser.add_argument("--top-k", type=int, default=20)
     args = parser.parse_args()
 
-    from dora.cache import LabelCache
     from dora.cli import _quiet
-    from dora.pipeline.distill import cache_features, collate_kd, student_loss
-    from dora.pipeline.encoding import collate
-    from dora.pipeline.finetune import sequence_loss
     from dora.pipeline.generation import _generation_config
     from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
-    from dora.pipeline.tasks import get_task
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
-    from dora.pipeline.training import LoopSettings, train_loop
 
     _quiet()
     torch.manual_seed(0)
@@ -52,9 +46,8 @@ def main() -> None:
     text = resources.files("dora").joinpath("demo_data/fever.jsonl").read_text()
     rows = [json.loads(line) for line in text.splitlines()]
     tok = train_tokenizer([t for r in rows for t in ("fever: " + r["source"], r["target"])], vocab_size=2000)
-    teacher_dir, student_dir = work / "teacher", work / "student"
+    teacher_dir = work / "teacher"
     save_model_dir(tiny_t5(tok, d_model=args.d_model, layers=4, heads=4), tok, teacher_dir)
-    save_model_dir(tiny_t5(tok, d_model=args.d_model // 2, layers=2, heads=4), tok, student_dir)
     train = work / "train.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[:256]))
     pool_rows = rows[256 : 256 + args.rows]
@@ -98,24 +91,6 @@ def main() -> None:
     bare_tps = max(bare() for _ in range(2))  # best of two: the baseline gets every benefit of the doubt
     results.append(("labeling: bare model.generate", "gen tokens/s", bare_tps, "baseline"))
     results.append(("labeling: dora engine -> cache", "gen tokens/s", dora_tps, f"{bare_tps / dora_tps:.2f}x time of bare"))
-
-    # Student: KD from the cache vs cross-entropy on the same tokens.
-    cache = LabelCache.open(work / "cache")
-    feats = cache_features(cache, tok, get_task("fever").source_prefix, "topk", max_source_length=256,
-                           max_target_length=64)
-    settings = LoopSettings(epochs=1, max_steps=args.steps, batch_size=16, grad_accum=1, learning_rate=1e-3,
-                            warmup_ratio=0, weight_decay=0, seed=0, eval_every=None, save_every=None, resume=False)
-    timings: dict[str, float] = {}
-    losses = {"ce": sequence_loss("seq2seq"), "kd": lambda m, b: student_loss(m, b, mode="topk", temperature=2.0, alpha=0.0)}
-    for run, name in enumerate(["ce", "kd", "ce", "kd"]):  # alternate, best of two each: warm-up hits neither
-        student = AutoModelForSeq2SeqLM.from_pretrained(student_dir)
-        collate_fn = (lambda f: collate_kd(f, tok.pad_token_id)) if name == "kd" else (lambda f: collate(f, tok.pad_token_id))
-        r = train_loop(model=student, features=feats, collate=collate_fn, loss_fn=losses[name], settings=settings,
-                       out_dir=work / f"run-{name}-{run}", save_model=lambda m, p, sd: None, description=f"student {name}")
-        timings[name] = max(timings.get(name, 0.0), args.steps / r.seconds)
-    results.append(("student: cross-entropy (floor)", "steps/s", timings["ce"], "baseline"))
-    results.append(("student: top-k KD from cache", "steps/s", timings["kd"],
-                    f"{timings['ce'] / timings['kd']:.2f}x time of CE"))
 
     print(f"\nstage throughput ({torch.get_num_threads()} CPU threads, teacher d_model {args.d_model}, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, k={args.top_k}, {len(pool_rows)} pool rows)")

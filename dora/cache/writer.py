@@ -9,6 +9,7 @@ absent: a crash at any moment leaves at most an unlisted file, which the next wr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shutil
@@ -80,6 +81,18 @@ def write_shard_file(root: Path, index: int, table: pa.Table, *, k: int, label_s
                          "permissions, then rerun: complete shards are kept") from None
     return ShardEntry(index=index, file=rel, rows=table.num_rows, first_row=expected.start,
                       bytes=final.stat().st_size, sha256=file_sha256(final))
+
+
+def _without_call_state(tokenizer: Any) -> Any:
+    """A copy without the truncation/padding that encoding calls leave on a fast tokenizer, so the
+    saved files depend on the tokenizer, not on what it encoded before (as the fingerprint does)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or (backend.truncation is None and backend.padding is None):
+        return tokenizer
+    clean = copy.deepcopy(tokenizer)
+    clean.backend_tokenizer.no_truncation()
+    clean.backend_tokenizer.no_padding()
+    return clean
 
 
 def _identity(m: Manifest) -> dict[str, Any]:
@@ -205,7 +218,7 @@ class CacheWriter:
         if not target.is_dir():
             tmp = self.root / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            tokenizer.save_pretrained(str(tmp))
+            _without_call_state(tokenizer).save_pretrained(str(tmp))
             os.replace(tmp, target)
         files = tuple(FileEntry(file=f"{TOKENIZER_DIR}/{p.name}", bytes=p.stat().st_size, sha256=file_sha256(p))
                       for p in sorted(target.iterdir()) if p.is_file())

@@ -25,7 +25,7 @@ import numpy as np
 from dora.errors import ConfigError, ModelError
 from dora.pipeline.config import read_mapping
 from dora.pipeline.generation import Generated, hf_generate, hf_score, pick_device
-from dora.pipeline.models import ModelKind
+from dora.pipeline.models import ModelKind, check_top_k, free_accelerator_memory, load_model, vocab_size
 
 EngineName = Literal["transformers", "vllm", "auto"]
 
@@ -117,8 +117,6 @@ def start_engine(name: str, teacher_path: str, tokenizer: Any, kind: ModelKind, 
     The transformers engine spreads a teacher over every visible GPU (``device_map="auto"``)
     when there are several, so a teacher bigger than one device still labels.
     """
-    from dora.pipeline.models import check_top_k, free_accelerator_memory, load_model, vocab_size
-
     if name == "vllm":
         from dora.pipeline.vllm_engine import VllmEngine
 

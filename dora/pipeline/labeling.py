@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from dora.pipeline.data import Example
 from dora.pipeline.encoding import encode_prompts, target_ids
-from dora.pipeline.engines import Engine
+from dora.pipeline.engines import Engine, EngineSettings
 from dora.pipeline.generation import Generated, decode
 
 
@@ -82,7 +82,7 @@ class LabelSpec:
     trust_remote_code: bool
     kind: str
     engine: str
-    settings: Any  # EngineSettings
+    settings: EngineSettings
     source_prefix: str
     max_target_length: int
     label_set: tuple[str, ...] = ()

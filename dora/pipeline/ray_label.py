@@ -101,6 +101,9 @@ class RayLabeling:
         if gpus and workers * per > gpus:
             raise ConfigError(f"--ray-workers {workers} x {per} GPU(s) each needs {workers * per} GPUs; the cluster "
                               f"has {gpus}. Use --ray-workers {max(1, gpus // per)}")
+        if gpus and per > 1:  # vLLM's tensor-parallel workers go in the actor's placement group
+            spec = dataclasses.replace(spec, settings=dataclasses.replace(
+                spec.settings, engine_args={"distributed_executor_backend": "ray", **spec.settings.engine_args}))
         remote = ray.remote(LabelWorker)
         actors, groups = [], []
         cpus = ray.cluster_resources().get("CPU", 1)
@@ -108,7 +111,6 @@ class RayLabeling:
         for _ in range(workers):
             options: dict[str, Any] = {"max_restarts": 1, "max_task_retries": 1}
             if gpus and per > 1:
-                # vLLM's tensor-parallel workers go in a placement group the actor's engine uses.
                 from ray.util.placement_group import placement_group
                 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -116,8 +118,6 @@ class RayLabeling:
                 groups.append(group)
                 options |= {"num_gpus": 0, "num_cpus": 0, "scheduling_strategy": PlacementGroupSchedulingStrategy(
                     group, placement_group_capture_child_tasks=True)}
-                spec = dataclasses.replace(spec, settings=dataclasses.replace(
-                    spec.settings, engine_args={"distributed_executor_backend": "ray", **spec.settings.engine_args}))
             else:
                 options |= {"num_gpus": 1 if gpus else 0, "num_cpus": 1}
             actors.append(remote.options(**options).remote(spec, threads))

@@ -138,7 +138,7 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
     stats = AlignStats()
     verbalisers = None
     block = cache.manifest.shard_size if cache else 4096
-    sizes = [len(gold_features[i : i + block]) for i in range(0, len(gold_features), block)]
+    sizes = [min(block, len(gold_features) - i) for i in range(0, len(gold_features), block)]
     loaders = [lambda i=i: gold_features[i : i + block] for i in range(0, len(gold_features), block)]
     if cache is not None:
         vmap = None

@@ -223,10 +223,7 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
                 described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
             del model
             manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, described, label_set or None)
-            # A fresh copy for the cache: encoding sets run-time truncation on the labeler's tokenizer,
-            # which would otherwise be saved (same ids, other bytes, depending on where labeling ran).
-            fresh = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-            writer = CacheWriter.open(config.out, manifest, fresh, lock=lock)
+            writer = CacheWriter.open(config.out, manifest, tokenizer, lock=lock)
             missing = writer.missing_shards()
             if len(missing) < manifest.num_shards:
                 console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "

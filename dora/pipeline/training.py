@@ -169,7 +169,7 @@ def train_loop(
     if evaluate is not None and fsdp:
         raise ConfigError("evaluation during FSDP training is not supported; train the student data-parallel")
     per_epoch = steps_per_epoch(len(data), settings, world)
-    steps = settings.max_steps if settings.max_steps is not None else max(1, math.ceil(settings.epochs * per_epoch))
+    steps = total_steps(len(data), settings, world)
     if fsdp:
         model = shard_model(model, accelerator.device, bf16=accelerator.mixed_precision == "bf16")
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.learning_rate)
