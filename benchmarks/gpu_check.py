@@ -73,7 +73,7 @@ def main() -> int:
     # (2) The student on the GPU, bf16 where supported.
     start = time.perf_counter()
     student = train_student(TrainStudentConfig(task="fever", student=str(work / "student"), cache=work / "cache",
-                                               eval=work / "test.jsonl", out=work / "distill", max_steps=200,
+                                               dev=work / "test.jsonl", out=work / "distill", max_steps=200,
                                                batch_size=64, max_new_tokens=16))
     seconds = time.perf_counter() - start
     rec = student.record

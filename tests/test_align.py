@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from dora.cache import tokenizer_fingerprint
 from dora.pipeline.align import align, build_vocab_map, cached_vocab_map, canon, surfaces
 from dora.pipeline.distill import collate_kd, student_loss
+from dora.pipeline.generation import tail_logprobs
 from dora.pipeline.losses import label_set_kl
 
 PIECES = list("abcXYZ019 .,;-'\"\t\n") + ["  ", "   ", "é", "ö", "ß", "ﬁ", "e\u0301", "日本", "🙂", "👍🏽",
@@ -46,6 +47,19 @@ def test_aligned_positions_cover_the_same_text(toks, text):
     for j, i in matched[:-1]:  # the last pair is EOS with EOS
         assert _piece(s_surf, [s_ids[j]]) == _piece(t_surf, [t_ids[i]]) != ""
     assert pairs[-1] == len(t_ids) - 1
+
+
+def test_a_cut_student_label_ends_with_an_eos_that_aligns_with_nothing(toks):
+    """--max-target-length cut the student's label: its forced EOS follows part of the text, so it
+    must not take the teacher's final distribution (which says where the whole text ends)."""
+    (s_tok, s_surf), (t_tok, t_surf) = toks["t5"], toks["llama"]
+    text = "SUPPORTS the claim about Claim"
+    s_full, t_ids = _ids(s_tok, text), _ids(t_tok, text)
+    whole = align(t_ids, s_full, t_surf, s_surf, t_tok.eos_token_id, s_tok.eos_token_id)
+    assert whole[-1] == len(t_ids) - 1
+    cut = [*s_full[:3], s_tok.eos_token_id]  # what target_ids() makes with max_target_length 4
+    pairs = align(t_ids, cut, t_surf, s_surf, t_tok.eos_token_id, s_tok.eos_token_id, student_complete=False)
+    assert pairs[-1] == -1 and pairs[:3] == whole[:3]
 
 
 @settings(max_examples=100, deadline=None)
@@ -90,12 +104,14 @@ def test_identical_tokenizers_make_aligned_equal_topk_exactly(t5_dir, tmp_path):
         ids = _ids(tok, row["source"])  # the "pseudo-label": a real sentence, EOS last
         feat = encode_pair(tok, "seq2seq", "fever: " + row["target"], ids, 64)
         with torch.no_grad():
-            logp = model(input_ids=torch.tensor([feat["input_ids"]]), labels=torch.tensor([ids])).logits.log_softmax(-1)[0]
-        top = logp.topk(8, dim=-1)
+            logits = model(input_ids=torch.tensor([feat["input_ids"]]), labels=torch.tensor([ids])).logits[0]
+        top = logits.log_softmax(-1).topk(8, dim=-1)
         top_ids, top_lp = top.indices.numpy().astype(np.int64), top.values.numpy()
-        exact.append({**feat, "topk_ids": top_ids, "topk_logprobs": top_lp, "kd_mask": np.ones(len(ids), bool)})
-        arrays = _aligned_arrays(ids, ids, top_ids, top_lp, surf, surf, tok.eos_token_id, tok.eos_token_id, vmap,
-                                 "aligned", stats)
+        tails = tail_logprobs(logits, top.indices, [2.0])[:, 0].numpy()
+        exact.append({**feat, "topk_ids": top_ids, "topk_logprobs": top_lp, "kd_mask": np.ones(len(ids), bool),
+                      "teacher_tail": tails})
+        arrays = _aligned_arrays(ids, ids, top_ids, top_lp, tails, surf, surf, tok.eos_token_id, tok.eos_token_id,
+                                 vmap, "aligned", stats)
         aligned.append({**feat, **arrays})
     # Every position with visible text aligns to itself and keeps the teacher's ids unchanged.
     assert stats.aligned_positions / stats.student_positions > 0.8

@@ -19,7 +19,8 @@ from dora.errors import CacheError
 def test_manifest_describes_the_cache(cache_dir, t5_dir):
     cache = LabelCache.open(cache_dir)
     m = cache.manifest
-    assert m.complete and m.format == "dora-label-cache" and m.format_version == 1
+    assert m.complete and m.format == "dora-label-cache" and m.format_version == 2
+    assert m.generation.kd_temperatures == [1.0, 2.0] and m.generation.id_type == "uint16"  # 400 < 65,536 ids
     assert m.rows == m.pool.rows == 40 and [s.rows for s in m.shards] == [16, 16, 8]
     assert [s.first_row for s in m.shards] == [0, 16, 32]
     assert m.generation.k == 8 and m.generation.backend == "transformers" and m.generation.logprobs == "raw"
@@ -27,8 +28,9 @@ def test_manifest_describes_the_cache(cache_dir, t5_dir):
     assert m.teacher.finetuned and len(m.teacher.weights_sha256) == 64
     assert m.teacher.base == str(t5_dir) and m.teacher.name_or_path == str(cache_dir) + ".teacher"
     assert m.task["name"] == "fever" and m.task["source_prefix"] == "fever: "
-    assert m.stats["tokens"] > 0 and m.costs["labeling"]["examples"] == 40
-    assert m.costs["teacher_finetune"]["examples"] > 0
+    assert m.stats["tokens"] == sum(s.tokens for s in m.shards) > 0 and m.costs["labeling"]["examples"] == 40
+    assert m.costs["labeling"]["tokens"] == m.stats["tokens"] and m.costs["labeling"]["invocations"] == 1
+    assert m.costs["teacher_finetune"]["examples"] > 0 and m.costs["teacher_finetune"]["steps"] == 30
     for entry in m.shards:
         path = cache_dir / entry.file
         assert file_sha256(path) == entry.sha256 and path.stat().st_size == entry.bytes
@@ -41,12 +43,16 @@ def test_values_are_sorted_logprobs_and_decode_to_target(cache_dir):
 
     tok = AutoTokenizer.from_pretrained(cache_dir / "tokenizer")
     table = LabelCache.open(cache_dir).read()
-    assert table.schema.equals(shard_schema(8, label_scores=True))
+    assert table.schema.equals(shard_schema(8, label_scores=True, id_type="uint16", temperatures=2))
     assert table.column("row").to_pylist() == list(range(40))
     for row in table.to_pylist():
         lp = np.array(row["topk_logprobs"], dtype=np.float32)
         assert lp.shape == (len(row["target_ids"]), 8)
         assert (lp <= 0).all() and (np.diff(lp, axis=1) <= 0).all()
+        tail = np.array(row["tail_logprobs"], dtype=np.float64)  # log mass outside the top-k at T = 1 and 2
+        assert tail.shape == (len(row["target_ids"]), 2) and (tail <= 0).all()
+        np.testing.assert_allclose(np.exp(lp.astype(np.float64)).sum(-1) + np.exp(tail[:, 0]), 1.0, atol=5e-3)
+        assert (tail[:, 1] >= tail[:, 0]).all()  # tempering moves mass into the tail
         assert tok.decode(row["target_ids"], skip_special_tokens=True) == row["target"]
         # The chosen (greedy) token is the teacher's top-1, and its logprob sums to seq_logprob.
         assert [ids[0] for ids in row["topk_ids"]] == row["target_ids"]
@@ -66,10 +72,15 @@ def test_topk_logprobs_come_from_raw_logits(cache_dir):
     enc = tok("fever: " + row["source"], return_tensors="pt")
     labels = torch.tensor([row["target_ids"]])
     with torch.no_grad():
-        logp = model(**enc, labels=labels).logits.log_softmax(-1)[0]
-    top = logp.topk(8, dim=-1)
+        logits = model(**enc, labels=labels).logits[0]
+    top = logits.log_softmax(-1).topk(8, dim=-1)
     assert top.indices.tolist() == row["topk_ids"]
     np.testing.assert_allclose(top.values.numpy(), np.array(row["topk_logprobs"], dtype=np.float32), rtol=1e-3, atol=1e-3)  # float16 storage
+    # tail_logprobs: the mass outside those ids under softmax(logits / T), stored in float32.
+    for column, t in enumerate(m.generation.kd_temperatures):
+        p = torch.softmax(logits.double() / t, -1)
+        expected = torch.log1p(-p.gather(-1, top.indices).sum(-1))
+        np.testing.assert_allclose(np.array(row["tail_logprobs"])[:, column], expected.numpy(), atol=1e-5)
     # label_logprobs: each verbaliser (EOS included) scored as a sequence by teacher forcing.
     assert m.generation.label_set == ["SUPPORTS", "REFUTES"]
     for label, stored in zip(m.generation.label_set, row["label_logprobs"]):
@@ -87,7 +98,8 @@ def test_loads_unchanged_with_pandas_duckdb_polars_and_datasets(cache_dir):
 
     files = sorted(str(p) for p in (cache_dir / "shards").glob("*.parquet"))
     df = pd.concat([pd.read_parquet(f) for f in files])
-    assert len(df) == 40 and list(df.columns) == shard_schema(8, label_scores=True).names
+    assert len(df) == 40 and list(df.columns) == shard_schema(8, label_scores=True, temperatures=2).names
+    assert df["topk_ids"].iloc[0][0].dtype == np.uint16
     ((n,),) = duckdb.sql(f"select count(*) from read_parquet({files})").fetchall()
     assert n == 40
     assert pl.read_parquet(files).height == 40
@@ -146,9 +158,45 @@ def test_symlinked_shard_is_refused(cache_copy, tmp_path):
 
 def test_manifest_from_a_newer_format_is_refused(cache_copy):
     data = json.loads((cache_copy / "manifest.json").read_text())
-    data["format_version"] = 2
+    data["format_version"] = 3
     (cache_copy / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(CacheError, match="format version 2 is not supported"):
+    with pytest.raises(CacheError, match="format version 3 is not supported"):
+        LabelCache.open(cache_copy)
+
+
+def test_format_1_caches_still_open_and_inconsistent_manifests_are_refused(cache_dir, tmp_path):
+    from conftest import downgrade_to_v1
+
+    old = LabelCache.open(downgrade_to_v1(cache_dir, tmp_path / "v1"))
+    assert old.manifest.format_version == 1 and old.read().schema.equals(shard_schema(8, label_scores=True))
+    assert old.read(["target"]).equals(LabelCache.open(cache_dir).read(["target"]))
+    data = json.loads((tmp_path / "v1" / "manifest.json").read_text())
+    data["generation"]["kd_temperatures"] = [2.0]  # a format 1 manifest has no tails to describe
+    (tmp_path / "v1" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(CacheError, match="format 1 manifest has no kd_temperatures"):
+        LabelCache.open(tmp_path / "v1")
+    data = json.loads((cache_dir / "manifest.json").read_text())
+    data["generation"]["kd_temperatures"] = [2.0, 1.0]
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(CacheError, match="ascending"):
+        Manifest.from_dict(data)
+    data["generation"]["kd_temperatures"] = [1.0, 2.0]
+    data["teacher"]["vocab_size"] = 70000
+    with pytest.raises(CacheError, match="uint16 ids cannot hold"):
+        Manifest.from_dict(data)
+
+
+def test_a_shard_of_the_other_format_is_refused(cache_dir, cache_copy, tmp_path):
+    """A format 1 shard swapped into a format 2 cache (sizes and hashes fixed up) fails the schema check."""
+    from conftest import downgrade_to_v1
+
+    v1 = downgrade_to_v1(cache_dir, tmp_path / "v1")
+    shutil.copy(v1 / "shards" / "part-00000.parquet", cache_copy / "shards" / "part-00000.parquet")
+    data = json.loads((cache_copy / "manifest.json").read_text())
+    path = cache_copy / "shards" / "part-00000.parquet"
+    data["shards"][0].update(bytes=path.stat().st_size, sha256=file_sha256(path))
+    (cache_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(CacheError, match="part-00000.parquet: column 'target_ids' has type list<element: int32>.*does not belong"):
         LabelCache.open(cache_copy)
 
 

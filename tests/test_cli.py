@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, fever_rows, write_jsonl
+from conftest import CACHE_OPTIONS, SHARED, fever_rows, write_jsonl
 from typer.testing import CliRunner
 
 from dora.cache import LabelCache
@@ -36,30 +36,77 @@ def test_help_lists_the_stages():
 def test_distill_student_from_the_cache(cache_dir, t5_dir, data_dir, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
+    from dora.pipeline.metrics import score_modes
+    from dora.pipeline.tasks import get_task
+
     out = tmp_path / "student"
     result = ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache_dir,
-                "--eval", data_dir / "test.jsonl", "--out", out, "--max-steps", "6", "--batch-size", "8",
-                "--eval-every", "3", "--max-new-tokens", "12")
-    assert "top-k KL at T=2.0" in result.output
+                "--dev", data_dir / "dev.jsonl", "--test", data_dir / "test.jsonl", "--out", out, "--max-steps", "6",
+                "--batch-size", "8", "--eval-every", "3", "--max-new-tokens", "12")
+    assert "top-k KL at T=2.0" in result.output and "warning" not in result.output
     model = AutoModelForSeq2SeqLM.from_pretrained(out)
     assert model.config.model_type == "t5"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["task"] == "fever" and 0 <= metrics["eval"]["accuracy"] <= 1 and metrics["eval"]["n"] == 16
+    assert metrics["task"] == "fever" and metrics["metric_mode"] == "strict"
     assert [h["step"] for h in metrics["history"] if "eval" in h] == [3, 6]
+    # Selected on dev (the best of the evaluations), reported on test, scored from the saved predictions.
+    dev_evals = [h["eval"] for h in metrics["history"] if "eval" in h]
+    best = max(dev_evals, key=lambda e: e["strict_accuracy"])  # the first of equals is kept
+    assert metrics["dev"]["strict"]["accuracy"] == best["strict_accuracy"]
+    assert metrics["selected_on"]["file"] == str(data_dir / "dev.jsonl") and metrics["best_step"] in (3, 6)
+    assert metrics["reported_on"] == {"file": str(data_dir / "test.jsonl"), "split": "test",
+                                      "model": "the checkpoint selected on dev"}
+    rows = [json.loads(x) for x in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and [r["target"] for r in rows] == [r["target"] for r in fever_rows()[200:216]]
+    again = score_modes(get_task("fever"), [r["prediction"] for r in rows], [r["target"] for r in rows])
+    assert metrics["test"] == again and metrics["eval"] == again["strict"]
     record = json.loads((out / "run.json").read_text())
     assert record["strategy"] == "distill" and record["kd_loss"] == "topk" and record["steps"] == 6
     assert record["examples_seen"] == 48 and record["tokens_seen"] > 0 and record["cost"]["wall_seconds"] > 0
-    assert record["upstream_costs"]["labeling"]["examples"] == 40
+    assert record["upstream_costs"]["labeling"]["examples"] == 40 and record["cache_format"] == 2
     assert not (out / "checkpoints").exists() and not (out / "best").exists()
 
     # The saved student scores the same through `dora evaluate`, and a predictions file scores without a model.
     scores = json.loads(ok("evaluate", "--task", "fever", "--model", out, "--data", data_dir / "test.jsonl",
                            "--out", tmp_path / "scores.json", "--max-new-tokens", "12").stdout)
-    assert scores["scores"]["accuracy"] == pytest.approx(metrics["eval"]["accuracy"])
+    assert scores["scores"] == metrics["test"]["strict"] and scores["scores_by_mode"] == metrics["test"]
     assert scores["cost"]["stage"] == "evaluation" and scores["cost"]["examples"] == 16 and scores["cost"]["device_hours"] > 0
     preds = tmp_path / "scores.predictions.jsonl"
-    again = json.loads(ok("evaluate", "--task", "fever", "--predictions", preds).stdout)
-    assert again["scores"] == scores["scores"]
+    again = json.loads(ok("evaluate", "--task", "fever", "--predictions", preds, "--metric-mode", "paper").stdout)
+    assert again["scores"] == metrics["test"]["paper"] and again["metric_mode"] == "paper"
+    same = invoke("evaluate", "--task", "fever", "--predictions", preds, "--out", preds)
+    assert same.exit_code == 2 and "would overwrite the input file" in same.stderr
+
+
+def test_a_format_1_cache_trains_with_one_warning(cache_dir, t5_dir, tmp_path):
+    from conftest import downgrade_to_v1
+
+    old = downgrade_to_v1(cache_dir, tmp_path / "v1")
+    result = ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", old, "--out", tmp_path / "s",
+                "--max-steps", "2")
+    assert result.output.count("is a format 1 cache") == 1 and "drops the tail's share" in result.output
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["cache_format"] == 1
+    info = ok("cache", "info", old).output
+    assert "1 (ids int32, tail at T = none)" in info
+
+
+def test_dev_and_test_are_kept_apart(cache_dir, t5_dir, data_dir, tmp_path):
+    base = ["train-student", "--task", "fever", "--student", t5_dir, "--cache", cache_dir, "--max-steps", "2",
+            "--max-new-tokens", "4"]
+    same = ok(*base, "--dev", data_dir / "test.jsonl", "--test", data_dir / "test.jsonl", "--out", tmp_path / "a")
+    assert "--dev and --test are the same data" in same.output
+    old = ok(*base, "--eval", data_dir / "dev.jsonl", "--out", tmp_path / "b")
+    assert "--eval is deprecated" in old.output and "no --test" in old.output
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["reported_on"]["split"] == "dev" and metrics["test"] is None
+    both = invoke(*base, "--eval", data_dir / "dev.jsonl", "--dev", data_dir / "dev.jsonl", "--out", tmp_path / "c")
+    assert both.exit_code == 2 and "--eval is the old name of --dev" in both.stderr
+    early = ok(*base[:-4], "--max-steps", "40", "--eval-every", "1", "--patience", "1", "--dev", data_dir / "dev.jsonl",
+               "--out", tmp_path / "d", "--max-new-tokens", "4", "--learning-rate", "1e-6")
+    record = json.loads((tmp_path / "d" / "run.json").read_text())
+    assert "stopping early" in early.output and record["stopped_early"] and record["steps"] < 40
+    evals = [h for h in json.loads((tmp_path / "d" / "metrics.json").read_text())["history"] if "eval" in h]
+    assert len(evals) == record["steps"] and evals[-1]["eval"]["strict_accuracy"] <= evals[0]["eval"]["strict_accuracy"]
 
 
 def test_annotate_and_mixed_strategies(cache_dir, t5_dir, data_dir, tmp_path):
@@ -87,10 +134,16 @@ def test_decoder_only_teacher_teaches_through_every_kd_loss(llama_dir, t5_dir, d
     assert record["kd_loss"] == "aligned"
     assert 0 < record["alignment"]["vocab_coverage"] < 1 and 0 < record["alignment"]["aligned_positions"] <= 1
     assert list((tmp_path / "auto").glob("vocab-map-*.npz"))  # kept next to the run
+    first_losses = {}
     for loss in ("aligned", "uld", "labels", "sequence"):
         ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache, "--out", tmp_path / loss,
-           "--max-steps", "2", "--kd-loss", loss, "--alpha", "0.3", "--eval", data_dir / "test.jsonl")
+           "--max-steps", "2", "--kd-loss", loss, "--alpha", "0.3", "--dev", data_dir / "dev.jsonl",
+           "--temperature", "1")  # a vLLM-style cache stores tails at T = 1 here too
         assert json.loads((tmp_path / loss / "run.json").read_text())["kd_loss"] == loss
+        history = json.loads((tmp_path / loss / "metrics.json").read_text())["history"]
+        first_losses[loss] = next(h["loss"] for h in history if "loss" in h)
+    # Each loss trained on a signal of its own (same data, seed and model: only the loss differs).
+    assert len(set(first_losses.values())) == 4, first_losses
     bad = invoke("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache,
                  "--out", tmp_path / "s2", "--kd-loss", "topk")
     assert bad.exit_code == 2 and "needs the teacher's tokenizer" in bad.stderr
@@ -124,14 +177,51 @@ def test_rerun_skips_finished_work_and_refills_a_lost_shard(cache_dir, t5_dir, d
     with pytest.raises(Exception, match="incomplete"):
         LabelCache.open(cache)
     args = ["teacher-label", "--task", "fever", "--teacher", t5_dir, "--train", data_dir / "train.jsonl",
-            "--pool", data_dir / "pool.jsonl", "--out", cache, "--top-k", "8", "--max-steps", "4",
-            "--shard-size", "16", "--max-new-tokens", "12", "--label-batch-size", "7"]
+            "--pool", data_dir / "pool.jsonl", "--out", cache, *CACHE_OPTIONS]
     result = ok(*args)
     assert "already fine-tuned" in result.output and "2 of 3 shards already complete" in result.output
     after = LabelCache.open(cache)
     assert after.read().equals(before)
     assert after.manifest.shards[2].sha256 == lost["sha256"]  # same bytes: greedy labeling is deterministic
     assert sorted(p.name for p in (cache / "shards").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+
+
+def _totals(cost: dict) -> tuple:
+    return tuple(cost[k] for k in ("wall_seconds", "device_hours", "examples", "tokens", "steps"))
+
+
+def test_a_rerun_with_nothing_to_do_adds_zero_to_every_total(cache_dir, t5_dir, data_dir, tmp_path):
+    """teacher-label on a complete cache and train-student on a finished run: an entry of zero
+    work in each ledger, no engine and no training started, and the report's totals unchanged."""
+    cache = tmp_path / "fever"
+    shutil.copytree(cache_dir, cache)
+    shutil.copytree(cache_dir.with_name(cache_dir.name + ".teacher"), tmp_path / "fever.teacher")
+    before = LabelCache.open(cache).manifest
+    result = ok("teacher-label", "--task", "fever", "--teacher", t5_dir, "--train", data_dir / "train.jsonl",
+                "--pool", data_dir / "pool.jsonl", "--out", cache, *CACHE_OPTIONS)
+    assert "nothing to label" in result.output and "labeling engine" not in result.output
+    after = LabelCache.open(cache).manifest
+    assert after.shards == before.shards
+    for stage in ("teacher_finetune", "labeling"):
+        assert _totals(after.costs[stage]) == _totals(before.costs[stage])
+        assert after.costs[stage]["invocations"] == before.costs[stage]["invocations"] + 1
+        noop = after.costs[stage]["entries"][-1]
+        assert noop["status"] == "nothing to do" and noop["wall_seconds"] == noop["examples"] == 0
+
+    run = tmp_path / "run"
+    args = ["train-student", "--task", "fever", "--student", t5_dir, "--cache", cache, "--dev", data_dir / "dev.jsonl",
+            "--test", data_dir / "test.jsonl", "--out", run, "--max-steps", "4", "--max-new-tokens", "12"]
+    ok(*args)
+    record, weights = json.loads((run / "run.json").read_text()), (run / "model.safetensors").read_bytes()
+    report = json.loads(ok("report", run, "--out", tmp_path / "r1", "--gpu-hour-usd", "2", "--json").stdout)
+    again = ok(*args)
+    assert "already trained with these settings" in again.output and "train student" not in again.output
+    rerun = json.loads((run / "run.json").read_text())
+    assert _totals(rerun["cost"]) == _totals(record["cost"]) and rerun["cost"]["invocations"] == 2
+    assert (run / "model.safetensors").read_bytes() == weights
+    assert json.loads(ok("report", run, "--out", tmp_path / "r2", "--gpu-hour-usd", "2", "--json").stdout) == report
+    other = invoke(*args[:-4], "--max-steps", "5", "--max-new-tokens", "12")
+    assert other.exit_code == 2 and "holds a finished student run with other settings" in other.stderr
 
 
 TASK_DATA = {
@@ -164,10 +254,18 @@ def test_every_paper_task_runs_both_stages(task, t5_dir, tmp_path):
     test = write_jsonl(tmp_path / "test.jsonl", [{"source": s, "target": t} for s, t in pairs[8:]])
     ok("teacher-label", "--task", task, "--teacher", t5_dir, "--train", train, "--pool", pool,
        "--out", tmp_path / "cache", "--max-steps", "1", "--top-k", "3", "--max-new-tokens", "5")
-    ok("train-student", "--task", task, "--student", t5_dir, "--cache", tmp_path / "cache", "--eval", test,
+    ok("train-student", "--task", task, "--student", t5_dir, "--cache", tmp_path / "cache", "--test", test,
        "--out", tmp_path / "student", "--max-steps", "1", "--max-new-tokens", "5")
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
-    assert metrics["task"] == task and metrics["eval"][metrics["primary"]] >= 0
+    from dora.pipeline.metrics import score_modes
+    from dora.pipeline.tasks import get_task
+
+    rows = [json.loads(x) for x in (tmp_path / "student" / "test_predictions.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["target"]) for r in rows] == pairs[8:]
+    expected = score_modes(get_task(task), [r["prediction"] for r in rows], [r["target"] for r in rows],
+                           sources=[r["source"] for r in rows])
+    assert metrics["task"] == task and metrics["test"] == expected and metrics["eval"] == expected["strict"]
+    assert metrics["reported_on"]["model"] == "the final model"  # no --dev: nothing selected
 
 
 # --- bad input: one line on stderr, exit code 2, no traceback, nothing half-written -----------------

@@ -19,8 +19,8 @@ runner = CliRunner()
 def runs(tmp_path_factory, t5_dir, data_dir, cache_dir):
     """An annotate run (with TensorBoard) and a distill run on the shared cache."""
     root = tmp_path_factory.mktemp("runs")
-    common = ["train-student", "--task", "fever", "--student", str(t5_dir), "--eval", str(data_dir / "test.jsonl"),
-              "--max-steps", "10", "--eval-every", "5", "--max-new-tokens", "4"]
+    common = ["train-student", "--task", "fever", "--student", str(t5_dir), "--dev", str(data_dir / "dev.jsonl"),
+              "--test", str(data_dir / "test.jsonl"), "--max-steps", "10", "--eval-every", "5", "--max-new-tokens", "4"]
     result = runner.invoke(app, [*common, "--train", str(data_dir / "train.jsonl"), "--out", str(root / "annotate"),
                                  "--report-to", "tensorboard"])
     assert result.exit_code == 0, result.output
@@ -51,13 +51,14 @@ def test_prices_trace_every_dollar_and_never_invent_one(tmp_path):
 def test_training_writes_curves_and_tensorboard_events(runs):
     with open(runs / "annotate" / "curves.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [5, 10] and rows[-1]["loss"] and rows[0]["eval_accuracy"]
+    assert [int(r["step"]) for r in rows] == [5, 10] and rows[-1]["loss"]
+    assert rows[0]["eval_strict_accuracy"] and rows[0]["eval_paper_accuracy"]  # dev scores, both definitions
     assert list((runs / "annotate" / "tensorboard").glob("events.out.tfevents.*"))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(runs / "annotate" / "tensorboard"))
     events.Reload()
-    assert {"loss", "eval_accuracy"} <= set(events.Tags()["scalars"])
+    assert {"loss", "eval_strict_accuracy", "eval_paper_accuracy"} <= set(events.Tags()["scalars"])
     record = json.loads((runs / "distill" / "run.json").read_text())
     for stage in ("teacher_finetune", "labeling"):
         cost = record["upstream_costs"][stage]
@@ -83,6 +84,26 @@ def test_report_prices_runs_and_draws_the_plot(runs, tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     unpriced = runner.invoke(app, ["report", str(runs / "annotate"), "--out", str(tmp_path / "r2"), "--json"])
     assert json.loads(unpriced.output)[0]["total_usd"] is None  # compute unpriced: no total made up
+
+
+def test_report_plots_the_test_score_in_the_chosen_metric_mode(runs, tmp_path):
+    metrics = json.loads((runs / "distill" / "metrics.json").read_text())
+    assert metrics["reported_on"]["split"] == "test" and metrics["selected_on"]["file"].endswith("dev.jsonl")
+    for mode in ("strict", "paper"):
+        result = runner.invoke(app, ["report", str(runs / "distill"), "--out", str(tmp_path / mode), "--metric-mode",
+                                     mode, "--json"])
+        assert result.exit_code == 0, result.output
+        (row,) = json.loads(result.output)
+        assert row["metric_mode"] == mode and row["score"] == metrics["test"][mode]["accuracy"] and not row["notes"]
+    # A run without --test is plotted with its dev score, and says so.
+    dev_only = tmp_path / "dev-only"
+    (dev_only).mkdir()
+    (dev_only / "run.json").write_text((runs / "distill" / "run.json").read_text())
+    (dev_only / "metrics.json").write_text(json.dumps({**metrics, "test": None}))
+    (row,) = json.loads(runner.invoke(app, ["report", str(dev_only), "--out", str(tmp_path / "r"), "--json"]).output)
+    assert row["score"] == metrics["dev"]["strict"]["accuracy"] and "picked the checkpoint" in row["notes"]
+    bad = runner.invoke(app, ["report", str(runs / "distill"), "--metric-mode", "loose"])
+    assert bad.exit_code == 2 and "--metric-mode must be paper or strict" in bad.stderr
 
 
 def test_budget_plans_every_option_from_a_recorded_run(runs):

@@ -135,11 +135,27 @@ def test_unwritable_out_and_full_disk_give_one_line_and_keep_complete_shards(t5_
 
 # --- kill -9 at random moments ----------------------------------------------------------------
 
-def _phase(out: Path) -> str:
-    teacher = out.with_name(out.name + ".teacher")
-    if (out / "manifest.json").exists():
+PHASES = ("start", "finetune", "label")
+
+
+def _phase(out: Path, pid: int) -> str:
+    """How far process ``pid`` has got, from its cost ledgers: "finetune" once it has saved a
+    checkpoint of its own, "label" once it has started labeling."""
+    def entries(ledger: Path) -> list[dict]:
+        found = []
+        for line in (ledger.read_text().splitlines() if ledger.is_file() else []):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line being appended
+            if entry.get("pid") == pid:
+                found.append(entry)
+        return found
+
+    if entries(out / "dora-ledger.jsonl"):
         return "label"
-    return "finetune" if (teacher / "checkpoints").exists() else "start"
+    tuning = entries(out.with_name(out.name + ".teacher") / "dora-ledger.jsonl")
+    return "finetune" if any(e["status"] == "running" and e.get("steps", 0) > 0 for e in tuning) else "start"
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(t5_dir, tmp_path):
@@ -161,17 +177,19 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(t5_dir, tmp_path
     rng = random.Random(int(os.environ.get("DORA_KILL_SEED", "7")))  # another seed: another set of moments
     kills: list[str] = []
     logs: list[str] = []
+    ended: dict[int, float] = {}  # pid -> when it died
     for target in ["finetune"] * 6 + ["label"] * 6:
         log = tmp_path / f"run{len(logs)}.log"
         with open(log, "w") as stderr:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
-            while proc.poll() is None and _phase(out) != target:
+            while proc.poll() is None and PHASES.index(_phase(out, proc.pid)) < PHASES.index(target):
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 0.4))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
-                kills.append(_phase(out))
+                kills.append(_phase(out, proc.pid))
             proc.wait()
+            ended[proc.pid] = time.time()
         logs.append(log.read_text())
         if (out / "manifest.json").exists() and json.loads((out / "manifest.json").read_text())["complete"]:
             break
@@ -185,6 +203,34 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(t5_dir, tmp_path
     assert LabelCache.open(out).verify_checksums() == []
     leftovers = [p.name for p in [*out.iterdir(), *(out / "shards").iterdir()] if p.name.startswith(".")]
     assert leftovers == []
+
+    # The cost ledger: every invocation's time is kept, each example is counted once.
+    costs = LabelCache.open(out).manifest.costs
+    finetune, labeling = costs["teacher_finetune"], costs["labeling"]
+    want = json.loads((reference / "manifest.json").read_text())["costs"]
+    assert (finetune["steps"], finetune["examples"]) == (150, 600) == (want["teacher_finetune"]["steps"],
+                                                                      want["teacher_finetune"]["examples"])
+    assert (labeling["examples"], labeling["steps"]) == (120, 20)
+    assert labeling["tokens"] == LabelCache.open(out).manifest.stats["tokens"] == want["labeling"]["tokens"]
+    entries = finetune["entries"] + labeling["entries"]
+    for stage in (finetune, labeling):  # totals are the sum of the parts
+        assert stage["wall_seconds"] == pytest.approx(sum(e["wall_seconds"] for e in stage["entries"]), abs=0.01)
+        assert stage["device_hours"] == pytest.approx(sum(e["device_hours"] for e in stage["entries"]), abs=1e-5)
+    by_pid: dict[int, list[dict]] = {}
+    for e in entries:
+        by_pid.setdefault(e["pid"], []).append(e)
+    killed = [pid for pid in ended if pid in by_pid and pid != done_pid(entries)]
+    assert len(killed) >= 10  # every kill landed inside a stage
+    for pid in killed:  # a killed process's record covers its time from its first stage to its death
+        recorded = sum(e["wall_seconds"] for e in by_pid[pid])
+        lived = ended[pid] - min(e["t0"] for e in by_pid[pid])
+        assert lived - 3.0 <= recorded <= lived + 0.5, (pid, recorded, lived)
+    assert sum(len(v) for v in by_pid.values()) == finetune["invocations"] + labeling["invocations"]
+
+
+def done_pid(entries: list[dict]) -> int:
+    """The pid of the invocation that finished (status done and the latest start)."""
+    return max((e for e in entries if e["status"] == "done"), key=lambda e: e["t0"])["pid"]
 
 
 # --- Ray ----------------------------------------------------------------------------------------
@@ -201,7 +247,7 @@ def test_ray_labeled_cache_equals_the_single_process_cache(cache_dir, t5_dir, da
         out = tmp_path / "ray-cache"
         teacher_label(TeacherLabelConfig(
             task="fever", teacher=str(t5_dir), train=data_dir / "train.jsonl", pool=data_dir / "pool.jsonl",
-            out=out, teacher_out=cache_dir.with_name(cache_dir.name + ".teacher"), top_k=8, max_steps=4,
+            out=out, teacher_out=cache_dir.with_name(cache_dir.name + ".teacher"), top_k=8, max_steps=30, learning_rate=3e-3,
             shard_size=16, max_new_tokens=12, label_batch_size=7, batch_size=8, fields=Fields(),
             ray="local", ray_workers=2,
         ))
@@ -250,6 +296,9 @@ def test_student_on_two_processes_resumes_mid_epoch(cache_dir, t5_dir, tmp_path)
     assert whole.wait(timeout=300) == 0, (tmp_path / "whole.log").read_text()[-3000:]
     record = json.loads((tmp_path / "whole" / "run.json").read_text())
     assert record["steps"] == 120 and record["examples_seen"] == 120 * 4 * 2
+    (entry,) = record["cost"]["entries"]  # two processes, one device each: two devices
+    assert (entry["processes"], entry["device_count"], record["cost"]["device_count"]) == (2, 2, 2)
+    assert entry["device_hours"] == pytest.approx(entry["wall_seconds"] * 2 / 3600, abs=1e-6)
 
     out = tmp_path / "killed"
     proc = _torchrun([*args, "--out", str(out)], tmp_path / "killed.log")
@@ -264,6 +313,9 @@ def test_student_on_two_processes_resumes_mid_epoch(cache_dir, t5_dir, tmp_path)
     assert f"resuming from step {step}" in (tmp_path / "resumed.log").read_text()
     a, b = _weights(tmp_path / "whole"), _weights(out)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    cost = json.loads((out / "run.json").read_text())["cost"]
+    assert cost["invocations"] == 2 and cost["steps"] == 120 and cost["examples"] == 120 * 4 * 2  # counted once
+    assert all(e["device_count"] == 2 for e in cost["entries"])
 
 
 def _fsdp_label(t5_dir: Path, data_dir: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -280,6 +332,9 @@ def test_fsdp_teacher_on_two_gloo_processes_resumes_from_sharded_checkpoints(t5_
     assert cache.num_rows == 40 and cache.manifest.teacher.finetuned
     teacher = tmp_path / "whole.teacher"
     assert json.loads((teacher / "dora_finetune.json").read_text())["steps"] == 150
+    finetune = cache.manifest.costs["teacher_finetune"]
+    assert finetune["device_count"] == 2 and finetune["entries"][0]["processes"] == 2  # both ranks' devices
+    assert cache.manifest.costs["labeling"]["device_count"] == 1  # rank 0 labels alone
     trained, base = _weights(teacher), _weights(t5_dir)
     assert any(not np.array_equal(trained[k], base[k]) for k in trained if k in base)
     assert not (teacher / "checkpoints").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import math
 import shutil
 import threading
 from pathlib import Path
@@ -23,7 +24,9 @@ runner = CliRunner()
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The cache's files; the local cost ledger stays home (the manifest carries its entries)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "dora-ledger.jsonl"}
 
 
 @pytest.fixture
@@ -192,8 +195,19 @@ def test_filter_keeps_what_passes_and_records_lineage(cache_dir, tmp_path):
     assert (kept.read().column("seq_logprob").to_numpy() >= cut).all()
     assert kept.manifest.lineage["filter"]["criteria"] == {"min_seq_logprob": cut}
     assert verify(tmp_path / "f") == []
-    ent = mean_entropy(table, 8)
-    assert ent.shape == (40,) and (ent >= 0).all()
+    # Mean token entropy of the top-k plus the tail bucket, by hand; the tail's mass is the stored
+    # one at T = 1 (format 2), or what the top-k leaves (format 1).
+    for column in (0, None):
+        expected = []
+        for row in table.to_pylist():
+            per = []
+            for lps, tails in zip(row["topk_logprobs"], row["tail_logprobs"]):
+                p = [math.exp(x) for x in lps]
+                tail = math.exp(tails[0]) if column == 0 else max(0.0, 1 - sum(p))
+                per.append(-sum(q * math.log(q) for q in p) - (tail * math.log(tail) if tail > 0 else 0.0))
+            expected.append(sum(per) / len(per) if per else 0.0)
+        assert mean_entropy(table, 8, column) == pytest.approx(np.array(expected), rel=1e-9, abs=1e-12)
+    assert mean_entropy(table, 8, 0).max() > mean_entropy(table, 8, 0).min() > 0
     # Gold agreement (the tiny fixture teacher's pseudo-labels may be empty strings, so the gold
     # mapping is given directly; the CLI reads it from a labeled file with ids).
     rows = table.to_pylist()

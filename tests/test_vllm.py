@@ -58,6 +58,8 @@ def _assert_same_labels(a: list[dict], b: list[dict]) -> None:
         assert x["seq_logprob"] == pytest.approx(y["seq_logprob"], abs=1e-4)
         if "label_logprobs" in x or "label_logprobs" in y:  # prompt logprobs (vLLM) vs teacher forcing
             np.testing.assert_allclose(x["label_logprobs"], y["label_logprobs"], atol=1e-4)
+        # The tail at T = 1: from vLLM's float32 top-k (1 - sum) and from the full logits (transformers).
+        np.testing.assert_allclose(np.array(x["tail_logprobs"])[:, 0], np.array(y["tail_logprobs"])[:, 0], atol=1e-4)
 
 
 def test_vllm_cache_passes_the_cache_checks(vllm_cache):
@@ -69,6 +71,7 @@ def test_vllm_cache_passes_the_cache_checks(vllm_cache):
     assert m.generation.engine["logprobs_mode"] == "raw_logprobs" and m.generation.engine["enforce_eager"] is True
     assert m.teacher.kind == "causal" and m.teacher.architecture == "LlamaForCausalLM"
     assert m.generation.label_set == ["SUPPORTS", "REFUTES"]
+    assert m.generation.kd_temperatures == [1.0]  # vLLM gives top-k log-probabilities: the tail is known at T = 1
     assert cache.verify_checksums() == []
     tok = AutoTokenizer.from_pretrained(vllm_cache / "tokenizer")
     for row in _rows(vllm_cache):
@@ -141,8 +144,21 @@ def test_auto_picks_vllm_and_sampling_keeps_exactly_k(vllm_cache, tmp_path, data
 
 
 def test_student_trains_from_the_vllm_cache(vllm_cache, t5_dir, tmp_path):
-    result = CliRunner().invoke(app, ["train-student", "--task", "fever", "--student", str(t5_dir),
-                                      "--cache", str(vllm_cache), "--out", str(tmp_path / "s"), "--max-steps", "2"])
+    args = ["train-student", "--task", "fever", "--student", str(t5_dir), "--cache", str(vllm_cache), "--max-steps", "2"]
+    at_two = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "t2")])
+    assert at_two.exit_code == 2 and [x.startswith("error: ") for x in at_two.stderr.splitlines()].count(True) == 1
+    assert ("stores the teacher's tail mass at T = 1, not at --temperature 2; train with --temperature 1, or relabel "
+            "with --engine transformers") in at_two.stderr
+    result = CliRunner().invoke(app, [*args, "--temperature", "1", "--out", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "s" / "run.json").read_text())
     assert record["kd_loss"] == "aligned" and record["alignment"]["vocab_coverage"] > 0
+
+
+def test_vllm_refuses_tails_it_cannot_compute(llama_dir, data_dir, tmp_path):
+    result = CliRunner().invoke(app, ["teacher-label", "--task", "fever", "--teacher", str(llama_dir), "--no-finetune",
+                                      "--pool", str(data_dir / "pool.jsonl"), "--out", str(tmp_path / "c"),
+                                      "--engine", "vllm", "--kd-temperatures", "1,2"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "--kd-temperatures 2: vLLM returns only top-k log-probabilities" in result.stderr
+    assert not (tmp_path / "c").exists()

@@ -23,13 +23,14 @@ def info(root: str | Path) -> dict[str, Any]:
     on_disk = sum(s.bytes for s in m.shards) + sum(f.bytes for f in m.tokenizer_files)
     shard_bytes = sum(s.bytes for s in m.shards)
     return {
-        "cache": str(cache.root), "complete": m.complete, "task": m.task,
+        "cache": str(cache.root), "format_version": m.format_version, "complete": m.complete, "task": m.task,
         "teacher": {"name_or_path": m.teacher.name_or_path, "base": m.teacher.base,
                     "architecture": m.teacher.architecture, "kind": m.teacher.kind, "vocab_size": m.teacher.vocab_size},
         "engine": {"backend": m.generation.backend, "version": m.generation.backend_version, "k": m.generation.k,
                    "do_sample": m.generation.do_sample, "temperature": m.generation.temperature,
                    "max_new_tokens": m.generation.max_new_tokens, "dtype": m.generation.dtype,
-                   "label_set": m.generation.label_set, "settings": m.generation.engine},
+                   "label_set": m.generation.label_set, "kd_temperatures": m.generation.kd_temperatures,
+                   "id_type": m.generation.id_type, "settings": m.generation.engine},
         "rows": m.rows, "pool_rows": m.pool.rows, "tokens": tokens, "shards": len(m.shards),
         "bytes_on_disk": on_disk,
         "bytes_per_token": round(shard_bytes / tokens, 2) if tokens else None,

@@ -10,16 +10,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
+
+from dora.cache.schema import ID_TYPES, shard_schema
 from dora.errors import CacheError
 
 FORMAT_NAME = "dora-label-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this dora writes
+READABLE_VERSIONS = (1, 2)  # 1: no tail_logprobs, int32 ids
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 _SHARD_FILE = re.compile(r"^shards/part-\d{5}\.parquet$")
@@ -86,6 +91,10 @@ class GenerationInfo:
     engine: dict[str, Any] = field(default_factory=dict)
     label_set: list[str] | None = None
     """Label verbalisers scored into ``label_logprobs`` (closed-label tasks), in column order."""
+    kd_temperatures: list[float] = field(default_factory=list)
+    """Temperatures of the ``tail_logprobs`` columns, ascending (format 2; empty in format 1)."""
+    id_type: str = "int32"
+    """Type of the stored token ids: uint16 when the vocabulary fits, else int32 (always int32 in format 1)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +112,8 @@ class ShardEntry:
     first_row: int
     bytes: int
     sha256: str
+    tokens: int = 0
+    """Generated tokens in the shard (format 2; 0 where a format 1 manifest did not say)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +148,12 @@ class Manifest:
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
+    def schema(self) -> pa.Schema:
+        """The Arrow schema every shard of this cache has."""
+        g = self.generation
+        return shard_schema(g.k, g.label_set is not None, id_type=g.id_type,  # type: ignore[arg-type]
+                            temperatures=len(g.kd_temperatures))
+
     @property
     def num_shards(self) -> int:
         """How many shards the whole pool needs (listed or not)."""
@@ -152,10 +169,11 @@ class Manifest:
             raise CacheError(f"{where}: expected a JSON object")
         if data.get("format") != FORMAT_NAME:
             raise CacheError(f"{where}: format is {data.get('format')!r}, not {FORMAT_NAME!r}; not a dora label cache")
-        if data.get("format_version") != FORMAT_VERSION:
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise CacheError(
-                f"{where}: format version {data.get('format_version')!r} is not supported by this "
-                f"dora (reads version {FORMAT_VERSION}); upgrade dora-distill"
+                f"{where}: format version {version!r} is not supported by this dora (reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade dora-distill"
             )
         try:
             shards = tuple(_build(ShardEntry, s, f"{where}: shards[{i}]") for i, s in enumerate(data["shards"]))
@@ -173,6 +191,7 @@ class Manifest:
                 costs=_typed(data, "costs", dict, where) if "costs" in data else {},
                 lineage=_typed(data, "lineage", dict, where) if "lineage" in data else {},
                 dora_version=_typed(data, "dora_version", str, where),
+                format_version=version,
             )
         except KeyError as e:
             raise CacheError(f"{where}: required field {e.args[0]!r} is missing") from None
@@ -180,8 +199,23 @@ class Manifest:
         return manifest
 
     def _check(self, where: str) -> None:
-        if self.generation.k < 1 or self.shard_size < 1 or self.pool.rows < 0:
+        g = self.generation
+        if g.k < 1 or self.shard_size < 1 or self.pool.rows < 0:
             raise CacheError(f"{where}: k, shard_size and pool rows must be positive")
+        temps = g.kd_temperatures
+        if not isinstance(temps, list) or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in temps):
+            raise CacheError(f"{where}: generation.kd_temperatures must be a list of positive numbers")
+        if sorted(set(temps)) != temps:
+            raise CacheError(f"{where}: generation.kd_temperatures must be ascending without repeats, got {temps}")
+        if g.id_type not in ID_TYPES:
+            raise CacheError(f"{where}: generation.id_type must be one of {sorted(ID_TYPES)}, got {g.id_type!r}")
+        if self.format_version == 1 and (temps or g.id_type != "int32"):
+            raise CacheError(f"{where}: a format 1 manifest has no kd_temperatures and int32 ids")
+        if self.format_version >= 2 and not temps:
+            raise CacheError(f"{where}: a format 2 manifest lists the temperatures of tail_logprobs (kd_temperatures)")
+        if g.id_type == "uint16" and self.teacher.vocab_size > 1 << 16:
+            raise CacheError(f"{where}: uint16 ids cannot hold a vocabulary of {self.teacher.vocab_size}")
         seen: set[int] = set()
         for s in self.shards:
             # Names are fixed by the format: nothing in a manifest can point outside the cache.

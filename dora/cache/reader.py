@@ -48,7 +48,7 @@ class LabelCache:
                 raise CacheError(f"{path}: not a readable Parquet file ({e})") from None
             if meta.num_rows != entry.rows:
                 raise CacheError(f"{path}: {meta.num_rows} rows, the manifest says {entry.rows}")
-            check_schema(schema, manifest.generation.k, str(path), manifest.generation.label_set is not None)
+            check_schema(schema, manifest.schema(), str(path))
         return cache
 
     def _shard_path(self, rel: str) -> Path:

@@ -25,17 +25,25 @@ import pyarrow.parquet as pq
 
 from dora.cache.manifest import TOKENIZER_DIR, Manifest, PoolInfo, ShardEntry, file_sha256, write_manifest
 from dora.cache.reader import LabelCache
-from dora.cache.schema import shard_schema
-from dora.cache.writer import PARQUET_OPTIONS, shard_name
+from dora.cache.writer import parquet_options, shard_name
 from dora.errors import CacheError
 
 
-def mean_entropy(table: pa.Table, k: int) -> np.ndarray:
-    """Per row: mean over generated tokens of the entropy (nats) of the stored top-k plus its tail bucket."""
+def mean_entropy(table: pa.Table, k: int, tail_column: int | None = None) -> np.ndarray:
+    """Per row: mean over generated tokens of the entropy (nats) of the stored top-k plus its tail bucket.
+
+    The tail's mass is the stored ``tail_logprobs`` at T = 1 when ``tail_column`` says where it is
+    (format 2), else one minus the top-k's (format 1).
+    """
     lp = table.column("topk_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
     lp = lp.astype(np.float64).reshape(-1, k)
     p = np.exp(lp)
-    tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)
+    if tail_column is not None:
+        stored = table.column("tail_logprobs").combine_chunks().flatten()
+        width = stored.type.list_size
+        tail = np.exp(stored.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)[:, tail_column])
+    else:
+        tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)
     ent = -(p * lp).sum(-1) - np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
     lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
     bounds = np.concatenate([[0], np.cumsum(lengths)])
@@ -50,18 +58,19 @@ def _fresh(out: Path) -> None:
 
 def _write(out: Path, manifest: Manifest, tables: Iterable[tuple[int, pa.Table]], tokenizer_from: Path) -> Manifest:
     """Write shards, copy the tokenizer, then the manifest (last)."""
-    schema = shard_schema(manifest.generation.k, manifest.generation.label_set is not None)
+    schema = manifest.schema()
     entries = []
     for index, table in tables:
         if table.num_rows == 0:
             continue
         path = out / shard_name(index)
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table.select(schema.names).cast(schema), tmp, **PARQUET_OPTIONS)
+        pq.write_table(table.select(schema.names).cast(schema), tmp, **parquet_options(schema))
         tmp.replace(path)
+        tokens = int(pc.sum(pc.list_value_length(table.column("target_ids"))).as_py() or 0)
         entries.append(ShardEntry(index=index, file=shard_name(index), rows=table.num_rows,
                                   first_row=index * manifest.shard_size, bytes=path.stat().st_size,
-                                  sha256=file_sha256(path)))
+                                  sha256=file_sha256(path), tokens=tokens if manifest.format_version >= 2 else 0))
     shutil.copytree(tokenizer_from, out / TOKENIZER_DIR, dirs_exist_ok=True)
     result = dataclasses.replace(manifest, shards=tuple(entries), complete=True)
     write_manifest(out, result)
@@ -87,6 +96,8 @@ def filter_cache(
     out = Path(out)
     _fresh(out)
     k = cache.manifest.generation.k
+    temps = [float(t) for t in cache.manifest.generation.kd_temperatures]
+    at_one = temps.index(1.0) if 1.0 in temps else None
     kept = total = 0
 
     def tables() -> Iterable[tuple[int, pa.Table]]:
@@ -97,7 +108,7 @@ def filter_cache(
             if min_seq_logprob is not None:
                 keep &= table.column("seq_logprob").to_numpy() >= min_seq_logprob
             if max_entropy is not None:
-                keep &= mean_entropy(table, k) <= max_entropy
+                keep &= mean_entropy(table, k, at_one) <= max_entropy
             lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
             if min_length is not None:
                 keep &= lengths >= min_length
@@ -127,7 +138,7 @@ def filter_cache(
 def _identity(m: Manifest) -> dict[str, Any]:
     return {"task": m.task, "teacher": dataclasses.asdict(m.teacher) | {"name_or_path": None},
             "generation": dataclasses.asdict(m.generation) | {"engine": None, "backend_version": None},
-            "tokenizer": [(f.file, f.sha256) for f in m.tokenizer_files]}
+            "tokenizer": [(f.file, f.sha256) for f in m.tokenizer_files], "format version": m.format_version}
 
 
 def merge_caches(sources: Sequence[str | Path], out: str | Path, *, shard_size: int | None = None) -> Manifest:

@@ -3,7 +3,8 @@
 Cheap checks (``LabelCache.open``): the manifest's schema, every listed shard present with its
 size, row count and column types. Deep checks (here): every shard's sha256, ids unique across
 the cache, rows where the manifest says, top-k log-probabilities sorted and <= 0, token ids
-inside the teacher's vocabulary, ``target_ids`` decoding to ``target`` with the cached tokenizer.
+inside the teacher's vocabulary, tail masses (format 2) that are log-probabilities and at T = 1
+add up with the top-k to one, ``target_ids`` decoding to ``target`` with the cached tokenizer.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def verify(root: str | Path, *, decode: bool = True) -> list[str]:
             problems.append(f"{where}: top-k log-probabilities above 0 or NaN")
         if len(lp) and (np.diff(lp, axis=1) > 0).any():
             problems.append(f"{where}: top-k log-probabilities not sorted in decreasing order")
+        temps = [float(t) for t in m.generation.kd_temperatures]
+        if temps:
+            tail = table.column("tail_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+            tail = tail.astype(np.float64).reshape(-1, len(temps))
+            if len(tail) and (np.isnan(tail).any() or (tail > 1e-5).any()):
+                problems.append(f"{where}: tail log-probabilities above 0 or NaN")
+            elif len(tail) and 1.0 in temps:  # the top-k and the tail at T = 1 hold all the mass
+                total = np.exp(lp.astype(np.float64)).sum(-1) + np.exp(tail[:, temps.index(1.0)])
+                if (np.abs(total - 1.0) > 0.02).any():
+                    problems.append(f"{where}: top-k and tail probabilities at T = 1 do not sum to 1")
         for column in ("target_ids", "topk_ids"):
             ids = table.column(column).combine_chunks().flatten()
             ids = ids.flatten() if column == "topk_ids" else ids

@@ -13,10 +13,12 @@ import copy
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dora.cache.lock import LOCK_FILE, CacheLock
@@ -30,17 +32,25 @@ from dora.cache.manifest import (
     read_manifest,
     write_manifest,
 )
-from dora.cache.schema import shard_schema
 from dora.errors import CacheError
 
 ROW_GROUP_SIZE = 2048
 # How shards are written (the writer, filter/merge and the size benchmark share it). Byte-stream
-# split puts the float16 log-probabilities' high and low bytes in separate streams, which zstd
-# compresses about 12% better (benchmarks/cache_size.py); every Parquet reader decodes it.
-PARQUET_OPTIONS: dict[str, Any] = {
-    "compression": "zstd", "row_group_size": ROW_GROUP_SIZE, "use_dictionary": ["id", "source", "target"],
-    "column_encoding": {"topk_logprobs.list.element.list.element": "BYTE_STREAM_SPLIT"},
-}
+# split stores each byte of a value in its own stream: the float16 log-probabilities' exponent
+# bytes, the ids' zero high bytes (uint16 ids are INT32 in Parquet) and the float32 tails'
+# exponents then compress to almost nothing; zstd level 9 takes about 5% more off than the
+# default level at a write cost far below labeling's (benchmarks/cache_size.py). Every Parquet
+# reader decodes both.
+_SPLIT = ("topk_logprobs.list.element.list.element", "topk_ids.list.element.list.element",
+          "target_ids.list.element", "tail_logprobs.list.element.list.element")
+
+
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """``pyarrow.parquet.write_table`` options for a shard of ``schema`` (format 1 or 2)."""
+    present = {name.split(".", 1)[0] for name in schema.names}
+    return {"compression": "zstd", "compression_level": 9, "row_group_size": ROW_GROUP_SIZE,
+            "use_dictionary": ["id", "source", "target"],
+            "column_encoding": {c: "BYTE_STREAM_SPLIT" for c in _SPLIT if c.split(".", 1)[0] in present}}
 
 
 def shard_name(index: int) -> str:
@@ -52,12 +62,15 @@ def shard_rows(index: int, shard_size: int, total: int) -> range:
     return range(index * shard_size, min((index + 1) * shard_size, total))
 
 
+LEDGER = "dora-ledger.jsonl"  # the labeling stage's cost ledger (dora.pipeline.costs); the manifest mirrors it
+
+
 def _is_leftover(name: str) -> bool:
     """Files a crashed writer may leave at the top of a cache (removed or reused by the next one)."""
-    return name == LOCK_FILE or name.startswith((f".{TOKENIZER_DIR}.tmp-", f".{MANIFEST}.tmp-"))
+    return name == LOCK_FILE or name.startswith((f".{TOKENIZER_DIR}.tmp-", f".{MANIFEST}.tmp-", f".{LEDGER}.tmp-"))
 
 
-def write_shard_file(root: Path, index: int, table: pa.Table, *, k: int, label_scores: bool, shard_size: int,
+def write_shard_file(root: Path, index: int, table: pa.Table, *, schema: pa.Schema, shard_size: int,
                      pool_rows: int) -> ShardEntry:
     """Write shard ``index`` to ``root`` atomically (temporary file, fsync, rename); list nothing.
 
@@ -66,12 +79,12 @@ def write_shard_file(root: Path, index: int, table: pa.Table, *, k: int, label_s
     expected = shard_rows(index, shard_size, pool_rows)
     if table.num_rows != len(expected):
         raise CacheError(f"shard {index}: {table.num_rows} rows, expected {len(expected)}")
-    table = table.cast(shard_schema(k, label_scores))
+    table = table.cast(schema)
     rel = shard_name(index)
     final = root / rel
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(table, tmp, write_statistics=["row"], **PARQUET_OPTIONS)
+        pq.write_table(table, tmp, write_statistics=["row"], **parquet_options(schema))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -79,8 +92,9 @@ def write_shard_file(root: Path, index: int, table: pa.Table, *, k: int, label_s
         tmp.unlink(missing_ok=True)
         raise CacheError(f"{final}: could not write the shard ({e.strerror}); free space or fix "
                          "permissions, then rerun: complete shards are kept") from None
+    tokens = int(pc.sum(pc.list_value_length(table.column("target_ids"))).as_py() or 0)
     return ShardEntry(index=index, file=rel, rows=table.num_rows, first_row=expected.start,
-                      bytes=final.stat().st_size, sha256=file_sha256(final))
+                      bytes=final.stat().st_size, sha256=file_sha256(final), tokens=tokens)
 
 
 def _without_call_state(tokenizer: Any) -> Any:
@@ -103,8 +117,15 @@ def _identity(m: Manifest) -> dict[str, Any]:
         # Engine settings and versions may differ between workers and reruns; what is generated may not.
         "generation": dataclasses.asdict(m.generation) | {"engine": None, "backend_version": None},
         "pool": m.pool.fingerprint,
-        "rows": m.pool.rows, "shard_size": m.shard_size,
+        "rows": m.pool.rows, "shard_size": m.shard_size, "format version": m.format_version,
     }
+
+
+def _check_identity(root: Path, old: Manifest, new: Manifest) -> None:
+    if _identity(old) != _identity(new):
+        diff = [k for k, v in _identity(old).items() if v != _identity(new)[k]]
+        raise CacheError(f"{root}: holds a cache made with a different {', '.join(diff)}; "
+                         "use a new --out directory, or delete this one to relabel")
 
 
 class CacheWriter:
@@ -116,10 +137,26 @@ class CacheWriter:
         writer.finish(stats={"tokens": n})
     """
 
-    def __init__(self, root: Path, manifest: Manifest, lock: CacheLock | None = None) -> None:
+    def __init__(self, root: Path, manifest: Manifest, lock: CacheLock | None = None,
+                 costs: Callable[[Manifest], dict[str, Any]] | None = None) -> None:
         self.root = root
         self.manifest = manifest
         self._lock = lock
+        self._costs = costs
+
+    @staticmethod
+    def complete(root: str | Path, manifest: Manifest) -> Manifest | None:
+        """The existing cache at ``root`` when it is complete and made with the same teacher,
+        settings and pool as ``manifest`` (engine details aside); None when there is work to do.
+        A cache of another run is refused here, before any engine starts."""
+        root = Path(root)
+        if not (root / MANIFEST).exists():
+            return None
+        old = read_manifest(root)
+        _check_identity(root, old, manifest)
+        whole = old.complete and not [i for i in range(old.num_shards) if i not in {s.index for s in old.shards}]
+        present = all((root / s.file).is_file() and (root / s.file).stat().st_size == s.bytes for s in old.shards)
+        return old if whole and present else None
 
     @staticmethod
     def preflight(root: str | Path, pool_fingerprint: str) -> None:
@@ -132,7 +169,7 @@ class CacheWriter:
             if old.pool.fingerprint != pool_fingerprint:
                 raise CacheError(f"{root}: holds a cache made with a different pool; use a new --out directory, "
                                  "or delete this one to relabel")
-        elif root.exists() and any(p.name not in {"shards", TOKENIZER_DIR} and not _is_leftover(p.name)
+        elif root.exists() and any(p.name not in {"shards", TOKENIZER_DIR, LEDGER} and not _is_leftover(p.name)
                                    for p in root.iterdir()):
             raise CacheError(f"{root}: is not empty and is not a dora cache; choose an empty or new --out")
         parent = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), Path("/"))
@@ -140,42 +177,39 @@ class CacheWriter:
             raise CacheError(f"{parent}: not writable; choose an --out you can write to")
 
     @classmethod
-    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any, *, lock: CacheLock | None = None) -> CacheWriter:
+    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any, *, lock: CacheLock | None = None,
+             costs: Callable[[Manifest], dict[str, Any]] | None = None) -> CacheWriter:
         """Start a new cache, or continue one made with the same teacher, settings and pool.
 
         Refuses a directory that holds something else, so a typo in ``--out`` cannot mix two
         caches or overwrite unrelated files, and one that another live process is writing. The
         writer holds the cache's lock until ``close`` (or ``finish``); pass ``lock`` when the
-        caller took it earlier (it then stays the caller's to release).
+        caller took it earlier (it then stays the caller's to release). ``costs(manifest)`` gives
+        the cost records to write with every manifest update (the stage's ledgers).
         """
         root = Path(root)
         cls.preflight(root, manifest.pool.fingerprint)
         if lock is not None:
-            return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=False)
+            return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=False, costs=costs)
         lock = CacheLock(root).acquire()
         try:
-            return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=True)
+            return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=True, costs=costs)
         except BaseException:
             lock.release()
             raise
 
     @classmethod
     def _open_locked(cls, root: Path, manifest: Manifest, tokenizer: Any, lock: CacheLock,
-                     owns_lock: bool) -> CacheWriter:
+                     owns_lock: bool, costs: Callable[[Manifest], dict[str, Any]] | None) -> CacheWriter:
         if (root / MANIFEST).exists():
             old = read_manifest(root)
-            if _identity(old) != _identity(manifest):
-                diff = [k for k, v in _identity(old).items() if v != _identity(manifest)[k]]
-                raise CacheError(
-                    f"{root}: holds a cache made with a different {', '.join(diff)}; "
-                    "use a new --out directory, or delete this one to relabel"
-                )
+            _check_identity(root, old, manifest)
             manifest = dataclasses.replace(manifest, shards=old.shards, stats=old.stats, costs=old.costs)
         try:
             (root / "shards").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CacheError(f"{root}: cannot create the cache directory ({e.strerror}); choose a writable --out") from None
-        writer = cls(root, manifest, lock if owns_lock else None)
+        writer = cls(root, manifest, lock if owns_lock else None, costs)
         writer._drop_unlisted()
         writer._save_tokenizer(tokenizer)
         writer._save_manifest()
@@ -188,6 +222,8 @@ class CacheWriter:
             self._lock = None
 
     def _save_manifest(self) -> None:
+        if self._costs is not None:
+            self.manifest = dataclasses.replace(self.manifest, costs={**self.manifest.costs, **self._costs(self.manifest)})
         try:
             write_manifest(self.root, self.manifest)
         except OSError as e:
@@ -230,8 +266,7 @@ class CacheWriter:
 
     def write_shard(self, index: int, table: pa.Table) -> ShardEntry:
         """Write shard ``index`` atomically and list it in the manifest."""
-        g = self.manifest.generation
-        entry = write_shard_file(self.root, index, table, k=g.k, label_scores=g.label_set is not None,
+        entry = write_shard_file(self.root, index, table, schema=self.manifest.schema(),
                                  shard_size=self.manifest.shard_size, pool_rows=self.manifest.pool.rows)
         return self.add_shard(entry)
 

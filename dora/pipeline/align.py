@@ -143,10 +143,13 @@ def _to_teacher(span: tuple[int, int], blocks: list[tuple[int, int, int]]) -> tu
 
 
 def align(teacher_ids: Sequence[int], student_ids: Sequence[int], teacher_surf: Sequence[bytes | None],
-          student_surf: Sequence[bytes | None], teacher_eos: int | None, student_eos: int | None) -> list[int]:
+          student_surf: Sequence[bytes | None], teacher_eos: int | None, student_eos: int | None,
+          student_complete: bool = True) -> list[int]:
     """For each student position, the teacher position with exactly the same text, else -1.
 
-    EOS aligns with EOS when both sequences end with it.
+    EOS aligns with EOS when both sequences end with it. A student label cut by
+    ``--max-target-length`` (``student_complete`` False) ends with an EOS after part of the text:
+    that EOS aligns with nothing (the teacher's final step says where the *whole* text ends).
     """
     t_text, t_ends = _boundaries(teacher_ids, teacher_surf, teacher_eos)
     s_text, s_ends = _boundaries(student_ids, student_surf, student_eos)
@@ -158,7 +161,8 @@ def align(teacher_ids: Sequence[int], student_ids: Sequence[int], teacher_surf: 
         i = by_span.get(mapped) if mapped is not None else None
         if i is not None:
             out[j] = i
-    if teacher_ids and student_ids and teacher_ids[-1] == teacher_eos and student_ids[-1] == student_eos:
+    if (student_complete and teacher_ids and student_ids and teacher_ids[-1] == teacher_eos
+            and student_ids[-1] == student_eos):
         out[-1] = len(teacher_ids) - 1
     return out
 

@@ -10,10 +10,52 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, TypeVar
 
 from dora.errors import ConfigError
 from dora.pipeline.data import Fields
+
+Preset = Literal["none", "paper"]
+C = TypeVar("C")
+
+# The paper's settings (Kang, Xu and Ritter 2023: its README's commands and run_t5.py defaults):
+# AdamW at 3e-5, batch 32, linear decay without warm-up or weight decay, sources cut to 128
+# tokens and targets to 8, generation with max_length 8 (7 new tokens after T5's start token),
+# KD at T = 2 with no cross-entropy term, evaluation every 2,000 steps. Distillation ran 50
+# epochs, training on gold labels (the annotate route, and the T5-XXL teacher) 20.
+PAPER: dict[str, Any] = {
+    "learning_rate": 3e-5, "batch_size": 32, "grad_accum": 1, "warmup_ratio": 0.0, "weight_decay": 0.0,
+    "max_source_length": 128, "max_target_length": 8, "max_new_tokens": 7,
+}
+PAPER_STUDENT: dict[str, Any] = {"temperature": 2.0, "alpha": 0.0, "eval_every": 2000}
+PAPER_EPOCHS = {"distill": 50.0, "annotate": 20.0}
+
+
+PRESET_FIELDS = frozenset({*PAPER, *PAPER_STUDENT, "epochs"})
+"""Every field a preset may set: an option given explicitly wins over the preset."""
+
+
+def with_preset(cls: type[C], preset: str, given: dict[str, Any]) -> C:
+    """Build the stage config ``cls`` from the options ``given`` explicitly, the preset's values
+    filling every field not given (``preset`` "none": the config's own defaults).
+
+    The student distills (50 epochs) when a cache is given and annotates (20) otherwise; the
+    teacher is fine-tuned on gold labels like the paper's annotate runs (20 epochs).
+    """
+    if preset not in ("none", "paper"):
+        raise ConfigError(f"--preset must be none or paper, got {preset!r}")
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    if preset == "paper":
+        # The teacher's ``temperature`` is its sampling temperature, not KD's: student settings stay with students.
+        values = {**PAPER, **(PAPER_STUDENT if getattr(cls, "PRESET_STAGE", "") == "student" else {})}
+        route = "distill" if given.get("cache") is not None else "annotate"
+        values["epochs"] = PAPER_EPOCHS[route]
+        values = {k: v for k, v in values.items() if k in names and k not in given}
+    config = cls(**{**values, **given})
+    object.__setattr__(config, "preset", preset)
+    object.__setattr__(config, "preset_values", values)
+    return config
 
 
 def as_paths(config: Any, *names: str) -> None:
@@ -81,6 +123,8 @@ class TaskInputs:
 class Optimisation:
     """How a model is trained (teacher fine-tuning or student training)."""
 
+    PRESET_STAGE: ClassVar[str] = "teacher"  # which preset settings apply (see ``with_preset``)
+
     epochs: float = 3.0
     """Training epochs (ignored when ``max_steps`` is set)."""
     max_steps: int | None = None
@@ -99,6 +143,10 @@ class Optimisation:
     """Seed for data order and initialisation."""
     report_to: str = "none"
     """Where training curves go besides ``curves.csv``: none, tensorboard or wandb."""
+    preset: str = field(default="none", init=False)
+    """The settings preset this config was built with (``with_preset``): none or paper."""
+    preset_values: dict[str, Any] = field(default_factory=dict, init=False)
+    """The fields the preset set (every one not given explicitly)."""
 
     def __post_init__(self) -> None:
         positive_ints(self, "batch_size", "grad_accum")
@@ -116,9 +164,10 @@ class Optimisation:
 
         check_report_to(self.report_to)
 
-    def loop_settings(self, *, eval_every: int | None, save_every: int | None, resume: bool = True) -> Any:
+    def loop_settings(self, *, eval_every: int | None, save_every: int | None, resume: bool = True,
+                      patience: int | None = None) -> Any:
         from dora.pipeline.training import LoopSettings
 
-        names = {f.name for f in fields(Optimisation)} - {"report_to"}
+        names = {f.name for f in fields(Optimisation)} - {"report_to", "preset", "preset_values"}
         return LoopSettings(**{n: getattr(self, n) for n in names}, eval_every=eval_every,
-                            save_every=save_every, resume=resume)
+                            save_every=save_every, resume=resume, patience=patience)

@@ -67,10 +67,12 @@ def _write_splits(root: Path, sizes: _Sizes) -> dict[str, Path]:
     text = resources.files("dora").joinpath("demo_data/fever.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     gold, pool = rows[: sizes.gold], rows[sizes.gold : sizes.gold + sizes.pool]
-    test = rows[-sizes.test :]
-    paths = {"gold": root / "gold.jsonl", "pool": root / "pool.jsonl", "test": root / "test.jsonl"}
+    held_out = rows[-sizes.test :]
+    dev, test = held_out[: len(held_out) // 2], held_out[len(held_out) // 2 :]  # select on one half, report the other
+    paths = {"gold": root / "gold.jsonl", "pool": root / "pool.jsonl", "dev": root / "dev.jsonl",
+             "test": root / "test.jsonl"}
     root.mkdir(parents=True, exist_ok=True)
-    for name, part in (("gold", gold), ("test", test)):
+    for name, part in (("gold", gold), ("dev", dev), ("test", test)):
         paths[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
     # The pool is unlabeled: its gold targets are dropped.
     paths["pool"].write_text("".join(json.dumps({"id": r["id"], "source": r["source"]}, ensure_ascii=False) + "\n"
@@ -112,7 +114,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         # Equal student compute for both strategies: as many examples seen as the distill run.
         annotate_epochs = sizes.student_epochs * sizes.pool / n
         annotate = train_student(TrainStudentConfig(
-            student=str(student_base), train=gold, eval=paths["test"], out=root / "runs" / f"annotate{suffix}",
+            student=str(student_base), train=gold, dev=paths["dev"], test=paths["test"],
+            out=root / "runs" / f"annotate{suffix}",
             epochs=annotate_epochs, eval_every=_eval_every(n, annotate_epochs), **common))
 
         console.rule(f"distill: the teacher learns from the same {n} gold labels and labels the pool")
@@ -120,13 +123,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             teacher=str(teacher_base), train=gold, pool=paths["pool"], out=root / f"cache{suffix}",
             epochs=sizes.teacher_epochs, top_k=20, shard_size=1024, label_batch_size=64, **common))
         distill = train_student(TrainStudentConfig(
-            student=str(student_base), cache=root / f"cache{suffix}", eval=paths["test"],
+            student=str(student_base), cache=root / f"cache{suffix}", dev=paths["dev"], test=paths["test"],
             out=root / "runs" / f"distill{suffix}", epochs=sizes.student_epochs,
             eval_every=_eval_every(sizes.pool, sizes.student_epochs), **common))
         rows += _summary(n, annotate, labeled, distill)
         runs += [annotate.out, distill.out]
 
-    table = Table(title=f"FEVER, {sizes.test} held-out claims (accuracy; majority class is about 0.5)")
+    table = Table(title=f"FEVER, {sizes.test // 2} held-out test claims (accuracy; checkpoints picked on "
+                        f"{sizes.test // 2} dev claims; majority class is about 0.5)")
     for col in ("strategy", "gold labels", "examples seen", "accuracy", "seconds", "device-h"):
         table.add_column(col, justify="right" if col != "strategy" else "left")
     for r in rows:

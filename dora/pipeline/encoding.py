@@ -57,6 +57,13 @@ def collate(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def decoder_inputs(model: Any, labels: torch.Tensor) -> torch.Tensor:
+    """A seq2seq model's decoder inputs for ``labels`` (shifted right, -100 as padding), so the
+    forward pass returns logits without computing a loss of its own."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    return inner.prepare_decoder_input_ids_from_labels(labels=labels)
+
+
 def causal_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift a causal LM's logits and labels so position i predicts token i + 1."""
     return logits[:, :-1], labels[:, 1:]

@@ -52,11 +52,13 @@ class EngineSettings:
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
     engine_args: dict[str, Any] = field(default_factory=dict)
+    kd_temperatures: tuple[float, ...] = (1.0, 2.0)
+    """Temperatures at which each generated token's tail mass (outside the top-k) is stored."""
 
     @classmethod
     def from_config(cls, config: Any) -> EngineSettings:
         """The engine's view of a stage config: same field names, ``label_batch_size`` as batch size."""
-        names = {f.name for f in fields(cls)} - {"batch_size"}
+        names = {f.name for f in fields(cls)} - {"batch_size", "kd_temperatures"}
         return cls(**{n: getattr(config, n) for n in names}, batch_size=config.label_batch_size)
 
 
@@ -74,6 +76,10 @@ class Engine(Protocol):
 
     def score(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> np.ndarray:
         """(len(prompts), len(continuations)) log-probabilities of each continuation after each prompt."""
+        ...
+
+    def device_count(self) -> int:
+        """Devices this engine computes on (what its labeling time is multiplied by)."""
         ...
 
 
@@ -98,12 +104,15 @@ class TransformersEngine:
     def label(self, prompts: Sequence[list[int]], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
         s = self.s
         return hf_generate(self.model, self.tokenizer, self.kind, prompts, batch_size=s.batch_size,
-                           max_new_tokens=s.max_new_tokens, k=s.top_k,
-                           device=self.device, on_batch=on_batch, temperature=s.temperature, top_p=s.top_p)
+                           max_new_tokens=s.max_new_tokens, k=s.top_k, device=self.device, on_batch=on_batch,
+                           temperature=s.temperature, top_p=s.top_p, kd_temperatures=s.kd_temperatures)
 
     def settings(self) -> dict[str, Any]:
         spread = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()})
         return {"device": ",".join(spread) if len(spread) > 1 else str(self.device), "batch_size": self.s.batch_size}
+
+    def device_count(self) -> int:
+        return max(1, len({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()}))
 
     def score(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> np.ndarray:
         return hf_score(self.model, self.tokenizer, self.kind, prompts, continuations, batch_size=self.s.batch_size,
@@ -165,6 +174,25 @@ def resolve_engine(requested: EngineName, kind: ModelKind, architecture: str) ->
             raise ModelError(f"the installed vLLM does not serve {architecture}; use --engine transformers")
         return "transformers", f"the installed vLLM does not serve {architecture}"
     return "vllm", "requested" if requested == "vllm" else f"vLLM is installed and serves {architecture}"
+
+
+def kd_temperatures_for(engine: str, requested: Sequence[float] | None) -> tuple[tuple[float, ...], str]:
+    """(temperatures whose tail mass the engine stores, a note when they differ from the request).
+
+    The transformers engine sees the full logits, so it stores the tail at any temperature
+    (default 1 and 2, the paper's). vLLM returns only the top-k log-probabilities, from which
+    the tail mass follows at T = 1 alone.
+    """
+    if engine != "vllm":
+        return tuple(sorted(set(requested or (1.0, 2.0)))), ""
+    if requested is not None and any(t != 1.0 for t in requested):
+        others = ", ".join(f"{t:g}" for t in requested if t != 1.0)
+        raise ConfigError(f"--kd-temperatures {others}: vLLM returns only top-k log-probabilities, so the teacher's "
+                          "tail mass is known at T = 1 alone; use --kd-temperatures 1 (and train students at "
+                          "--temperature 1), or --engine transformers")
+    return (1.0,), ("" if requested is not None else "vLLM stores the tail mass at T = 1 only (it returns top-k "
+                    "log-probabilities, not the full distribution): train students at --temperature 1, or label "
+                    "with --engine transformers for T = 2")
 
 
 def parse_engine_args(pairs: Sequence[str], config_file: Path | None) -> dict[str, Any]:

@@ -9,15 +9,16 @@ Examples::
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError, InputError
 from dora.pipeline.config import TaskInputs, as_paths, positive_ints
-from dora.pipeline.costs import Stopwatch
+from dora.pipeline.costs import Devices, one_off
 from dora.pipeline.data import iter_records, read_examples
-from dora.pipeline.metrics import score
+from dora.pipeline.metrics import METRIC_MODES, TaskScorer
 from dora.pipeline.models import ModelKind
 from dora.pipeline.progress import progress_bar
 from dora.pipeline.tasks import Task, get_task
@@ -53,6 +54,9 @@ class EvaluateConfig(TaskInputs):
     """Generation batch size."""
     encoder: str | None = None
     """Sentence encoder directory for BERT-iBLEU."""
+    metric_mode: str = "strict"
+    """Which metric definitions ``scores`` holds: strict (dora's) or paper (the paper's code);
+    ``scores_by_mode`` holds both."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,7 +65,14 @@ class EvaluateConfig(TaskInputs):
             raise ConfigError("give either --model with --data, or --predictions (not both)")
         if self.model is not None and self.data is None:
             raise ConfigError("--model needs --data LABELED_FILE to predict on")
+        if self.metric_mode not in METRIC_MODES:
+            raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {self.metric_mode!r}")
         positive_ints(self, "batch_size")
+        if self.out is not None:
+            inputs = [p for p in (self.data, self.predictions) if p is not None]
+            written = [self.out, self.out.with_name(self.out.stem + ".predictions.jsonl")]
+            if any(p.exists() and w.exists() and p.resolve() == w.resolve() for p in inputs for w in written):
+                raise ConfigError(f"--out {self.out} would overwrite the input file; choose another --out")
 
 
 def _read_predictions(path: Path) -> tuple[list[str], list[str], list[str] | None]:
@@ -83,10 +94,11 @@ def _read_predictions(path: Path) -> tuple[list[str], list[str], list[str] | Non
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """Return (and optionally write) ``{"task", "metric", "scores", ...}``."""
-    watch = Stopwatch()
+    """Return (and optionally write) ``{"task", "metric", "metric_mode", "scores", "scores_by_mode", ...}``."""
+    start = time.perf_counter()
     task = get_task(config.task, metric=config.metric, prefix=config.prefix)
-    result: dict[str, Any] = {"task": task.name, "metric": task.metric}
+    result: dict[str, Any] = {"task": task.name, "metric": task.metric, "primary": task.primary,
+                              "metric_mode": config.metric_mode}
     if config.predictions is not None:
         preds, refs, sources = _read_predictions(config.predictions)
         result["predictions_file"] = str(config.predictions)
@@ -110,9 +122,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
             config.out.parent.mkdir(parents=True, exist_ok=True)
             pred_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             result["predictions_file"] = str(pred_path)
-    result["scores"] = score(task, preds, refs, sources=sources, encoder=config.encoder)
+    scorer = TaskScorer(task, refs, sources=sources, encoder=config.encoder)
+    both = scorer(preds)
+    result.update(scores=both[config.metric_mode], scores_by_mode=both, scorer=scorer.describe())
     tokens = sum(len(p.split()) for p in preds)  # whitespace words: the tokenizer is not loaded for a predictions file
-    result["cost"] = watch.cost("evaluation", examples=len(preds), tokens=tokens).to_dict() | {"tokens_are": "words"}
+    result["cost"] = one_off("evaluation", Devices.here(), time.perf_counter() - start, examples=len(preds),
+                             tokens=tokens) | {"tokens_are": "words"}
     if config.out is not None:
         config.out.parent.mkdir(parents=True, exist_ok=True)
         config.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,7 +2,10 @@
 
 Log-probabilities come from the raw logits (``output_logits``), not from processed scores
 (temperature, top-p), and the generation config is built fresh so no model default (forced
-tokens, repetition penalties, ...) changes what the teacher's distribution says.
+tokens, repetition penalties, ...) changes what the teacher's distribution says. With
+``temperatures``, each generated token also gets the log of the probability mass outside its
+top-k at each temperature T, from the full logits: what distillation at T needs and a top-k
+alone cannot give (the tail holds most of the mass at T = 2 for a confident teacher).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dora.pipeline.encoding import pad
+from dora.pipeline.encoding import decoder_inputs, pad
 from dora.pipeline.models import ModelKind
 
 
@@ -26,6 +29,26 @@ class Generated:
     topk_ids: np.ndarray | None  # (L, k) int32
     topk_logprobs: np.ndarray | None  # (L, k) float32, sorted descending
     seq_logprob: float
+    tail_logprobs: np.ndarray | None = None  # (L, len(temperatures)) float32: log mass outside the top-k at each T
+
+
+def tail_logprobs(logits: torch.Tensor, topk_ids: torch.Tensor, temperatures: Sequence[float]) -> torch.Tensor:
+    """Log of the probability mass outside ``topk_ids`` under ``softmax(logits / T)``, for each T.
+
+    Computed over the complement directly (logsumexp of the other ids minus logsumexp of all),
+    so a tiny tail keeps its precision; -inf when the top-k is the whole vocabulary.
+
+    Args:
+        logits: (..., V) raw logits; topk_ids: (..., k); temperatures: n values.
+    Returns:
+        (..., n) float32.
+    """
+    z = logits.float()
+    out = []
+    for t in temperatures:
+        zt = z / t
+        out.append(torch.logsumexp(zt.scatter(-1, topk_ids.long(), float("-inf")), dim=-1) - torch.logsumexp(zt, dim=-1))
+    return torch.stack(out, dim=-1)
 
 
 def pick_device() -> torch.device:
@@ -60,9 +83,11 @@ def hf_generate(
     on_batch: Callable[[int], None] | None = None,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    kd_temperatures: Sequence[float] = (),
 ) -> list[Generated]:
     """Decode every prompt (token ids, see ``encode_prompts``), greedy unless ``temperature`` > 0;
-    with ``k`` also keep the top-k log-probs per generated token.
+    with ``k`` also keep the top-k log-probs per generated token, and with ``kd_temperatures`` the
+    log tail mass outside that top-k at each of those temperatures (``tail_logprobs``).
 
     Prompts are batched longest first (less padding) and results returned in input order.
     """
@@ -89,6 +114,8 @@ def hf_generate(
             top_ids = torch.stack([t.indices for t in top], 1).int().cpu().numpy()
             top_lp = torch.stack([t.values for t in top], 1).cpu().numpy()
             chosen_np = chosen.cpu().numpy()
+            tails = (torch.stack([tail_logprobs(step, t.indices, kd_temperatures) for step, t in zip(out.logits, top)], 1)
+                     .cpu().numpy() if kd_temperatures else None)
         gen_np = gen.cpu().numpy()
         for row, i in enumerate(idx):
             seq = gen_np[row]
@@ -98,6 +125,7 @@ def hf_generate(
                 results[i] = Generated(
                     ids=seq[:length].astype(np.int32), topk_ids=top_ids[row, :length],
                     topk_logprobs=top_lp[row, :length], seq_logprob=float(chosen_np[row, :length].sum()),
+                    tail_logprobs=tails[row, :length] if tails is not None else None,
                 )
             else:
                 results[i] = Generated(ids=seq[:length].astype(np.int32), topk_ids=None, topk_logprobs=None, seq_logprob=0.0)
@@ -132,16 +160,17 @@ def hf_score(
         cont_t = torch.tensor(list(cont), dtype=torch.long, device=device)
         for start in range(0, len(prompts), batch_size):
             batch = [list(p) for p in prompts[start : start + batch_size]]
+            labels = cont_t.expand(len(batch), -1).contiguous()
             if kind == "seq2seq":
                 x = pad(batch, pad_id).to(device)
                 mask = pad([[1] * len(b) for b in batch], 0).to(device)
-                labels = cont_t.expand(len(batch), -1).contiguous()
-                logits = model(input_ids=x, attention_mask=mask, labels=labels).logits
+                logits = model(input_ids=x, attention_mask=mask, decoder_input_ids=decoder_inputs(model, labels)).logits
             else:  # left-pad prompts so every continuation starts at the same column
                 x = pad([b + list(cont) for b in batch], pad_id, left=True).to(device)
                 mask = pad([[1] * (len(b) + len(cont)) for b in batch], 0, left=True).to(device)
-                logits = model(input_ids=x, attention_mask=mask).logits[:, -len(cont) - 1 : -1]
-                labels = cont_t.expand(len(batch), -1).contiguous()
+                # Positions count real tokens only: left padding must not shift absolute position embeddings.
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = model(input_ids=x, attention_mask=mask, position_ids=positions).logits[:, -len(cont) - 1 : -1]
             lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
             out[start : start + len(batch), c] = lp.sum(-1).cpu().numpy()
     return out

@@ -106,6 +106,15 @@ def check_top_k(k: int, vocab: int, name: str) -> None:
         raise ModelError(f"--top-k {k} exceeds the vocabulary of {name!r} ({v} tokens); use --top-k {v} or less")
 
 
+def check_dtype(dtype: str, config: Any, name: str) -> None:
+    """Refuse float16 for T5 models with gated activations (T5 v1.1, Flan-T5, mT5): their
+    activations overflow float16's range and the labels come out as NaN or garbage."""
+    gated = getattr(config, "is_gated_act", False) or str(getattr(config, "feed_forward_proj", "")).startswith("gated")
+    if dtype == "float16" and getattr(config, "model_type", "") in ("t5", "mt5", "umt5") and gated:
+        raise ModelError(f"--dtype float16 overflows {name!r} (a T5 v1.1 / Flan-T5 style model: its activations exceed "
+                         "float16's range, giving NaN labels); use --dtype bfloat16 on a GPU that has it, or float32")
+
+
 def save_hf(model: Any, tokenizer: Any, path: Path) -> None:
     """Save a plain Hugging Face checkpoint (safetensors) with its tokenizer, replacing ``path`` atomically."""
     tmp = path.with_name(path.name + ".tmp")

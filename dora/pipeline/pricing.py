@@ -96,10 +96,19 @@ class Prices:
         return None, f"price missing for {device!r}: pass --gpu-hour-usd or a --prices file"
 
     def compute(self, stage: str, cost: dict[str, Any]) -> Line:
-        price, source = self.device_hour(str(cost.get("device", "")))
+        """Dollars for a stage's device-hours; a ledger's entries are priced one by one (a run
+        resumed on another kind of device pays that device's price for its part)."""
+        entries = cost.get("entries") or [cost]
         hours = float(cost.get("device_hours", 0.0))
-        return Line(what=f"{stage} on {cost.get('device', '?')} x{cost.get('device_count', 1)}", quantity=hours,
-                    unit="device-hours", price=price, usd=None if price is None else hours * price, source=source)
+        priced = [(self.device_hour(str(e.get("device", ""))), float(e.get("device_hours", 0.0))) for e in entries]
+        missing = [source for (price, source), _ in priced if price is None]
+        usd = None if missing else sum(price * h for (price, _), h in priced)  # type: ignore[operator]
+        prices = {price for (price, _), _ in priced}
+        sources = sorted({source for (_, source), _ in priced})
+        devices = sorted({f"{e.get('device', '?')} x{e.get('device_count', 1)}" for e in entries})
+        return Line(what=f"{stage} on {', '.join(devices)}", quantity=hours, unit="device-hours",
+                    price=prices.pop() if len(prices) == 1 else None, usd=usd,
+                    source=missing[0] if missing else "; ".join(sources))
 
     def labels(self, n: int, what: str = "gold labels") -> Line:
         p = self.annotation_usd

@@ -29,3 +29,13 @@ def progress_bar(*, enabled: bool = True) -> Progress:
         transient=False,
         disable=not enabled,
     )
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr; never wrapped, so a log line can be searched for whole."""
+    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+
+
+def note(message: str) -> None:
+    """A one-line note on stderr (something the user may want to act on, not a problem)."""
+    console.print(f"[yellow]note:[/] {message}", soft_wrap=True, highlight=False)

@@ -28,7 +28,7 @@ from typing import Any
 from dora.cache import ShardEntry
 from dora.cache.writer import CacheWriter, write_shard_file
 from dora.errors import CacheError, ConfigError, DoraError
-from dora.pipeline.costs import StageCost
+from dora.pipeline.costs import Devices
 from dora.pipeline.data import Example
 from dora.pipeline.labeling import LabelSpec
 
@@ -47,23 +47,22 @@ class LabelWorker:
     def __init__(self, spec: LabelSpec, threads: int | None) -> None:
         import torch
 
-        from dora.pipeline.costs import device_description
+        from dora.pipeline.costs import Devices
 
         if threads:
             torch.set_num_threads(threads)
         self.labeler = spec.labeler()
-        self.device = device_description()
+        self.device = Devices.here().name
 
-    def describe(self) -> tuple[str, str, dict[str, Any], tuple[str, int]]:
+    def describe(self) -> tuple[str, str, dict[str, Any], str]:
         engine = self.labeler.engine
         return engine.name, engine.version, engine.settings(), self.device
 
     def label(self, index: int, rows: list[tuple[str, int, str]], target: dict[str, Any]) -> tuple[dict[str, Any], int]:
         examples = [Example(id=i, row=r, source=s, target=None) for i, r, s in rows]
         table, tokens = self.labeler.label(examples)
-        entry = write_shard_file(Path(target["root"]), index, table, k=target["k"],
-                                 label_scores=target["label_scores"], shard_size=target["shard_size"],
-                                 pool_rows=target["pool_rows"])
+        entry = write_shard_file(Path(target["root"]), index, table, schema=target["schema"],
+                                 shard_size=target["shard_size"], pool_rows=target["pool_rows"])
         return dataclasses.asdict(entry), tokens
 
 
@@ -75,7 +74,7 @@ class RayLabeling:
         self.owns_ray = owns_ray
         self.per_worker_gpus = per_worker_gpus
         self.groups = groups
-        self.devices: tuple[str, int] | None = None
+        self.device_name: str | None = None
 
     @classmethod
     def start(cls, address: str, spec: LabelSpec, *, workers: int | None) -> RayLabeling:
@@ -132,7 +131,7 @@ class RayLabeling:
         except Exception as e:
             raise _unwrap(e, "a Ray worker could not start its engine") from None
         name, version, settings, device = answers[0]
-        self.devices = device
+        self.device_name = device
         return name, version, settings | {"ray_workers": len(self.actors)}
 
     def label(self, shards: Iterable[tuple[int, list[Example]]], writer: CacheWriter) -> Iterator[tuple[ShardEntry, int]]:
@@ -140,8 +139,7 @@ class RayLabeling:
         import ray
 
         m = writer.manifest
-        target = {"root": str(writer.root.resolve()), "k": m.generation.k,
-                  "label_scores": m.generation.label_set is not None, "shard_size": m.shard_size,
+        target = {"root": str(writer.root.resolve()), "schema": m.schema(), "shard_size": m.shard_size,
                   "pool_rows": m.pool.rows}
         busy = dict.fromkeys(range(len(self.actors)), 0)
         inflight: dict[Any, tuple[int, int]] = {}
@@ -173,12 +171,10 @@ class RayLabeling:
         if failure is not None:
             raise failure
 
-    def cost(self, cost: StageCost) -> StageCost:
-        """The labeling cost counted over every worker's devices, not the driver's."""
-        device = self.devices[0] if self.devices else cost.device
-        total = len(self.actors) * max(self.per_worker_gpus, 1)
-        return dataclasses.replace(cost, device=device, device_count=total,
-                                   device_hours=round(cost.wall_seconds * total / 3600, 6))
+    def devices(self) -> Devices:
+        """Every worker's devices (not the driver's): what the labeling time is multiplied by."""
+        name = self.device_name or "unknown"
+        return Devices(name=name, processes=len(self.actors), per_process=max(self.per_worker_gpus, 1))
 
     def shutdown(self) -> None:
         import ray

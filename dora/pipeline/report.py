@@ -43,9 +43,12 @@ class RunRecord:
     gold_labels: int
     costs: dict[str, dict[str, Any]]
     notes: tuple[str, ...] = ()
+    metric_mode: str = "strict"
 
     @classmethod
-    def load(cls, path: Path) -> RunRecord:
+    def load(cls, path: Path, metric_mode: str = "strict") -> RunRecord:
+        """The run in ``path``; its score is the test score in ``metric_mode`` (the dev score, with a
+        note, for a run trained without --test)."""
         run_file, metrics_file = path / "run.json", path / "metrics.json"
         for f in (run_file, metrics_file):
             if not f.is_file():
@@ -64,13 +67,29 @@ class RunRecord:
             notes.append("the cache predates gold-label counts: the teacher's labels are not counted")
         gold = max(int(run.get("gold_examples", 0)), int(teacher_labels or 0))  # the same labels, bought once
         primary = metrics.get("primary")
-        best = metrics.get("eval") or {}
+        score, note = _score(metrics, primary, metric_mode)
+        if note:
+            notes.append(note)
         return cls(path=path, task=metrics.get("task", "?"), strategy=run.get("strategy", "?"), metric=primary or "?",
-                   score=best.get(primary) if primary else None, gold_labels=gold, costs=costs, notes=tuple(notes))
+                   score=score, gold_labels=gold, costs=costs, notes=tuple(notes), metric_mode=metric_mode)
 
     def lines(self, prices: Prices) -> list[Line]:
         return [prices.labels(self.gold_labels)] + [prices.compute(stage, self.costs[stage])
                                                     for stage in STAGES if stage in self.costs]
+
+
+def _score(metrics: dict[str, Any], primary: str | None, mode: str) -> tuple[float | None, str]:
+    """(the score to plot, a note when it is not an unbiased test score)."""
+    if not primary:
+        return None, ""
+    for split, note in (("test", ""), ("dev", "scored on --dev, which also picked the checkpoint (no --test)")):
+        scores = metrics.get(split)
+        if scores:
+            value = (scores.get(mode) or {}).get(primary)
+            return value, note
+    if metrics.get("eval"):  # a run recorded before metric modes and --dev/--test
+        return metrics["eval"].get(primary), "recorded before metric modes: its --eval score (dora's old metric)"
+    return None, "no --dev or --test score"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,11 +100,16 @@ class ReportResult:
     curves_plot: Path | None
 
 
-def report(runs: list[Path], prices_for: Any, out: Path) -> ReportResult:
-    """Price every run, write ``report.csv``, ``report.png`` (and ``curves.png`` when runs have curves)."""
+def report(runs: list[Path], prices_for: Any, out: Path, *, metric_mode: str = "strict") -> ReportResult:
+    """Price every run, write ``report.csv``, ``report.png`` (and ``curves.png`` when runs have curves);
+    scores in ``metric_mode`` (strict: dora's definitions; paper: the paper's code's)."""
+    from dora.pipeline.metrics import METRIC_MODES
+
     if not runs:
         raise ConfigError("give at least one run directory: dora report RUN [RUN ...]")
-    records = [RunRecord.load(Path(r)) for r in runs]
+    if metric_mode not in METRIC_MODES:
+        raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {metric_mode!r}")
+    records = [RunRecord.load(Path(r), metric_mode) for r in runs]
     tasks = {r.task for r in records}
     if len(tasks) > 1:
         raise ConfigError(f"the runs are of different tasks ({', '.join(sorted(tasks))}); report one task at a time")
@@ -96,7 +120,8 @@ def report(runs: list[Path], prices_for: Any, out: Path) -> ReportResult:
         label_usd = lines[0].usd
         compute_lines = lines[1:]
         rows.append({
-            "run": str(r.path), "strategy": r.strategy, "task": r.task, "metric": r.metric, "score": r.score,
+            "run": str(r.path), "strategy": r.strategy, "task": r.task, "metric": r.metric,
+            "metric_mode": r.metric_mode, "score": r.score,
             "gold_labels": r.gold_labels, "label_usd": _round(label_usd),
             "device_hours": round(sum(line.quantity for line in compute_lines), 6),
             "compute_usd": _round(total(compute_lines)), "total_usd": _round(total(lines)),
@@ -165,13 +190,14 @@ def _plot_curves(records: list[RunRecord], path: Path) -> Path | None:
         loss = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") and float(r["loss"]) > 0]
         if loss:
             loss_ax.plot(*zip(*loss), label=label)
-        key = f"eval_{record.metric}"
+        key = next((k for k in (f"eval_{record.metric_mode}_{record.metric}", f"eval_{record.metric}")
+                    if rows and k in rows[0]), "")
         evals = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
         if evals:
             eval_ax.plot(*zip(*evals), marker="o", label=label)
     loss_ax.set(xlabel="step", ylabel="training loss (log scale)", title="training loss (KD and CE differ in scale)")
     loss_ax.set_yscale("log")
-    eval_ax.set(xlabel="step", ylabel=records[0].metric, title=f"eval {records[0].metric}")
+    eval_ax.set(xlabel="step", ylabel=records[0].metric, title=f"dev {records[0].metric} ({records[0].metric_mode})")
     for ax in (loss_ax, eval_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -282,6 +308,7 @@ def _annotate(budget_usd: float, per_label: float, prices: Prices) -> Plan:
 
 
 def _scaled(prices: Prices, stage: str, cost: dict[str, Any], factor: float, how: str) -> Line:
-    line = prices.compute(stage, cost | {"device_hours": float(cost.get("device_hours", 0.0)) * factor})
+    totals = {k: v for k, v in cost.items() if k != "entries"}  # scaled as a whole, priced at its device
+    line = prices.compute(stage, totals | {"device_hours": float(cost.get("device_hours", 0.0)) * factor})
     return Line(what=f"{line.what}: {how}", quantity=line.quantity, unit=line.unit, price=line.price, usd=line.usd,
                 source=line.source)

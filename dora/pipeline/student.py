@@ -2,7 +2,8 @@
 
 Reads top to bottom: validate inputs, open the cache (cheap checks), load the student, choose
 the distillation loss from the tokenizer fingerprints, build features, train with the explicit
-loop, save the best model as a plain Hugging Face checkpoint with metrics and a run record.
+loop (selecting the checkpoint on ``dev``), score the selected model once on ``test``, save it
+as a plain Hugging Face checkpoint with metrics, predictions and a run record.
 
 Gold only (``train`` without ``cache``) is the *annotate* baseline; cache only is *distill*;
 both mixes them (gold rows get cross-entropy, cache rows the KD loss).
@@ -11,24 +12,28 @@ Example::
 
     from dora.pipeline.student import TrainStudentConfig, train_student
     train_student(TrainStudentConfig(task="fever", student="models/t5-small-dir", cache="cache/fever",
-                                     eval="test.jsonl", out="runs/distill"))
+                                     dev="dev.jsonl", test="test.jsonl", out="runs/distill"))
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dora import __version__
 from dora.cache import LabelCache, ShardEntry, tokenizer_fingerprint
+from dora.cache.lock import CacheLock
+from dora.cache.manifest import file_sha256, write_atomic
 from dora.errors import CacheError, ConfigError, ModelError
 from dora.pipeline.align import cached_vocab_map
 from dora.pipeline.batches import Blocks
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
-from dora.pipeline.costs import Stopwatch
+from dora.pipeline.costs import Devices, Ledger
 from dora.pipeline.data import Example, read_examples
 from dora.pipeline.distill import (
     AlignStats,
@@ -38,21 +43,29 @@ from dora.pipeline.distill import (
     collate_kd,
     student_loss,
     table_features,
+    tail_column,
 )
 from dora.pipeline.distributed import process_rank
 from dora.pipeline.encoding import encode_pair, target_ids
 from dora.pipeline.evaluation import predict
-from dora.pipeline.metrics import require_encoder, score
+from dora.pipeline.metrics import METRIC_MODES, TaskScorer, require_encoder
 from dora.pipeline.models import load_model, load_tokenizer, save_hf, vocab_size
-from dora.pipeline.progress import console
+from dora.pipeline.progress import console, note, warn
 from dora.pipeline.tasks import Task, get_task
 from dora.pipeline.tracking import Tracker
 from dora.pipeline.training import steps_per_epoch, train_loop
 
+TEST_PREDICTIONS = "test_predictions.jsonl"
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainStudentConfig(TaskInputs, Optimisation):
-    """Everything ``train_student`` needs (task and training fields: ``dora.pipeline.config``)."""
+    """Everything ``train_student`` needs (task and training fields: ``dora.pipeline.config``).
+
+    ``dora.pipeline.config.with_preset(TrainStudentConfig, "paper", {...})`` builds one with the
+    paper's settings for every field not given."""
+
+    PRESET_STAGE: ClassVar[str] = "student"
 
     out: Path
     """Output directory: the student checkpoint, tokenizer, metrics.json and run.json."""
@@ -62,24 +75,34 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     """Label cache made by ``dora teacher-label`` (the distill route); its task must match."""
     train: Path | None = None
     """Gold labeled examples (the annotate route; mixed in when a cache is given too)."""
+    dev: Path | None = None
+    """Labeled file that selects the checkpoint (and stops early with ``patience``): scored with the
+    task metric at every evaluation. Not the file you report."""
+    test: Path | None = None
+    """Labeled file scored once, at the end, on the selected checkpoint: the score to report."""
     eval: Path | None = None
-    """Labeled test or dev file scored with the task metric during and after training."""
+    """Deprecated alias of ``dev`` (it used to both select and report)."""
+    metric_mode: str = "strict"
+    """Which definition of the task metric selects the checkpoint: strict (dora's) or paper (the
+    paper's code, for numbers that compare with its table). metrics.json holds both."""
+    patience: int | None = None
+    """Stop after this many evaluations on ``dev`` without a better score (early stopping)."""
     kd_loss: KdLoss = "auto"
     """Distillation loss: topk (same tokenizer), aligned or uld (another tokenizer), labels
     (closed-label tasks), sequence (pseudo-label text only), or auto (topk when the tokenizer
     fingerprints match, else aligned). See ``dora.pipeline.distill``."""
     temperature: float = 2.0
-    """KD temperature T (the paper used 2)."""
+    """KD temperature T (the paper used 2); a format 2 cache must store the teacher's tail at T."""
     alpha: float = 0.0
     """Weight of cross-entropy on the pseudo-label; the KD term gets 1 - alpha (paper: 0)."""
     eval_every: int | None = None
-    """Evaluate every N steps (default: once per epoch); the best checkpoint is kept."""
+    """Evaluate on ``dev`` every N steps (default: once per epoch); the best checkpoint is kept."""
     save_every: int = 500
     """Save a resumable checkpoint every N steps."""
     resume: bool = True
     """Continue from ``<out>/checkpoints/last`` when it exists."""
     eval_batch_size: int = 32
-    """Batch size for generating eval predictions."""
+    """Batch size for generating dev and test predictions."""
     encoder: str | None = None
     """Sentence encoder directory for BERT-iBLEU (multipit_gen)."""
     shuffle_window: int = 4
@@ -88,18 +111,28 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     def __post_init__(self) -> None:
         TaskInputs.__post_init__(self)
         Optimisation.__post_init__(self)
-        as_paths(self, "out", "cache", "train", "eval")
+        as_paths(self, "out", "cache", "train", "dev", "test", "eval")
         if self.cache is None and self.train is None:
             raise ConfigError("give --cache (distill), --train (annotate with gold labels), or both")
+        if self.eval is not None:
+            if self.dev is not None:
+                raise ConfigError("--eval is the old name of --dev; give one of them")
+            object.__setattr__(self, "dev", self.eval)
         if self.temperature <= 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature}; the paper used 2.0")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
         if self.kd_loss not in ("auto", "topk", "aligned", "uld", "labels", "sequence"):
             raise ConfigError(f"--kd-loss must be auto, topk, aligned, uld, labels or sequence, got {self.kd_loss!r}")
+        if self.metric_mode not in METRIC_MODES:
+            raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {self.metric_mode!r}")
         positive_ints(self, "eval_batch_size", "save_every", "shuffle_window")
         if self.eval_every is not None:
             positive_ints(self, "eval_every")
+        if self.patience is not None:
+            positive_ints(self, "patience")
+            if self.dev is None:
+                raise ConfigError("--patience stops early on the --dev score; give --dev FILE")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,25 +144,58 @@ class TrainStudentResult:
 
 
 def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
-    """Run stage 2 and return the scores of the saved (best) student (None on ranks other than 0
-    of a multi-process launch)."""
-    watch = Stopwatch()
+    """Run stage 2 and return the scores of the saved (selected) student (None on ranks other than
+    0 of a multi-process launch). A rerun of a finished run with the same settings does nothing."""
     task = get_task(config.task, metric=config.metric, prefix=config.prefix)
+    rank, world = process_rank()
     # 1. Inputs first: bad rows and unfit caches fail before any model loads.
     gold = read_examples(config.train, fields=config.fields, require_target=True) if config.train else []
-    evals = read_examples(config.eval, fields=config.fields, require_target=True) if config.eval else []
+    dev = read_examples(config.dev, fields=config.fields, require_target=True) if config.dev else []
+    test = read_examples(config.test, fields=config.fields, require_target=True) if config.test else []
+    _warn_about_splits(config)
     cache = LabelCache.open(config.cache) if config.cache else None
     if cache is not None:
         _check_cache_task(cache, task, config.cache)
-    if evals and task.metric == "bert_ibleu":
+    if (dev or test) and task.metric == "bert_ibleu":
         require_encoder(config.encoder)  # fail now, not at the first evaluation
 
+    with contextlib.ExitStack() as held:
+        # One writer per run directory; a finished run with these settings is not trained again.
+        if rank == 0:
+            held.enter_context(CacheLock(config.out))
+        identity = _identity(config)
+        ledger = Ledger(config.out, "student_train")
+        finished = _finished(config, identity)
+        if finished is not None and not config.resume:
+            finished = None  # --no-resume: the same run, trained again from the start
+        if finished is not None:
+            if rank == 0:
+                ledger.record_noop(Devices.here(processes=world), "already trained with these settings")
+                finished.record["cost"] = ledger.summary()
+                write_atomic(config.out / "run.json", (json.dumps(finished.record, indent=2) + "\n").encode())
+                shutil.rmtree(config.out / "checkpoints", ignore_errors=True)  # a crash may have left them
+                console.print(f"student: already trained with these settings in {config.out}; nothing to do")
+            return finished if rank == 0 else None
+        if rank == 0:
+            ledger.compact()
+        with ledger.invocation(Devices.here(processes=world)) if rank == 0 else contextlib.nullcontext() as run:
+            return _train(config, task, gold, dev, test, cache, identity, ledger, run, rank, world)
+
+
+def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: list[Example], test: list[Example],
+           cache: LabelCache | None, identity: str, ledger: Ledger, run: Any, rank: int,
+           world: int) -> TrainStudentResult | None:
     # 2. The student, and which loss the cache allows.
     tokenizer = load_tokenizer(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
     model, kind = load_model(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
     if kind != "seq2seq":
         raise ModelError(f"student {config.student!r} is a decoder-only model; dora trains seq2seq (T5) students")
     kd = _choose_loss(config, cache, tokenizer, model)
+    tail_index = tail_column(cache, kd, config.temperature) if cache is not None else None
+    if cache is not None and kd in ("topk", "aligned") and not cache.manifest.generation.kd_temperatures:
+        warn(f"{config.cache} is a format 1 cache: it stores no teacher tail mass, so KD at "
+                      f"T={config.temperature:g} uses the format 1 loss, which drops the tail's share of the tempered "
+                      "teacher; relabel with this dora for the exact loss")
 
     # 3. Features: gold rows carry labels (in memory: a labeled set is small); cache rows the
     #    teacher's signal for the chosen loss, featurised a shard at a time as training reaches
@@ -154,9 +220,10 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
                            for label in cache.manifest.generation.label_set or []]
 
         def load_shard(entry: ShardEntry) -> list[dict[str, Any]]:
-            return table_features(cache.read_shard(entry, cache_columns(kd)), cache.manifest.generation.k, tokenizer,
-                                  task.source_prefix, kd, max_source_length=config.max_source_length,
-                                  max_target_length=config.max_target_length, vmap=vmap, pair=pair, stats=stats)
+            table = cache.read_shard(entry, cache_columns(kd, tail_index is not None))
+            return table_features(table, cache.manifest.generation.k, tokenizer, task.source_prefix, kd,
+                                  max_source_length=config.max_source_length, max_target_length=config.max_target_length,
+                                  vmap=vmap, pair=pair, stats=stats, tail_index=tail_index)
 
         sizes += [entry.rows for entry in cache.manifest.shards]
         loaders += [lambda e=entry: load_shard(e) for entry in cache.manifest.shards]
@@ -164,36 +231,38 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
     console.print(f"student: {len(data)} training rows ({len(gold)} gold, "
                   f"{cache.num_rows if cache else 0} from the cache); {_describe(kd, config)}")
 
-    # 4. Train, evaluating with the task metric and keeping the best model.
-    config.out.mkdir(parents=True, exist_ok=True)
-    settings = config.loop_settings(eval_every=config.eval_every, save_every=config.save_every, resume=config.resume)
-    rank, world = process_rank()
+    # 4. Train, scoring dev with the task metric (both definitions) and keeping the best model.
+    settings = config.loop_settings(eval_every=config.eval_every, save_every=config.save_every, resume=config.resume,
+                                    patience=config.patience)
     if settings.eval_every is None:  # default: once per epoch
         settings = replace(settings, eval_every=steps_per_epoch(len(data), settings, world))
+    dev_scorer = TaskScorer(task, [e.target or "" for e in dev], sources=[e.source for e in dev],
+                            encoder=config.encoder) if dev and rank == 0 else None
     evaluate = None
-    if evals:
+    if dev_scorer is not None:
         def evaluate(m: Any) -> dict[str, float]:
-            preds = predict(m, tokenizer, "seq2seq", task, [e.source for e in evals],
-                            batch_size=config.eval_batch_size, max_source_length=config.max_source_length,
-                            max_new_tokens=config.max_new_tokens)
-            return score(task, preds, [e.target or "" for e in evals], sources=[e.source for e in evals],
-                         encoder=config.encoder)
+            preds = predict(m, tokenizer, "seq2seq", task, [e.source for e in dev], batch_size=config.eval_batch_size,
+                            max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
+            return _flat(dev_scorer(preds))
 
+    primary = f"{config.metric_mode}_{task.primary}"
     result = train_loop(
         model=model, features=data, collate=lambda f: collate_kd(f, tokenizer.pad_token_id),
         loss_fn=lambda m, b: student_loss(m, b, mode=kd, temperature=config.temperature, alpha=config.alpha,
                                           verbalisers=verbalisers),
         settings=settings, out_dir=config.out, save_model=lambda m, p, _: save_hf(m, tokenizer, p),
-        evaluate=evaluate, primary=task.primary, description="train student",
+        evaluate=evaluate if rank == 0 else (lambda m: {}) if dev else None, primary=primary,
+        description="train student", ledger=run,
         tracker=Tracker(config.report_to, config.out, f"student-{config.out.name}") if rank == 0 else None,
     )
-    if rank != 0:  # data-parallel: rank 0 saves and records
+    if rank != 0:  # data-parallel: rank 0 saves, tests and records
         return None
     alignment = stats.to_dict() if kd in ("aligned", "uld") else None
     if alignment:
         console.print(f"student: alignment {alignment}")
 
-    # 5. The best model (or the last, without an eval file) becomes the output directory.
+    # 5. The selected model (the best on dev; the last without dev) becomes the output directory,
+    #    and is scored once on test.
     best = config.out / "best"
     if not best.is_dir():
         save_hf(model, tokenizer, best)
@@ -203,28 +272,121 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
             shutil.rmtree(target)
         shutil.move(str(item), str(target))
     best.rmdir()
-    shutil.rmtree(config.out / "checkpoints", ignore_errors=True)  # finished: resume state no longer needed
+    tested = _score_test(config, task, tokenizer, test) if test else None
 
-    cost = watch.cost("student_train", examples=result.examples_seen, tokens=result.tokens_seen)
-    metrics = {"task": task.name, "metric": task.metric, "primary": task.primary, "eval": result.best,
-               "best_step": result.best_step, "steps": result.steps, "history": result.history}
+    metrics = _metrics(config, task, result, dev_scorer, tested)
     record = {
-        "dora_version": __version__, "stage": "train-student", "strategy": _strategy(gold, cache), "kd_loss": kd,
-        "alignment": alignment,
+        "dora_version": __version__, "stage": "train-student", "identity": identity,
+        "strategy": _strategy(gold, cache), "kd_loss": kd, "alignment": alignment,
         "student": config.student, "cache": str(config.cache) if config.cache else None,
+        "cache_format": cache.manifest.format_version if cache else None,
         "cache_teacher": asdict(cache.manifest.teacher) if cache else None,
         "gold_examples": len(gold), "cache_rows": cache.num_rows if cache else 0,
-        "steps": result.steps, "epochs": round(result.epochs, 4), "examples_seen": result.examples_seen,
-        "tokens_seen": result.tokens_seen, "train_seconds": round(result.seconds, 3),
+        "steps": result.steps, "epochs": round(result.epochs, 4), "stopped_early": result.stopped_early,
+        "examples_seen": result.examples_seen, "tokens_seen": result.tokens_seen,
+        "train_seconds": round(result.seconds, 3),
         "steps_per_second": round(result.steps / max(result.seconds, 1e-9), 4),
-        "cost": cost.to_dict(), "upstream_costs": cache.manifest.costs if cache else {},
+        "upstream_costs": cache.manifest.costs if cache else {},
+        "preset": config.preset, "preset_values": config.preset_values,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
     }
     (config.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (config.out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    console.print(f"student: saved to {config.out}" + (f"; {task.primary} = {result.best[task.primary]:.4f}"
-                                                      if result.best else ""))
+    run.close("done")  # the record's cost includes this invocation's final entry
+    record["cost"] = ledger.summary()
+    write_atomic(config.out / "run.json", (json.dumps(record, indent=2) + "\n").encode())  # marks the run finished
+    shutil.rmtree(config.out / "checkpoints", ignore_errors=True)  # finished: resume state no longer needed
+    reported = metrics["eval"]
+    console.print(f"student: saved to {config.out}" + (f"; {metrics['reported_on']['split']} {task.primary} "
+                                                      f"({config.metric_mode}) = {reported[task.primary]:.4f}"
+                                                      if reported else ""))
     return TrainStudentResult(out=config.out, kd=kd, metrics=metrics, record=record)
+
+
+def _flat(by_mode: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{"paper": {"accuracy": x}, "strict": {...}} -> {"paper_accuracy": x, ...}: what the loop logs."""
+    return {f"{mode}_{key}": value for mode, scores in by_mode.items() for key, value in scores.items()}
+
+
+def _unflat(flat: dict[str, float] | None) -> dict[str, dict[str, float]] | None:
+    if flat is None:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for key, value in flat.items():
+        mode, _, name = key.partition("_")
+        out.setdefault(mode, {})[name] = value
+    return out
+
+
+def _score_test(config: TrainStudentConfig, task: Task, tokenizer: Any, test: list[Example]) -> dict[str, Any]:
+    """Score the saved (selected) model once on the test file; keep its predictions beside it."""
+    model, _ = load_model(str(config.out))
+    from dora.pipeline.generation import pick_device
+
+    model.to(pick_device())
+    preds = predict(model, tokenizer, "seq2seq", task, [e.source for e in test], batch_size=config.eval_batch_size,
+                    max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
+    scorer = TaskScorer(task, [e.target or "" for e in test], sources=[e.source for e in test], encoder=config.encoder)
+    rows = [{"id": e.id, "source": e.source, "prediction": p, "target": e.target} for e, p in zip(test, preds)]
+    write_atomic(config.out / TEST_PREDICTIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    return {"scores": scorer(preds), "scorer": scorer.describe()}
+
+
+def _metrics(config: TrainStudentConfig, task: Task, result: Any, dev_scorer: TaskScorer | None,
+             tested: dict[str, Any] | None) -> dict[str, Any]:
+    dev_scores = _unflat(result.best)
+    test_scores = tested["scores"] if tested else None
+    reported, split = (test_scores, "test") if test_scores else (dev_scores, "dev") if dev_scores else (None, None)
+    return {
+        "task": task.name, "metric": task.metric, "primary": task.primary, "metric_mode": config.metric_mode,
+        "selected_on": {"file": str(config.dev), "mode": config.metric_mode, "key": task.primary,
+                        "step": result.best_step} if config.dev else None,
+        "reported_on": {"file": str(config.test if split == "test" else config.dev), "split": split,
+                        "model": "the checkpoint selected on dev" if config.dev else "the final model"}
+        if split else None,
+        "dev": dev_scores, "test": test_scores,
+        # The reported scores in the selecting mode (test when given): what `dora report` plots.
+        "eval": reported[config.metric_mode] if reported else None,
+        "scorer": (tested or {}).get("scorer") or (dev_scorer.describe() if dev_scorer else {}),
+        "best_step": result.best_step, "steps": result.steps, "stopped_early": result.stopped_early,
+        "history": result.history,
+        "test_predictions": TEST_PREDICTIONS if tested else None,
+    }
+
+
+def _warn_about_splits(config: TrainStudentConfig) -> None:
+    if config.eval is not None:
+        note("--eval is deprecated: it selects the checkpoint, so it is now --dev; pass "
+                      "--test FILE for the score you report")
+    if config.dev is not None and config.test is not None:
+        same = config.dev.resolve() == config.test.resolve() or file_sha256(config.dev) == file_sha256(config.test)
+        if same:
+            warn(f"--dev and --test are the same data ({config.test}): the checkpoint is "
+                          "picked on the file it is scored on, so the reported score is optimistic")
+    elif config.dev is not None:
+        note("no --test: the reported score is the --dev score that picked the checkpoint "
+                      "(optimistic); pass --test FILE for an unbiased one")
+
+
+def _identity(config: TrainStudentConfig) -> str:
+    """What makes a finished run the same run (everything but resume and reporting settings)."""
+    skip = {"resume", "report_to", "eval"}
+    fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k not in skip}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished(config: TrainStudentConfig, identity: str) -> TrainStudentResult | None:
+    """The finished run in ``out`` when it was made with the same settings (refuse one made with others)."""
+    run_file, metrics_file = config.out / "run.json", config.out / "metrics.json"
+    if not run_file.is_file():
+        return None
+    try:
+        record, metrics = json.loads(run_file.read_text()), json.loads(metrics_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("identity") != identity:
+        raise ConfigError(f"{config.out}: holds a finished student run with other settings or data; use another "
+                          "--out, or delete it to train again")
+    return TrainStudentResult(out=config.out, kd=record.get("kd_loss", "?"), metrics=metrics, record=record)
 
 
 def _strategy(gold: list[Example], cache: LabelCache | None) -> str:
@@ -271,7 +433,7 @@ def _choose_loss(config: TrainStudentConfig, cache: LabelCache | None, tokenizer
         return "topk" if config.kd_loss == "aligned" and same else config.kd_loss
     if same:
         return "topk"
-    console.print("[yellow]note:[/] the cache's teacher tokenizer differs from the student's: distilling through "
+    note("the cache's teacher tokenizer differs from the student's: distilling through "
                   "the aligned top-k KL (--kd-loss aligned); --kd-loss uld, labels or sequence are the alternatives")
     return "aligned"
 

@@ -5,13 +5,15 @@ where there is one, and the metric that scores predictions against references.
 
 >>> get_task("fever").labels
 ('SUPPORTS', 'REFUTES')
+>>> get_task("fever").paper_label_ids
+{'REFUTES': 0, 'SUPPORTS': 1}
 >>> get_task("generic", metric="rouge").primary
 'rougeL'
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from dora.errors import ConfigError
@@ -21,11 +23,13 @@ MetricName = Literal[
 ]
 GENERIC_METRICS = ("accuracy", "f1", "squad", "bleu", "rouge")
 
-# Entity types of the WLP corpus (W-NUT 2020), as they appear in the shipped targets.
+# Entity types of WLP (W-NUT 2020) in the order of the paper's class ids (run_t5.py, label_to_id): upper
+# case is canonical and matching is case-insensitive (the shipped targets write "Action", "pH",
+# "Generic-Measure"). MISC and UNIT never occur in the shipped data but are in the paper's set.
 WLP_LABELS = (
-    "Action", "Reagent", "Location", "Device", "Amount", "Concentration", "Size", "Time",
-    "Temperature", "Method", "Modifier", "Numerical", "Generic-Measure", "Measure-Type",
-    "Speed", "pH", "Mention", "Seal",
+    "AMOUNT", "REAGENT", "DEVICE", "TIME", "SPEED", "ACTION", "MENTION", "LOCATION", "NUMERICAL", "METHOD",
+    "TEMPERATURE", "MODIFIER", "CONCENTRATION", "SIZE", "GENERIC-MEASURE", "SEAL", "MEASURE-TYPE", "MISC", "PH",
+    "UNIT",
 )
 STANCE_LABELS = ("Irrelevant", "Supporting", "Refuting", "Discussing", "Querying")
 
@@ -50,6 +54,8 @@ class Task:
     metric: which scorer in ``dora.pipeline.metrics`` applies.
     labels: the closed label set, or None for free-form outputs.
     annotation_usd: the paper's estimated cost of one human label (None where unknown).
+    paper_labels: the paper's class ids for closed-label tasks, in id order (label ``i`` has id ``i``),
+        upper case as its ``label_to_id``; its metric code maps an unparseable prediction to id 0.
     """
 
     name: str
@@ -57,6 +63,12 @@ class Task:
     labels: tuple[str, ...] | None = None
     prefix: str | None = None
     annotation_usd: float | None = None
+    paper_labels: tuple[str, ...] | None = None
+
+    @property
+    def paper_label_ids(self) -> dict[str, int]:
+        """The paper's ``label_to_id`` (empty where the paper has no class ids for the task)."""
+        return {label: i for i, label in enumerate(self.paper_labels or ())}
 
     @property
     def source_prefix(self) -> str:
@@ -71,10 +83,13 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task(name="fever", metric="accuracy", labels=("SUPPORTS", "REFUTES"), annotation_usd=0.129),
-        Task(name="multipit_id", metric="accuracy", labels=("YES", "NO"), annotation_usd=0.200),
-        Task(name="stanceosaurus", metric="stance", labels=STANCE_LABELS, annotation_usd=0.364),
-        Task(name="wlp", metric="wlp", labels=None, annotation_usd=0.260),
+        Task(name="fever", metric="accuracy", labels=("SUPPORTS", "REFUTES"), annotation_usd=0.129,
+             paper_labels=("REFUTES", "SUPPORTS")),
+        Task(name="multipit_id", metric="accuracy", labels=("YES", "NO"), annotation_usd=0.200,
+             paper_labels=("NO", "YES")),
+        Task(name="stanceosaurus", metric="stance", labels=STANCE_LABELS, annotation_usd=0.364,
+             paper_labels=tuple(label.upper() for label in STANCE_LABELS)),
+        Task(name="wlp", metric="wlp", labels=None, annotation_usd=0.260, paper_labels=WLP_LABELS),
         Task(name="nq", metric="squad", annotation_usd=0.129),
         Task(name="multipit_gen", metric="bert_ibleu", annotation_usd=0.371),
     )
@@ -94,8 +109,7 @@ def get_task(name: str, *, metric: str | None = None, prefix: str | None = None)
                 f"--task generic --metric {metric} for your own scoring"
             )
         if prefix is not None:
-            task = Task(name=task.name, metric=task.metric, labels=task.labels, prefix=prefix,
-                        annotation_usd=task.annotation_usd)
+            task = replace(task, prefix=prefix)
         return task
     if metric is None:
         known = ", ".join([*TASKS, "generic"])

@@ -13,25 +13,27 @@ Example (tiny local models, CPU)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow.compute as pc
-
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
 from dora.cache.lock import CacheLock
+from dora.cache.manifest import write_manifest
+from dora.cache.schema import id_type_for
 from dora.errors import ConfigError
 from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
-from dora.pipeline.costs import Stopwatch
+from dora.pipeline.costs import Devices, Ledger
 from dora.pipeline.data import read_examples
 from dora.pipeline.distributed import end_distributed, process_rank
-from dora.pipeline.engines import EngineName, EngineSettings, resolve_engine
+from dora.pipeline.engines import EngineName, EngineSettings, kd_temperatures_for, resolve_engine
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.labeling import LabelSpec
 from dora.pipeline.models import (
     architecture_of,
+    check_dtype,
     check_top_k,
     free_accelerator_memory,
     kind_of,
@@ -41,6 +43,7 @@ from dora.pipeline.models import (
 )
 from dora.pipeline.pool import Pool
 from dora.pipeline.progress import console, progress_bar
+from dora.pipeline.progress import note as note_
 from dora.pipeline.ray_label import RayLabeling, require_ray
 from dora.pipeline.tasks import Task, get_task
 
@@ -107,6 +110,9 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
     """Label on Ray: ``local`` (start a cluster on this machine), ``auto`` (the running cluster) or ``ray://HOST:PORT``."""
     ray_workers: int | None = None
     """Ray: engine replicas (default: one per GPU group the cluster has, or 2 without GPUs)."""
+    kd_temperatures: tuple[float, ...] | None = None
+    """Temperatures at which each generated token's tail mass outside the top-k is stored, so a
+    student can distill at those temperatures exactly (default 1 and 2; vLLM: 1 only)."""
 
     def __post_init__(self) -> None:
         TaskInputs.__post_init__(self)
@@ -139,6 +145,10 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
             object.__setattr__(self, "labels", tuple(self.labels))
             if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(x.strip() for x in self.labels):
                 raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {list(self.labels)}")
+        if self.kd_temperatures is not None:
+            object.__setattr__(self, "kd_temperatures", tuple(float(t) for t in self.kd_temperatures))
+            if not self.kd_temperatures or not all(0 < t < 100 for t in self.kd_temperatures):
+                raise ConfigError(f"--kd-temperatures must be positive numbers such as 1,2; got {self.kd_temperatures}")
         if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
             raise ConfigError("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm "
                               "(the transformers engine runs on one device)")
@@ -170,8 +180,10 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     CacheWriter.preflight(config.out, pool.fingerprint)
     base = load_config(config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code)
     check_top_k(config.top_k, getattr(base, "vocab_size", config.top_k), config.teacher)
+    check_dtype(config.dtype, base, config.teacher)
     kind = kind_of(base)  # fine-tuning changes weights, not the architecture or vocabulary
     engine_name, why = resolve_engine(config.engine, kind, architecture_of(base))  # fails now, not after fine-tuning
+    temperatures, note = kd_temperatures_for(engine_name, config.kd_temperatures)
     if config.ray is not None:
         require_ray()
     rank, world = process_rank()
@@ -193,7 +205,7 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
                 max_source_length=config.max_source_length, max_target_length=config.max_target_length,
                 settings=settings, lora=lora, out_dir=config.teacher_dir, fsdp=config.fsdp, report_to=config.report_to,
             )
-            costs["teacher_finetune"] = record["cost"]
+            costs["teacher_finetune"] = record.get("cost")
             teacher_path, revision = str(config.teacher_dir), None
         if world > 1:  # the sharded fine-tune is over: rank 0 labels, spreading the teacher over the GPUs
             model = None
@@ -201,88 +213,106 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
             if rank != 0:
                 return None
 
-        # 3. Start the labeling engine (here, or one per Ray worker) and open (or continue) the cache.
+        # 3. A cache that is already complete costs nothing more: no engine starts, the ledger gets
+        #    an entry of zero work.
         tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-        settings = EngineSettings.from_config(config)
         label_set = list(config.labels or task.labels or []) if config.score_labels else []
-        spec = LabelSpec(teacher_path=teacher_path, revision=revision, trust_remote_code=config.trust_remote_code,
-                         kind=kind, engine=engine_name, settings=settings, source_prefix=task.source_prefix,
-                         max_target_length=config.max_target_length, label_set=tuple(label_set))
-        console.print(f"labeling engine: {engine_name} ({why})" + (f" on Ray ({config.ray})" if config.ray else ""))
-        cluster = None
-        if config.ray is not None:
-            model = None  # the workers load the saved teacher; free this process's GPU memory for them
-            free_accelerator_memory()
-            cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers)
-        try:
-            if cluster is not None:
-                described = cluster.describe()
-                labeler = None
-            else:
-                labeler = spec.labeler(tokenizer, model=model)
-                described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
-            del model
-            manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, described, label_set or None)
-            writer = CacheWriter.open(config.out, manifest, tokenizer, lock=lock)
-            missing = writer.missing_shards()
-            if len(missing) < manifest.num_shards:
-                console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
-                              f"complete in {config.out}; labeling the rest")
+        manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, (engine_name, "", {}),
+                                 label_set or None, temperatures)
+        ledger = Ledger(config.out, "labeling")
+        done = CacheWriter.complete(config.out, manifest)
+        if done is not None:
+            ledger.record_noop(Devices.here(), "the cache was already complete")
+            costs["labeling"] = ledger.summary(done.costs.get("labeling", {}).get("entries"))
+            final = dataclasses.replace(done, costs={**done.costs, **{k: v for k, v in costs.items() if v}})
+            write_manifest(config.out, final)
+            console.print(f"cache: complete in {config.out} ({final.rows} rows); nothing to label")
+            return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=final.costs)
 
-            # 4. Label shard by shard: the pool is read a shard at a time, and each shard is written
-            #    and listed before it counts, so a crash loses at most the shards in flight.
-            watch = Stopwatch()
-            tokens = rows_done = 0
-            todo = sum(len(shard_rows(i, config.shard_size, pool.rows)) for i in missing)
-            with progress_bar() as bar:
-                job = bar.add_task("label pool", total=todo, info="")
-                shards = pool.shards(config.shard_size, missing)
+        # 4. Start the labeling engine (here, or one per Ray worker) and open (or continue) the cache.
+        #    Labeling time starts now: starting an engine is part of what labeling costs.
+        ledger.compact()
+        with ledger.invocation(Devices.here()) as run:
+            settings = dataclasses.replace(EngineSettings.from_config(config), kd_temperatures=temperatures)
+            spec = LabelSpec(teacher_path=teacher_path, revision=revision, trust_remote_code=config.trust_remote_code,
+                             kind=kind, engine=engine_name, settings=settings, source_prefix=task.source_prefix,
+                             max_target_length=config.max_target_length, id_type=manifest.generation.id_type,  # type: ignore[arg-type]
+                             label_set=tuple(label_set))
+            console.print(f"labeling engine: {engine_name} ({why})" + (f" on Ray ({config.ray})" if config.ray else ""))
+            if note:
+                note_(note)
+            cluster = None
+            if config.ray is not None:
+                model = None  # the workers load the saved teacher; free this process's GPU memory for them
+                free_accelerator_memory()
+                cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers)
+            try:
                 if cluster is not None:
-                    for entry, n_tokens in cluster.label(shards, writer):
-                        tokens += n_tokens
-                        rows_done += entry.rows
-                        bar.update(job, advance=entry.rows, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
+                    described = cluster.describe()
+                    labeler = None
+                    run.set_devices(cluster.devices())
                 else:
-                    assert labeler is not None
-                    for index, rows in shards:
-                        table, n_tokens = labeler.label(rows, on_batch=lambda n: bar.advance(job, n))
-                        writer.write_shard(index, table)
-                        tokens += n_tokens
-                        rows_done += len(rows)
-                        bar.update(job, info=f"{tokens / max(watch.seconds, 1e-9):.0f} tok/s")
-        finally:
-            if cluster is not None:
-                cluster.shutdown()
+                    labeler = spec.labeler(tokenizer, model=model)
+                    described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
+                    run.set_devices(Devices.here(per_process=labeler.engine.device_count()))
+                del model
+                manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, described,
+                                         label_set or None, temperatures)
 
-        # 5. Record what labeling cost and mark the cache complete.
-        previous = writer.manifest.costs.get("labeling", {})
-        label_cost = watch.cost("labeling", examples=rows_done, tokens=tokens)
-        if cluster is not None:
-            label_cost = cluster.cost(label_cost)
-        costs["labeling"] = label_cost.to_dict() | {
-            "runs": previous.get("runs", 0) + 1,
-            "wall_seconds_total": round(previous.get("wall_seconds_total", 0.0) + label_cost.wall_seconds, 3),
-        }
-        total = costs["labeling"]["wall_seconds_total"]
-        stats = {"tokens": _count_tokens(writer), "seconds": total, "device": label_cost.device,
-                 "device_count": label_cost.device_count,
-                 "device_hours": round(total * label_cost.device_count / 3600, 6)}
-        final = writer.finish(stats=stats, costs=costs)
+                def ledgers(current: Manifest) -> dict[str, Any]:  # written with every manifest update
+                    labeling = ledger.summary((current.costs.get("labeling") or {}).get("entries"))
+                    return {k: v for k, v in {**costs, "labeling": labeling}.items() if v}
+
+                writer = CacheWriter.open(config.out, manifest, tokenizer, lock=lock, costs=ledgers)
+                kept = writer.manifest.shards  # earlier invocations' work is what the manifest lists
+                ledger.reconcile({"examples": sum(e.rows for e in kept), "tokens": sum(e.tokens for e in kept),
+                                  "steps": len(kept)}, current=run.run_id,
+                                 extra=(writer.manifest.costs.get("labeling") or {}).get("entries"))
+                missing = writer.missing_shards()
+                if len(missing) < manifest.num_shards:
+                    console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
+                                  f"complete in {config.out}; labeling the rest")
+
+                # 5. Label shard by shard: the pool is read a shard at a time, and each shard is written
+                #    and listed before it counts, so a crash loses at most the shards in flight.
+                tokens = rows_done = listed = 0
+                todo = sum(len(shard_rows(i, config.shard_size, pool.rows)) for i in missing)
+                with progress_bar() as bar:
+                    job = bar.add_task("label pool", total=todo, info="")
+                    shards = pool.shards(config.shard_size, missing)
+                    if cluster is not None:
+                        finished = ((entry, n_tokens, entry.rows) for entry, n_tokens in cluster.label(shards, writer))
+                    else:
+                        assert labeler is not None
+                        finished = _label_here(labeler, shards, writer, lambda n: bar.advance(job, n))
+                    for entry, n_tokens, advance in finished:
+                        tokens, rows_done, listed = tokens + n_tokens, rows_done + entry.rows, listed + 1
+                        run.progress(examples=rows_done, tokens=tokens, steps=listed)
+                        bar.update(job, advance=advance, info=f"{tokens / max(run.seconds, 1e-9):.0f} tok/s")
+            finally:
+                if cluster is not None:
+                    cluster.shutdown()
+
+        # 6. Mark the cache complete, with what every stage cost (all invocations, from the ledgers).
+        labeling = ledger.summary((writer.manifest.costs.get("labeling") or {}).get("entries"))
+        stats = {"tokens": sum(e.tokens for e in writer.manifest.shards), "seconds": labeling["wall_seconds"],
+                 "device": labeling["device"], "device_count": labeling["device_count"],
+                 "device_hours": labeling["device_hours"]}
+        final = writer.finish(stats=stats)
         console.print(f"cache: {final.rows} rows, {stats['tokens']} tokens in {len(final.shards)} shard(s) -> {config.out}")
-        return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=costs)
+        return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=final.costs)
 
 
-def _count_tokens(writer: CacheWriter) -> int:
-    from dora.cache import LabelCache
-
-    cache = LabelCache(writer.root, writer.manifest)
-    return sum(int(pc.sum(pc.list_value_length(t["target_ids"])).as_py() or 0)
-               for t in cache.iter_tables(["target_ids"]))
+def _label_here(labeler: Any, shards: Any, writer: CacheWriter, advance: Any) -> Any:
+    """Label and list each shard in this process; yield (entry, generated tokens, rows left to advance)."""
+    for index, rows in shards:
+        table, n_tokens = labeler.label(rows, on_batch=advance)
+        yield writer.write_shard(index, table), n_tokens, 0
 
 
 def _new_manifest(config: TeacherLabelConfig, task: Task, pool: Pool, teacher_path: str,
                   model_config: Any, kind: str, tokenizer: Any, engine: tuple[str, str, dict[str, Any]],
-                  label_set: list[str] | None) -> Manifest:
+                  label_set: list[str] | None, temperatures: tuple[float, ...]) -> Manifest:
     engine_name, engine_version, engine_settings = engine
     return Manifest(
         task={"name": task.name, "metric": task.metric, "source_prefix": task.source_prefix,
@@ -300,7 +330,8 @@ def _new_manifest(config: TeacherLabelConfig, task: Task, pool: Pool, teacher_pa
             do_sample=config.temperature > 0, temperature=config.temperature,
             top_p=config.top_p if config.temperature > 0 else 1.0,
             seed=config.seed if config.temperature > 0 else None, dtype=config.dtype, engine=engine_settings,
-            label_set=label_set,
+            label_set=label_set, kd_temperatures=list(temperatures),
+            id_type=id_type_for(int(model_config.vocab_size)),
         ),
         pool=PoolInfo(fingerprint=pool.fingerprint, rows=pool.rows, path=str(config.pool)),
         shard_size=config.shard_size,

@@ -31,6 +31,7 @@ import torch
 
 from dora.errors import ConfigError, TrainingError
 from dora.pipeline.batches import InMemory, TrainData
+from dora.pipeline.costs import Invocation
 from dora.pipeline.fsdp import clip_gradients, full_state_dict, load_sharded, save_sharded, shard_model
 from dora.pipeline.progress import console, progress_bar
 from dora.pipeline.tracking import CURVES, Tracker, write_curves
@@ -55,6 +56,8 @@ class LoopSettings:
     save_every: int | None
     max_grad_norm: float = 1.0
     resume: bool = True
+    patience: int | None = None
+    """Stop after this many evaluations without a better score (early stopping); None: never."""
 
 
 @dataclass(kw_only=True)
@@ -67,6 +70,7 @@ class LoopResult:
     best: dict[str, float] | None
     best_step: int | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
 
 
 def total_steps(n_examples: int, s: LoopSettings, world: int = 1) -> int:
@@ -146,6 +150,7 @@ def train_loop(
     final_dir: Path | None = None,
     fsdp: bool = False,
     tracker: Tracker | None = None,
+    ledger: Invocation | None = None,
 ) -> LoopResult:
     """Train ``model`` in place; return what happened.
 
@@ -155,6 +160,8 @@ def train_loop(
     processes instead of replicating it. ``save_model(module, path, state_dict)`` runs on rank 0
     only: for the best model (when evaluating) and, with ``final_dir``, the final one. The
     history (loss every 10 steps, each evaluation) goes to ``tracker`` and ``out_dir/curves.csv``.
+    ``ledger`` (rank 0) records the steps, examples and tokens this invocation adds, counted at
+    each checkpoint, so work a crash loses and a resume redoes is counted once.
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -183,15 +190,25 @@ def train_loop(
     # What makes a checkpoint resumable by this run: same data size, settings and process count.
     run_key = json.dumps({"n": len(data), **asdict(settings), "resume": None, "world": world}, sort_keys=True)
     state: dict[str, Any] = {"step": 0, "examples_seen": 0, "tokens_seen": 0, "seconds": 0.0,
-                             "best": None, "best_step": None, "history": [], "run_key": run_key}
+                             "best": None, "best_step": None, "history": [], "run_key": run_key,
+                             "since_best": 0, "stopped_early": False}
     saved = checkpoints.state() if settings.resume else None
     if saved is not None:
         if saved.get("run_key") != run_key:
             raise ConfigError(f"{checkpoints.last}: a checkpoint of a different run (other data, settings or "
                               "process count); pass --no-resume to start over, or use another --out")
         checkpoints.load()
-        state = saved
+        state = {"since_best": 0, "stopped_early": False, **saved}
         console.print(f"[dim]{description}: resuming from step {state['step']} ({checkpoints.last})[/]")
+        if ledger is not None:  # what earlier invocations did is what their checkpoints kept
+            ledger.ledger.reconcile({"steps": state["step"], "examples": state["examples_seen"],
+                                     "tokens": state["tokens_seen"]}, current=ledger.run_id)
+    base = {k: state[k] for k in ("step", "examples_seen", "tokens_seen")}
+
+    def count_work() -> None:  # what this invocation added, as far as a checkpoint keeps it
+        if ledger is not None:
+            ledger.progress(steps=state["step"] - base["step"], examples=state["examples_seen"] - base["examples_seen"],
+                            tokens=state["tokens_seen"] - base["tokens_seen"])
 
     micro_per_epoch = math.ceil(len(data) / (settings.batch_size * world))  # per process
     start_time = time.perf_counter() - state["seconds"]
@@ -206,19 +223,28 @@ def train_loop(
             save_model(unwrapped, path, state_dict)
         accelerator.wait_for_everyone()
 
-    def run_eval() -> None:
+    def run_eval() -> bool:
+        """Evaluate (rank 0), keep the best model; True when early stopping says stop (on every rank)."""
         if evaluate is None:
-            return
+            return False
+        stop = 0.0
         if accelerator.is_main_process:
             scores = evaluate(accelerator.unwrap_model(model))
             record({"step": state["step"], "eval": scores})
             value = scores.get(primary or "", float("nan"))
             if state["best"] is None or value > state["best"].get(primary, float("-inf")):
-                state["best"], state["best_step"] = scores, state["step"]
+                state["best"], state["best_step"], state["since_best"] = scores, state["step"], 0
                 save_model(accelerator.unwrap_model(model), out_dir / "best", None)
+            else:
+                state["since_best"] += 1
             console.print(f"[dim]{description}: step {state['step']} {primary}={value:.4f}[/]")
+            stop = float(settings.patience is not None and state["since_best"] >= settings.patience)
         model.train()
         accelerator.wait_for_everyone()
+        flag = torch.tensor([stop], device=accelerator.device)
+        if world > 1:  # rank 0 decided; every rank stops at the same step
+            flag = accelerator.reduce(flag, reduction="sum")
+        return bool(flag.item() > 0)
 
     def record(entry: dict[str, Any]) -> None:
         state["history"].append(entry)
@@ -228,12 +254,13 @@ def train_loop(
     def save_checkpoint() -> None:
         state["seconds"] = time.perf_counter() - start_time
         checkpoints.save(state)
+        count_work()
         if accelerator.is_main_process:
             write_curves(out_dir / CURVES, state["history"])
 
     with progress_bar(enabled=accelerator.is_main_process) as bar:
         task = bar.add_task(description, total=steps, completed=state["step"], info="")
-        while state["step"] < steps:
+        while state["step"] < steps and not state["stopped_early"]:
             epoch, step_in_epoch = divmod(state["step"], per_epoch)
             order = data.order(settings.seed, epoch)
             if world > 1:  # every process runs the same number of full micro-batches
@@ -272,12 +299,17 @@ def train_loop(
                     record({"step": state["step"], "loss": round(avg, 6)})
                     running, running_n = 0.0, 0
                 if settings.eval_every and state["step"] % settings.eval_every == 0 and state["step"] < steps:
-                    run_eval()
+                    if run_eval():
+                        state["stopped_early"] = True
+                        console.print(f"[dim]{description}: stopping early at step {state['step']}: no better "
+                                      f"{primary} in {settings.patience} evaluation(s)[/]")
+                        break
                 if settings.save_every and state["step"] % settings.save_every == 0 and state["step"] < steps:
                     save_checkpoint()
                 if state["step"] >= steps:
                     break
-    run_eval()
+    if not state["stopped_early"]:
+        run_eval()
     state["seconds"] = time.perf_counter() - start_time
     save_checkpoint()  # first: a crash while saving the final model resumes at the last step
     if final_dir is not None:
@@ -286,6 +318,7 @@ def train_loop(
         steps=state["step"], epochs=state["step"] / per_epoch,
         examples_seen=state["examples_seen"], tokens_seen=state["tokens_seen"], seconds=state["seconds"],
         best=state["best"], best_step=state["best_step"], history=state["history"],
+        stopped_early=state["stopped_early"],
     )
 
 

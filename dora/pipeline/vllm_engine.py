@@ -3,7 +3,8 @@
 vLLM returns, per generated token, the top-k log-probabilities plus the sampled token's when
 that token is outside the top-k. dora keeps exactly k entries per position (ranks 1..k) in
 ``topk_*`` and takes the sampled token's id and log-probability for ``target_ids`` and the
-sequence log-probability, so the cache matches the transformers engine's.
+sequence log-probability, so the cache matches the transformers engine's. The tail mass
+outside the top-k follows from them at T = 1 only (``tail_logprobs`` has one column).
 
 Anything vLLM accepts that dora does not declare passes through ``--engine-arg key=value`` or
 ``--engine-config FILE`` (for example ``enforce_eager=true``, ``kv_cache_memory_bytes=...``,
@@ -60,6 +61,11 @@ class VllmEngine:
         shown = {k: v for k, v in self.kwargs.items() if k not in ("model", "tokenizer")}
         return {k: v for k, v in shown.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
 
+    def device_count(self) -> int:
+        import torch
+
+        return self.s.tensor_parallel_size * self.s.pipeline_parallel_size if torch.cuda.is_available() else 1
+
     def label(self, prompts: Sequence[list[int]], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -109,9 +115,11 @@ class VllmEngine:
         ids = list(completion.token_ids)
         if not ids:
             return Generated(ids=np.zeros(0, np.int32), topk_ids=np.zeros((0, k), np.int32),
-                             topk_logprobs=np.zeros((0, k), np.float32), seq_logprob=0.0)
+                             topk_logprobs=np.zeros((0, k), np.float32), seq_logprob=0.0,
+                             tail_logprobs=np.zeros((0, 1), np.float32))
         top_ids = np.empty((len(ids), k), np.int32)
         top_lp = np.empty((len(ids), k), np.float32)
+        tails = np.empty((len(ids), 1), np.float32)
         chosen = 0.0
         for j, token in enumerate(ids):
             entries = completion.logprobs[j]
@@ -122,7 +130,16 @@ class VllmEngine:
             top_ids[j] = [t for t, _ in ranked]
             top_lp[j] = [lp.logprob for _, lp in ranked]
             chosen += float(entries[token].logprob)
-        return Generated(ids=np.asarray(ids, np.int32), topk_ids=top_ids, topk_logprobs=top_lp, seq_logprob=chosen)
+            tails[j, 0] = _log_tail(top_lp[j])
+        return Generated(ids=np.asarray(ids, np.int32), topk_ids=top_ids, topk_logprobs=top_lp, seq_logprob=chosen,
+                         tail_logprobs=tails)
+
+
+def _log_tail(topk_logprobs: np.ndarray) -> float:
+    """log(1 - sum p) over the top-k at T = 1 (vLLM's float32 log-probabilities: exact to about 1e-7
+    of mass); -inf when the top-k holds everything."""
+    rest = 1.0 - float(np.exp(topk_logprobs.astype(np.float64)).sum())
+    return float(np.log(rest)) if rest > 0 else float("-inf")
 
 
 def _first_line(error: Exception) -> str:
