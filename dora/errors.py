@@ -38,3 +38,7 @@ class ModelError(DoraError):
 
 class TrainingError(DoraError):
     """Training diverged (a non-finite loss); the last checkpoint is kept."""
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint that cannot be resumed safely (foreign files, corrupt, another model) or written."""

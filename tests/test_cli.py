@@ -301,7 +301,7 @@ def _bad_cases(t5_dir: Path, llama_cache: Path | None, data: Path, tmp: Path, ca
         "cache of another task": (["train-student", "--task", "nq", "--student", t5_dir, "--cache", cache_dir],
                                   "labeled for task 'fever'"),
         "negative temperature": (["train-student", "--task", "fever", "--student", t5_dir, "--cache", cache_dir,
-                                  "--temperature", "-1"], "--temperature must be positive"),
+                                  "--temperature", "-1"], "--temperature must be a finite number above 0"),
         "missing cache": (["train-student", "--task", "fever", "--student", t5_dir, "--cache", tmp / "nocache"],
                           "no such cache directory"),
         "predictions without target": (["evaluate", "--task", "fever", "--predictions", tmp / "preds.jsonl"],

@@ -160,25 +160,36 @@ def test_symlinks_out_of_a_cache_are_refused(cache_dir, tmp_path):
     outside = tmp_path / "elsewhere.parquet"
     shutil.move(local / "shards" / "part-00000.parquet", outside)
     (local / "shards" / "part-00000.parquet").symlink_to(outside)
-    assert any("outside the cache" in p for p in verify(local))
-    with pytest.raises(CacheError, match="part-00000.parquet: resolves outside the cache"):
+    assert any("symbolic link" in p for p in verify(local))
+    with pytest.raises(CacheError, match="part-00000.parquet: is a symbolic link"):
         pull(str(local), tmp_path / "got")
     assert not (tmp_path / "got" / "shards" / "part-00000.parquet").exists()
 
 
-def test_an_interrupted_pull_resumes(cache_dir, tmp_path):
+def test_an_interrupted_pull_resumes(cache_dir, tmp_path, monkeypatch):
+    from dora.cache import share
+
     remote = tmp_path / "remote"
     push(cache_dir, str(remote))
     got = tmp_path / "got"
-    pull(str(remote), got)
+    fetch = share._fetch
+
+    def dies_at_the_last_shard(fs, url, target, *args):
+        if target.name == "part-00002.parquet":
+            target.with_name(".part-00002.parquet.part-999").write_bytes(b"half")
+            raise KeyboardInterrupt  # the transfer dies mid-file
+        fetch(fs, url, target, *args)
+
+    monkeypatch.setattr(share, "_fetch", dies_at_the_last_shard)
+    with pytest.raises(KeyboardInterrupt):
+        pull(str(remote), got)
+    assert not (got / "manifest.json").exists() and (got / share.PULL_MARKER).exists()
+    monkeypatch.setattr(share, "_fetch", fetch)
     kept = got / "shards" / "part-00000.parquet"
     before = kept.stat().st_mtime_ns
-    (got / "shards" / "part-00002.parquet").unlink()  # as if the transfer died there
-    (got / "manifest.json").unlink()
-    (got / "shards" / ".part-00002.parquet.part-999").write_bytes(b"half")
     pull(str(remote), got)
     assert kept.stat().st_mtime_ns == before  # not fetched again
-    assert _files(got) == _files(cache_dir)  # the dead pull's partial file is gone too
+    assert _files(got) == _files(cache_dir)  # the dead pull's partial file and its marker are gone
     assert verify(got) == []
 
 

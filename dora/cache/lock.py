@@ -40,7 +40,7 @@ class CacheLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = self._holder(fd)
+                holder = self.holder(fd)
                 os.close(fd)
                 raise CacheError(f"{self.root}: another dora process is writing this cache ({holder}); wait for "
                                  "it to finish, or stop it: its complete shards are kept and a rerun continues") from None
@@ -57,7 +57,8 @@ class CacheLock:
         return self
 
     @staticmethod
-    def _holder(fd: int) -> str:
+    def holder(fd: int) -> str:
+        """Who holds the lock file open at ``fd``: "pid N on HOST since T" (or "owner unknown")."""
         try:
             info = json.loads(os.pread(fd, 4096, 0) or b"{}")
             return f"pid {info['pid']} on {info['host']} since {info['since']}"

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from dora.cache.schema import ID_TYPES, shard_schema
+from dora.cache.trust import check_tokenizer_name, contained, parse_json
 from dora.errors import CacheError
 
 FORMAT_NAME = "dora-label-cache"
@@ -30,6 +31,7 @@ TOKENIZER_DIR = "tokenizer"
 _SHARD_FILE = re.compile(r"^shards/part-\d{5}\.parquet$")
 _TOKENIZER_FILE = re.compile(r"^tokenizer/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_VOCAB = 1 << 24  # 64x the largest real vocabulary: tables sized by it stay bounded
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -208,12 +210,19 @@ class Manifest:
             raise CacheError(f"{where}: generation.kd_temperatures must be a list of positive numbers")
         if sorted(set(temps)) != temps:
             raise CacheError(f"{where}: generation.kd_temperatures must be ascending without repeats, got {temps}")
+        if g.label_set is not None and (not isinstance(g.label_set, list) or
+                                        not all(isinstance(x, str) for x in g.label_set)):
+            raise CacheError(f"{where}: generation.label_set must be a list of strings or null")
+        if g.logprobs not in ("raw", "processed"):
+            raise CacheError(f"{where}: generation.logprobs must be raw or processed, got {g.logprobs!r}")
         if g.id_type not in ID_TYPES:
             raise CacheError(f"{where}: generation.id_type must be one of {sorted(ID_TYPES)}, got {g.id_type!r}")
         if self.format_version == 1 and (temps or g.id_type != "int32"):
             raise CacheError(f"{where}: a format 1 manifest has no kd_temperatures and int32 ids")
         if self.format_version >= 2 and not temps:
             raise CacheError(f"{where}: a format 2 manifest lists the temperatures of tail_logprobs (kd_temperatures)")
+        if not 1 <= self.teacher.vocab_size <= MAX_VOCAB:
+            raise CacheError(f"{where}: teacher.vocab_size {self.teacher.vocab_size} is not between 1 and {MAX_VOCAB}")
         if g.id_type == "uint16" and self.teacher.vocab_size > 1 << 16:
             raise CacheError(f"{where}: uint16 ids cannot hold a vocabulary of {self.teacher.vocab_size}")
         seen: set[int] = set()
@@ -227,11 +236,28 @@ class Manifest:
             if s.first_row != s.index * self.shard_size or s.rows < 1 or s.rows > self.shard_size:
                 raise CacheError(f"{where}: shard {s.file} has first_row {s.first_row} and {s.rows} rows, "
                                  f"which does not fit shard_size {self.shard_size}")
+            if s.index >= self.num_shards or s.first_row + s.rows > self.pool.rows:
+                raise CacheError(f"{where}: shard {s.file} holds rows {s.first_row}..{s.first_row + s.rows - 1}, "
+                                 f"beyond the pool's {self.pool.rows} rows")
             if not re.fullmatch(r"[0-9a-f]{64}", s.sha256) or s.bytes < 0:
                 raise CacheError(f"{where}: shard {s.file} has a malformed sha256 or size")
         for f in self.tokenizer_files:
             if not _TOKENIZER_FILE.match(f.file) or not re.fullmatch(r"[0-9a-f]{64}", f.sha256) or f.bytes < 0:
                 raise CacheError(f"{where}: tokenizer file entry {f.file!r} is not tokenizer/NAME with a sha256 and size")
+            check_tokenizer_name(f.file, where)
+        if len({f.file for f in self.tokenizer_files}) != len(self.tokenizer_files):
+            raise CacheError(f"{where}: a tokenizer file is listed twice")
+
+    def identity(self) -> dict[str, Any]:
+        """What two caches must share to hold the same kind of labels (where the teacher was on
+        disk, the engine's own settings and the rows aside): merge and push compare it."""
+        return {"task": self.task, "teacher": dataclasses.asdict(self.teacher) | {"name_or_path": None},
+                "generation": dataclasses.asdict(self.generation) | {"engine": None, "backend_version": None},
+                "tokenizer": [(f.file, f.sha256) for f in self.tokenizer_files], "format version": self.format_version}
+
+    def tokenizer_listing(self) -> list[tuple[str, int, str]]:
+        """``(tokenizer/NAME, bytes, sha256)`` for each listed tokenizer file."""
+        return [(f.file, f.bytes, f.sha256) for f in self.tokenizer_files]
 
 
 def _typed(data: dict, key: str, kind: type, where: str) -> Any:
@@ -264,15 +290,14 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise CacheError(f"{root}: no {MANIFEST}; not a dora label cache (run `dora teacher-label --out {root}`)")
+    path = contained(root, MANIFEST)
+    if not path.is_file():
+        raise CacheError(f"{path}: not a regular file; the manifest is damaged")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise CacheError(f"{path}: {path.stat().st_size} bytes is too large for a manifest")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CacheError(f"{path}: not valid JSON ({e}); the manifest is damaged") from None
-    return Manifest.from_dict(data, str(path))
+    return Manifest.from_dict(parse_json(path.read_bytes(), str(path)), str(path))
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -1,29 +1,43 @@
-"""Reading a cache: open (manifest and cheap checks), then iterate shards as Arrow tables."""
+"""Reading a cache: open (manifest and cheap checks), then iterate shards as Arrow tables.
+
+Every cache is treated as crafted (see ``dora.cache.trust``): paths are confined to the cache,
+the tokenizer is checked before it loads, each shard's sha256 is checked as it is read (one read
+of the file: the bytes hashed are the bytes parsed; ``verify=False`` skips it), and the values a
+consumer indexes with (token ids, log-probabilities, row numbers) are range-checked on every read.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dora.cache.manifest import TOKENIZER_DIR, Manifest, ShardEntry, file_sha256, read_manifest
 from dora.cache.schema import check_schema
+from dora.cache.trust import check_tokenizer_files, contained, load_cache_tokenizer
 from dora.errors import CacheError
 
 
 @dataclass(frozen=True)
 class LabelCache:
-    """An opened cache. ``open`` checks the manifest, every shard's presence, size and schema;
-    ``verify_checksums`` additionally hashes every shard."""
+    """An opened cache. ``open`` checks the manifest, the tokenizer files (names, sizes, hashes,
+    no custom code), every shard's presence, size and schema; reading a shard checks its sha256
+    (unless ``verify=False``) and the ranges of its values. ``verify_checksums`` hashes every shard."""
 
     root: Path
     manifest: Manifest
+    verify: bool = True
 
     @classmethod
-    def open(cls, root: str | Path, *, require_complete: bool = True) -> LabelCache:
+    def open(cls, root: str | Path, *, require_complete: bool = True, verify: bool = True,
+             tokenizer: bool = True) -> LabelCache:
         root = Path(root)
         if not root.is_dir():
             raise CacheError(f"{root}: no such cache directory; run `dora teacher-label --out {root}` first")
@@ -33,7 +47,13 @@ class LabelCache:
                 f"{root}: the cache is incomplete ({len(manifest.shards)} of {manifest.num_shards} shards); "
                 "rerun the same `dora teacher-label` command to finish it"
             )
-        cache = cls(root, manifest)
+        cache = cls(root, manifest, verify)
+        if tokenizer:  # ``dora cache verify`` checks it itself, to report it beside the shards' problems
+            check_tokenizer_files(root, manifest.tokenizer_listing(), hash_files=verify)
+        shards = contained(root, "shards")
+        for path in shards.iterdir() if shards.is_dir() else ():
+            if path.is_symlink():
+                raise CacheError(f"{path}: is a symbolic link; a cache's files must lie inside it, refusing it")
         for entry in manifest.shards:
             path = cache._shard_path(entry.file)
             if not path.is_file():
@@ -52,14 +72,15 @@ class LabelCache:
         return cache
 
     def _shard_path(self, rel: str) -> Path:
-        path = (self.root / rel).resolve()
-        if path.parent != (self.root / "shards").resolve():  # symlinks out of the cache
-            raise CacheError(f"{self.root / rel}: resolves outside the cache; refusing to read it")
-        return path
+        return contained(self.root, rel)
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.root / TOKENIZER_DIR
+        return contained(self.root, TOKENIZER_DIR)
+
+    def tokenizer(self) -> Any:
+        """The teacher's tokenizer as the cache stores it, checked and loaded without remote code."""
+        return load_cache_tokenizer(self.root, self.manifest.tokenizer_listing())
 
     @property
     def num_rows(self) -> int:
@@ -74,8 +95,51 @@ class LabelCache:
                 problems.append(f"{self.root / entry.file}: sha256 {digest[:12]}... does not match the manifest")
         return problems
 
-    def read_shard(self, entry: ShardEntry, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self._shard_path(entry.file), columns=columns)
+    def read_shard(self, entry: ShardEntry, columns: list[str] | None = None, *, check: bool = True) -> pa.Table:
+        """One shard as a table. ``check=False`` skips the value ranges (``dora cache verify``
+        reports them itself, one line per problem)."""
+        path = self._shard_path(entry.file)
+        data = path.read_bytes()
+        if len(data) != entry.bytes:
+            raise CacheError(f"{path}: {len(data)} bytes, the manifest says {entry.bytes}; the shard was changed")
+        if self.verify and hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise CacheError(f"{path}: sha256 does not match the manifest; the shard was changed or damaged (pull "
+                             "the cache again, or run `dora cache verify`); nothing was read from it")
+        try:
+            table = pq.read_table(pa.BufferReader(data), columns=columns)
+        except Exception as e:  # pyarrow raises several types for damaged files
+            raise CacheError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+        if table.num_rows != entry.rows:
+            raise CacheError(f"{path}: {table.num_rows} rows, the manifest says {entry.rows}")
+        if check:
+            self._check_values(table, entry, path)
+        return table
+
+    def _check_values(self, table: pa.Table, entry: ShardEntry, path: Path) -> None:
+        """Values a consumer indexes or exponentiates, checked so that a crafted shard with a valid
+        sha256 is one line, not an IndexError or a NaN loss."""
+        vocab = self.manifest.teacher.vocab_size
+        names = set(table.column_names)
+        for name in ("target_ids", "topk_ids"):
+            if name in names:
+                flat = _leaves(table.column(name))
+                if len(flat) and (pc.min(flat).as_py() < 0 or pc.max(flat).as_py() >= vocab):
+                    row = _first_row(table.column(name), lambda v: v < 0 or v >= vocab)
+                    raise CacheError(f"{path}: row {entry.first_row + row}: {name} outside the teacher vocabulary "
+                                     f"[0, {vocab}); the cache is damaged or crafted (run `dora cache verify`)")
+        for name, limit in (("topk_logprobs", 0.0), ("tail_logprobs", 1e-5)):
+            if name in names:
+                values = _leaves(table.column(name)).to_numpy(zero_copy_only=False)
+                if len(values) and (np.isnan(values).any() or (values > limit).any()):
+                    row = _first_row(table.column(name), lambda v: v != v or v > limit)
+                    raise CacheError(f"{path}: row {entry.first_row + row}: {name} holds values above 0 or NaN, "
+                                     "which no log-probability is; the cache is damaged or crafted (run `dora cache verify`)")
+        if "row" in names and table.num_rows:
+            rows = table.column("row").to_numpy()
+            end = entry.first_row + self.manifest.shard_size
+            if rows[0] < entry.first_row or rows[-1] >= end or (np.diff(rows) <= 0).any():
+                raise CacheError(f"{path}: row numbers are not increasing within {entry.first_row}..{end - 1}; "
+                                 "the cache is damaged or crafted (run `dora cache verify`)")
 
     def iter_tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
         for entry in self.manifest.shards:
@@ -84,3 +148,19 @@ class LabelCache:
     def read(self, columns: list[str] | None = None) -> pa.Table:
         tables = list(self.iter_tables(columns))
         return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def _leaves(column: pa.ChunkedArray) -> pa.Array:
+    """The innermost values of a (nested) list column."""
+    flat = column.combine_chunks()
+    while pa.types.is_list(flat.type) or pa.types.is_fixed_size_list(flat.type) or pa.types.is_large_list(flat.type):
+        flat = flat.flatten()
+    return flat
+
+
+def _first_row(column: pa.ChunkedArray, bad: Any) -> int:
+    """The first row holding a value for which ``bad`` is true (slow; only on the error path)."""
+    def any_bad(value: Any) -> bool:
+        return any(any_bad(v) for v in value) if isinstance(value, list) else value is not None and bad(value)
+
+    return next((r for r, value in enumerate(column.to_pylist()) if any_bad(value)), 0)

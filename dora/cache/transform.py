@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from dora.cache.manifest import TOKENIZER_DIR, Manifest, PoolInfo, ShardEntry, file_sha256, write_manifest
 from dora.cache.reader import LabelCache
+from dora.cache.trust import check_tokenizer_files
 from dora.cache.writer import parquet_options, shard_name
 from dora.errors import CacheError
 
@@ -50,14 +51,47 @@ def mean_entropy(table: pa.Table, k: int, tail_column: int | None = None) -> np.
     return np.array([ent[a:b].mean() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
 
 
-def _fresh(out: Path) -> None:
+def _check_out(out: Path) -> None:
+    """A derived cache goes into a new or empty directory, never over anything."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise CacheError(f"{out}: exists and is not a directory; choose a new --out for the derived cache")
     if out.exists() and any(out.iterdir()):
         raise CacheError(f"{out}: exists and is not empty; choose a new --out for the derived cache")
-    (out / "shards").mkdir(parents=True, exist_ok=True)
 
 
-def _write(out: Path, manifest: Manifest, tables: Iterable[tuple[int, pa.Table]], tokenizer_from: Path) -> Manifest:
-    """Write shards, copy the tokenizer, then the manifest (last)."""
+class _Output:
+    """The derived cache's directory while it is written: on any failure, what this run wrote is
+    removed (the directory too, when this run created it), so no half-written cache is left."""
+
+    def __init__(self, out: Path) -> None:
+        _check_out(out)
+        self.out, self.created = out, not out.exists()
+
+    def __enter__(self) -> Path:
+        try:
+            (self.out / "shards").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"{e.filename or self.out}: cannot create the derived cache ({e.strerror}); "
+                             "choose a writable --out") from None
+        return self.out
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if value is None:
+            return
+        if self.created:
+            shutil.rmtree(self.out, ignore_errors=True)
+        else:  # it was empty before this run: everything in it is ours
+            for child in self.out.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
+        if isinstance(value, OSError):
+            where = value.filename or self.out
+            raise CacheError(f"{where}: could not write the derived cache ({value.strerror or value}); free space "
+                             "or fix permissions, then rerun; nothing was kept") from None
+
+
+def _write(out: Path, manifest: Manifest, tables: Iterable[tuple[int, pa.Table]], source: LabelCache) -> Manifest:
+    """Write shards, copy the tokenizer's listed files (checked, never through a link), then the
+    manifest (last)."""
     schema = manifest.schema()
     entries = []
     for index, table in tables:
@@ -71,7 +105,14 @@ def _write(out: Path, manifest: Manifest, tables: Iterable[tuple[int, pa.Table]]
         entries.append(ShardEntry(index=index, file=shard_name(index), rows=table.num_rows,
                                   first_row=index * manifest.shard_size, bytes=path.stat().st_size,
                                   sha256=file_sha256(path), tokens=tokens if manifest.format_version >= 2 else 0))
-    shutil.copytree(tokenizer_from, out / TOKENIZER_DIR, dirs_exist_ok=True)
+    tokenizer = check_tokenizer_files(source.root, source.manifest.tokenizer_listing())
+    (out / TOKENIZER_DIR).mkdir()
+    for entry in source.manifest.tokenizer_files:
+        name = entry.file.removeprefix(f"{TOKENIZER_DIR}/")
+        data = (tokenizer / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry.sha256:  # changed since it was checked
+            raise CacheError(f"{tokenizer / name}: sha256 does not match the manifest; the file was changed")
+        (out / TOKENIZER_DIR / name).write_bytes(data)
     result = dataclasses.replace(manifest, shards=tuple(entries), complete=True)
     write_manifest(out, result)
     return result
@@ -86,15 +127,16 @@ def filter_cache(
     min_length: int | None = None,
     max_length: int | None = None,
     gold: dict[str, str] | None = None,
+    verify: bool = True,
 ) -> Manifest:
     """Keep the rows that pass every given criterion; shards keep their row ranges (with gaps).
 
     gold: {id: gold target}; a row is kept when its pseudo-label equals its gold label (rows
     without gold are kept), as distil-whisper keeps pseudo-labels that agree with references.
+    verify: check each shard's sha256 as it is read (``--no-verify`` skips it).
     """
-    cache = LabelCache.open(src)
+    cache = LabelCache.open(src, verify=verify)
     out = Path(out)
-    _fresh(out)
     k = cache.manifest.generation.k
     temps = [float(t) for t in cache.manifest.generation.kd_temperatures]
     at_one = temps.index(1.0) if 1.0 in temps else None
@@ -127,35 +169,34 @@ def filter_cache(
     if not criteria:
         raise CacheError("give at least one criterion: --min-seq-logprob, --max-entropy, --min-length, "
                          "--max-length or --gold")
-    manifest = _write(out, cache.manifest, tables(), cache.tokenizer_dir)
-    lineage = {"filter": {"source": str(cache.root), "criteria": criteria, "kept": kept, "of": total},
-               "parents": [cache.manifest.lineage] if cache.manifest.lineage else []}
-    manifest = dataclasses.replace(manifest, lineage=lineage)
-    write_manifest(out, manifest)
+    with _Output(out):
+        manifest = _write(out, cache.manifest, tables(), cache)
+        lineage = {"filter": {"source": str(cache.root), "criteria": criteria, "kept": kept, "of": total},
+                   "parents": [cache.manifest.lineage] if cache.manifest.lineage else []}
+        manifest = dataclasses.replace(manifest, lineage=lineage)
+        write_manifest(out, manifest)
     return manifest
 
 
-def _identity(m: Manifest) -> dict[str, Any]:
-    return {"task": m.task, "teacher": dataclasses.asdict(m.teacher) | {"name_or_path": None},
-            "generation": dataclasses.asdict(m.generation) | {"engine": None, "backend_version": None},
-            "tokenizer": [(f.file, f.sha256) for f in m.tokenizer_files], "format version": m.format_version}
-
-
-def merge_caches(sources: Sequence[str | Path], out: str | Path, *, shard_size: int | None = None) -> Manifest:
+def merge_caches(sources: Sequence[str | Path], out: str | Path, *, shard_size: int | None = None,
+                 verify: bool = True) -> Manifest:
     """One cache from several made with the same teacher and settings; rows deduplicated by id
-    (first occurrence wins) and renumbered in order."""
+    (first occurrence wins) and renumbered in order. ``verify``: check each shard's sha256 as it
+    is read."""
     if len(sources) < 2:
         raise CacheError("give two or more caches to merge")
-    caches = [LabelCache.open(s) for s in sources]
+    if shard_size is not None and shard_size < 1:
+        raise CacheError(f"--shard-size must be at least 1, got {shard_size}")
+    caches = [LabelCache.open(s, verify=verify) for s in sources]
     first = caches[0]
     for other in caches[1:]:
-        a, b = _identity(first.manifest), _identity(other.manifest)
+        a, b = first.manifest.identity(), other.manifest.identity()
         diff = [key for key in a if a[key] != b[key]]
         if diff:
             raise CacheError(f"{other.root}: made with a different {', '.join(diff)} than {first.root}; only caches "
                              "of one teacher, tokenizer and generation settings merge")
     out = Path(out)
-    _fresh(out)
+    _check_out(out)
     size = shard_size or first.manifest.shard_size
     seen: set[str] = set()
     parts: list[pa.Table] = []
@@ -179,9 +220,10 @@ def merge_caches(sources: Sequence[str | Path], out: str | Path, *, shard_size: 
                                stats={"tokens": int(pc.sum(pc.list_value_length(merged.column("target_ids"))).as_py() or 0)},
                                costs={"merged": [c.manifest.costs for c in caches]}, lineage={})
     tables = ((i, merged.slice(i * size, size)) for i in range(-(-merged.num_rows // size)))
-    manifest = _write(out, base, tables, first.tokenizer_dir)
-    lineage = {"merge": [{"cache": str(c.root), "pool": c.manifest.pool.fingerprint, "rows": c.num_rows}
-                         for c in caches], "duplicates_dropped": dropped}
-    manifest = dataclasses.replace(manifest, lineage=lineage)
-    write_manifest(out, manifest)
+    with _Output(out):
+        manifest = _write(out, base, tables, first)
+        lineage = {"merge": [{"cache": str(c.root), "pool": c.manifest.pool.fingerprint, "rows": c.num_rows}
+                             for c in caches], "duplicates_dropped": dropped}
+        manifest = dataclasses.replace(manifest, lineage=lineage)
+        write_manifest(out, manifest)
     return manifest

@@ -1,10 +1,14 @@
 """``dora cache verify``: every check a cache can pass, one line per problem.
 
 Cheap checks (``LabelCache.open``): the manifest's schema, every listed shard present with its
-size, row count and column types. Deep checks (here): every shard's sha256, ids unique across
-the cache, rows where the manifest says, top-k log-probabilities sorted and <= 0, token ids
-inside the teacher's vocabulary, tail masses (format 2) that are log-probabilities and at T = 1
-add up with the top-k to one, ``target_ids`` decoding to ``target`` with the cached tokenizer.
+size, row count and column types, no symbolic links. Deep checks (here): the tokenizer files
+(only tokenizer data files, each present with its listed size and sha256, no custom code, and
+the tokenizer's fingerprint equal to the manifest's), every shard's sha256, the listed rows
+against the pool's (all of them in a complete, unfiltered cache; the kept count of a filtered
+one), ids unique across the cache, rows where the manifest says, top-k log-probabilities sorted
+and <= 0, token ids inside the teacher's vocabulary, tail masses (format 2) that are
+log-probabilities and at T = 1 add up with the top-k to one, ``target_ids`` decoding to
+``target`` with the cached tokenizer.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
+from dora.cache.manifest import tokenizer_fingerprint
 from dora.cache.reader import LabelCache
+from dora.cache.trust import check_tokenizer_files
 from dora.errors import CacheError
 
 MAX_PROBLEMS_PER_CHECK = 5
@@ -23,21 +29,24 @@ MAX_PROBLEMS_PER_CHECK = 5
 def verify(root: str | Path, *, decode: bool = True) -> list[str]:
     """Return one line per problem (empty when the cache is sound)."""
     try:
-        cache = LabelCache.open(root, require_complete=False)
+        cache = LabelCache.open(root, require_complete=False, tokenizer=False)
     except CacheError as e:
         return [str(e)]
     m = cache.manifest
     problems = cache.verify_checksums()
     if not m.complete:
         problems.append(f"{cache.root}: incomplete ({len(m.shards)} of {m.num_shards} shards listed)")
+    problems += _rows_problems(cache)
     tokenizer = None
-    if decode:
-        try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(cache.tokenizer_dir), trust_remote_code=False)
-        except Exception as e:  # a missing or damaged tokenizer directory
-            problems.append(f"{cache.tokenizer_dir}: cannot load the cached tokenizer ({str(e).splitlines()[0][:200]})")
+    try:
+        check_tokenizer_files(cache.root, m.tokenizer_listing())
+        if decode:
+            tokenizer = cache.tokenizer()
+            if tokenizer_fingerprint(tokenizer) != m.teacher.tokenizer_fingerprint:
+                problems.append(f"{cache.root / 'tokenizer'}: its fingerprint differs from the manifest's "
+                                "teacher.tokenizer_fingerprint; the tokenizer was replaced")
+    except CacheError as e:
+        problems.append(str(e))
     seen: dict[str, str] = {}
     vocab = m.teacher.vocab_size
     for entry in m.shards:
@@ -45,7 +54,7 @@ def verify(root: str | Path, *, decode: bool = True) -> list[str]:
         if any(path.name in p and "sha256" in p for p in problems):
             continue  # its bytes are wrong: reading further says nothing new
         try:
-            table = cache.read_shard(entry)
+            table = cache.read_shard(entry, check=False)  # the checks below report each problem
         except Exception as e:
             problems.append(f"{path}: unreadable ({str(e).splitlines()[0][:200]})")
             continue
@@ -89,3 +98,19 @@ def verify(root: str | Path, *, decode: bool = True) -> list[str]:
                     problems.append(f"{where}: row {entry.first_row + r}: target_ids do not decode to target")
                     bad += 1
     return problems
+
+
+def _rows_problems(cache: LabelCache) -> list[str]:
+    """The listed rows against the pool: a complete cache lists every pool row, unless it was
+    filtered (then the kept count) or pulled in part (then the subset's shards)."""
+    m = cache.manifest
+    listed = sum(s.rows for s in m.shards)
+    where = f"{cache.root / 'manifest.json'}"
+    if "filter" in m.lineage:
+        kept = m.lineage["filter"].get("kept") if isinstance(m.lineage["filter"], dict) else None
+        if kept != listed:
+            return [f"{where}: lists {listed} rows, its filter lineage says {kept} were kept"]
+        return []
+    if m.complete and "subset" not in m.lineage and listed != m.pool.rows:
+        return [f"{where}: lists {listed} rows, the pool has {m.pool.rows}; rows are missing or invented"]
+    return []

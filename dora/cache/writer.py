@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from dora.cache.manifest import (
     read_manifest,
     write_manifest,
 )
+from dora.cache.trust import check_tokenizer_files, check_tokenizer_name, contained, parse_json
 from dora.errors import CacheError
 
 ROW_GROUP_SIZE = 2048
@@ -68,6 +70,25 @@ LEDGER = "dora-ledger.jsonl"  # the labeling stage's cost ledger (dora.pipeline.
 def _is_leftover(name: str) -> bool:
     """Files a crashed writer may leave at the top of a cache (removed or reused by the next one)."""
     return name == LOCK_FILE or name.startswith((f".{TOKENIZER_DIR}.tmp-", f".{MANIFEST}.tmp-", f".{LEDGER}.tmp-"))
+
+
+_SHARD_NAME = re.compile(r"^(part-\d{5}\.parquet|\.part-\d{5}\.parquet\.tmp-\d+)$")  # dora's shards and their temporaries
+
+
+def _check_unstarted(root: Path) -> None:
+    """A directory without a manifest is dora's only if it holds nothing but what a writer that
+    died before its first manifest leaves (its lock, temporaries, an empty ``shards/``, its ledger):
+    anything else is the user's, and a cache is never written over it."""
+    for path in root.iterdir():
+        if path.name == LEDGER and path.is_file() and not path.is_symlink():
+            continue
+        if _is_leftover(path.name) and not path.is_symlink():
+            continue
+        if path.name == "shards" and path.is_dir() and not path.is_symlink() and \
+                all(_SHARD_NAME.match(p.name) and p.name.startswith(".") for p in path.iterdir()):
+            continue
+        raise CacheError(f"{root}: is not empty and is not a dora cache ({path.name} is there); choose an empty "
+                         "or new --out")
 
 
 def write_shard_file(root: Path, index: int, table: pa.Table, *, schema: pa.Schema, shard_size: int,
@@ -169,9 +190,8 @@ class CacheWriter:
             if old.pool.fingerprint != pool_fingerprint:
                 raise CacheError(f"{root}: holds a cache made with a different pool; use a new --out directory, "
                                  "or delete this one to relabel")
-        elif root.exists() and any(p.name not in {"shards", TOKENIZER_DIR, LEDGER} and not _is_leftover(p.name)
-                                   for p in root.iterdir()):
-            raise CacheError(f"{root}: is not empty and is not a dora cache; choose an empty or new --out")
+        elif root.exists():
+            _check_unstarted(root)
         parent = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), Path("/"))
         if not os.access(parent, os.W_OK):
             raise CacheError(f"{parent}: not writable; choose an --out you can write to")
@@ -204,7 +224,8 @@ class CacheWriter:
         if (root / MANIFEST).exists():
             old = read_manifest(root)
             _check_identity(root, old, manifest)
-            manifest = dataclasses.replace(manifest, shards=old.shards, stats=old.stats, costs=old.costs)
+            manifest = dataclasses.replace(manifest, shards=old.shards, stats=old.stats, costs=old.costs,
+                                           tokenizer_files=old.tokenizer_files)
         try:
             (root / "shards").mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -242,23 +263,41 @@ class CacheWriter:
         for path in self.root.iterdir():
             if _is_leftover(path.name) and path.name != LOCK_FILE:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for path in (self.root / "shards").iterdir():
+        for path in contained(self.root, "shards").iterdir():
             rel = f"shards/{path.name}"
-            if rel not in listed or listed[rel] not in keep:
-                path.unlink()
+            if _SHARD_NAME.match(path.name) and not path.is_dir() and (rel not in listed or listed[rel] not in keep):
+                path.unlink()  # only dora's own shard names: anything else is left as it is
         if len(keep) != len(self.manifest.shards):
             self.manifest = dataclasses.replace(self.manifest, shards=tuple(keep), complete=False)
 
     def _save_tokenizer(self, tokenizer: Any) -> None:
-        target = self.root / TOKENIZER_DIR
-        if not target.is_dir():
-            tmp = self.root / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            _without_call_state(tokenizer).save_pretrained(str(tmp))
-            os.replace(tmp, target)
+        """Save the teacher's tokenizer once (a rerun keeps the files its manifest lists); a
+        tokenizer that needs code, or saves files other than tokenizer data, is refused: every
+        reader of the cache would refuse it."""
+        target = contained(self.root, TOKENIZER_DIR)
+        if self.manifest.tokenizer_files and target.is_dir():
+            check_tokenizer_files(self.root, self.manifest.tokenizer_listing())
+            return
+        if target.exists():  # saved by this run's writer before it died, not yet listed
+            shutil.rmtree(target)
+        tmp = self.root / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _without_call_state(tokenizer).save_pretrained(str(tmp))
         files = tuple(FileEntry(file=f"{TOKENIZER_DIR}/{p.name}", bytes=p.stat().st_size, sha256=file_sha256(p))
-                      for p in sorted(target.iterdir()) if p.is_file())
+                      for p in sorted(tmp.iterdir()))
+        try:
+            for f in files:
+                check_tokenizer_name(f.file, f"the teacher's tokenizer ({tmp})")
+            if "auto_map" in parse_json((tmp / "tokenizer_config.json").read_bytes(), str(tmp)) \
+                    if (tmp / "tokenizer_config.json").is_file() else False:
+                raise CacheError("the teacher's tokenizer needs custom code (auto_map); a cache must load without "
+                                 "code, so use a tokenizer transformers loads by itself")
+        except CacheError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self.manifest = dataclasses.replace(self.manifest, tokenizer_files=files)
+        self._save_manifest()  # first: a crash before the rename leaves a manifest that says whose files these are
+        os.replace(tmp, target)
 
     def missing_shards(self) -> list[int]:
         done = {s.index for s in self.manifest.shards}

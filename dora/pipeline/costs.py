@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import socket
@@ -75,7 +76,7 @@ def _entry_ok(entry: Any) -> bool:
         return False
     numbers = ("wall_seconds", "device_hours", "device_count", "t0", *_COUNTS)
     return all(isinstance(entry.get(k, 0), (int, float)) and not isinstance(entry.get(k, 0), bool)
-               and entry.get(k, 0) >= 0 for k in numbers)
+               and math.isfinite(entry.get(k, 0)) and entry.get(k, 0) >= 0 for k in numbers)
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
@@ -93,7 +94,7 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             entry = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # also a 5,000-digit number or deep nesting
             if number == len(lines):  # no newline after it: the append was cut short
                 continue
             raise InputError(path, "not a ledger entry (invalid JSON)", line=number,

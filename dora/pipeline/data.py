@@ -69,19 +69,68 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as e:
                 raise InputError(path, f"invalid JSON ({e.msg} at column {e.colno})", line=number,
                                  fix="write one JSON object per line") from None
+            except RecursionError:  # the parser recurses once per nesting level
+                raise InputError(path, "invalid JSON for dora: nested too deeply", line=number,
+                                 fix="write one flat JSON object per line") from None
+            except ValueError as e:  # an integer of thousands of digits (Python's conversion limit)
+                raise InputError(path, f"invalid JSON for dora ({str(e).split(';')[0][:120]})", line=number,
+                                 fix="write one JSON object per line, numbers as strings") from None
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(first line of the row, {column: value}) for each row after the header.
+
+    Strict, because a lenient reader mislabels silently: a quote left open swallows the rows after
+    it into one field (labeled by whichever row closes it), and an unquoted comma shifts a row's
+    fields. So a quote that never closes or closes mid-field, a row with more or fewer fields than
+    the header, a repeated column name, and a field that holds both a line break and the delimiter
+    (a quote that swallowed the next row, most likely) are errors naming the line.
+    """
+    quote_fix = 'close the quote, or double a quote inside a quoted field ("")'
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        try:
-            for record in reader:
-                yield reader.line_num, record
-        except UnicodeDecodeError:
-            raise InputError(path, "not UTF-8", line=reader.line_num + 1, fix="re-save the file as UTF-8") from None
-        except csv.Error as e:
-            raise InputError(path, f"invalid CSV ({e})", line=reader.line_num,
-                             fix="quote fields that contain commas or newlines") from None
+        reader = csv.reader(f, strict=True)
+        header: list[str] | None = None
+        while True:
+            begin = reader.line_num + 1  # the row's first line; a quoted field may span several
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                raise InputError(path, "not UTF-8", line=reader.line_num + 1, fix="re-save the file as UTF-8") from None
+            except csv.Error as e:
+                if "unexpected end of data" in str(e):
+                    raise InputError(path, "a quoted field opened on this line is never closed: it would swallow "
+                                     "every row after it", line=begin, fix=quote_fix) from None
+                if "expected after" in str(e):
+                    swallowed = (f" on line {reader.line_num}: a quote left open swallowed the rows between"
+                                 if reader.line_num > begin else "")
+                    raise InputError(path, f"a quoted field closes mid-field ({e}){swallowed}", line=begin,
+                                     fix=quote_fix) from None
+                raise InputError(path, f"invalid CSV ({e})", line=begin,
+                                 fix="quote fields that contain commas or newlines") from None
+            if not row:
+                continue  # a blank line
+            if header is None:
+                repeated = sorted({name for name in row if row.count(name) > 1})
+                if repeated:
+                    raise InputError(path, f"column {repeated[0]!r} appears more than once in the header",
+                                     line=begin, fix="give every column its own name")
+                header = row
+                continue
+            if len(row) != len(header):
+                raise InputError(path, f"{len(row)} field{'s' * (len(row) != 1)}, but the header has {len(header)}",
+                                 line=begin, fix="quote fields that contain commas, and give every row every column "
+                                                 "(an empty one as nothing between two commas)")
+            if len(header) > 1:
+                for name, value in zip(header, row):
+                    if ("\n" in value or "\r" in value) and "," in value:
+                        raise InputError(
+                            path, f"field {name!r} runs over several lines (to line {reader.line_num}) and holds a "
+                            "comma: a quote left open that swallowed the next row?", line=begin,
+                            fix=f"{quote_fix}; if the line break belongs to the text, replace it with a space "
+                                "or use JSON Lines")
+            yield begin, dict(zip(header, row))
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -93,8 +142,17 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
         raise InputError(path, f"not a readable Parquet file ({e})",
                          fix="write it with pandas.DataFrame.to_parquet or pyarrow") from None
     number = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for record in batch.to_pylist():
+    batches = pf.iter_batches(batch_size=4096)
+    while True:
+        try:
+            records = next(batches).to_pylist()
+        except StopIteration:
+            return
+        except Exception as e:  # a damaged row group fails only when it is read
+            detail = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise InputError(path, f"not a readable Parquet file ({detail})", line=number + 1,
+                             fix="write it with pandas.DataFrame.to_parquet or pyarrow") from None
+        for record in records:
             number += 1
             yield number, record
 

@@ -46,8 +46,20 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.workdir, Path):
             object.__setattr__(self, "workdir", Path(self.workdir))
-        if not 1 <= self.budgets <= 4:
-            raise ConfigError(f"--budgets must be 1 to 4, got {self.budgets}")
+        if isinstance(self.budgets, bool) or not isinstance(self.budgets, int) or not 1 <= self.budgets <= 4:
+            raise ConfigError(f"--budgets must be 1 to 4, got {self.budgets!r}")
+        # The demo writes data/, models/, runs/, ... and rewrites them on a rerun: only into a new or
+        # empty directory, or one an earlier demo marked as its own, never over a user's files.
+        root = self.workdir
+        if (root.exists() or root.is_symlink()) and not root.is_dir():
+            raise ConfigError(f"--workdir {root} is not a directory; give a new directory for the demo")
+        if root.is_dir() and not (root / DEMO_MARKER).is_file() and any(root.iterdir()):
+            raise ConfigError(f"--workdir {root} holds files the demo did not write; give a new or empty directory "
+                              f"(the demo writes data/, models/, runs/ and more there)")
+
+
+DEMO_MARKER = ".dora-demo"
+"""Written first into the demo's directory: a rerun may then replace what the demo wrote there."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +112,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     root = config.workdir
     start = time.perf_counter()
     console.rule("[bold]dora demo: distill or annotate? (FEVER claims, tiny models, CPU)")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text("written by `dora demo`: it may rewrite everything in this directory\n")
     paths = _write_splits(root / "data", sizes)
     teacher_base, student_base = _build_models(root, paths)
     common = dict(task="fever", batch_size=16, learning_rate=1e-3, max_source_length=64, max_target_length=16,

@@ -68,9 +68,7 @@ class TokenizerPair:
 
     @classmethod
     def of(cls, cache: LabelCache, student_tokenizer: Any) -> TokenizerPair:
-        from transformers import AutoTokenizer
-
-        teacher = AutoTokenizer.from_pretrained(str(cache.tokenizer_dir))
+        teacher = cache.tokenizer()  # checked, and loaded without any code from the cache
         return cls(surfaces(teacher, cache.manifest.teacher.vocab_size), surfaces(student_tokenizer),
                    teacher.eos_token_id, student_tokenizer.eos_token_id)
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from dora.errors import ConfigError, ModelError
-from dora.pipeline.config import read_mapping
+from dora.pipeline.config import check_number, read_mapping
 from dora.pipeline.generation import Generated, hf_generate, hf_score, pick_device
 from dora.pipeline.models import ModelKind, check_top_k, free_accelerator_memory, load_model, vocab_size
 
@@ -54,6 +54,13 @@ class EngineSettings:
     engine_args: dict[str, Any] = field(default_factory=dict)
     kd_temperatures: tuple[float, ...] = (1.0, 2.0)
     """Temperatures at which each generated token's tail mass (outside the top-k) is stored."""
+
+    def __post_init__(self) -> None:  # library callers too: NaN passes every ``x < 0`` test
+        check_number(self.temperature, "temperature", low=0, high=100, hint="0 is greedy")
+        check_number(self.top_p, "top_p", low=0, low_open=True, high=1)
+        check_number(self.gpu_memory_utilization, "gpu_memory_utilization", low=0, low_open=True, high=1)
+        for t in self.kd_temperatures:
+            check_number(t, "kd_temperatures", low=0, low_open=True, high=100, high_open=True)
 
     @classmethod
     def from_config(cls, config: Any) -> EngineSettings:
@@ -208,7 +215,7 @@ def parse_engine_args(pairs: Sequence[str], config_file: Path | None) -> dict[st
             raise ConfigError(f"--engine-arg {pair!r} is not key=value; e.g. --engine-arg enforce_eager=true")
         try:
             value: Any = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (or a hostile one): kept as the string given
             value = raw
         args[key.strip().replace("-", "_")] = value
     return args

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError, InputError
-from dora.pipeline.config import TaskInputs, as_paths, positive_ints
+from dora.pipeline.config import TaskInputs, as_paths, check_output, positive_ints, starts_like_json_object
 from dora.pipeline.costs import Devices, one_off
 from dora.pipeline.data import iter_records, read_examples
 from dora.pipeline.metrics import METRIC_MODES, TaskScorer
@@ -57,6 +57,9 @@ class EvaluateConfig(TaskInputs):
     metric_mode: str = "strict"
     """Which metric definitions ``scores`` holds: strict (dora's) or paper (the paper's code);
     ``scores_by_mode`` holds both."""
+    overwrite: bool = False
+    """Replace an existing ``out`` (and its predictions file) that dora cannot tell it wrote;
+    without it only earlier scores/predictions files of ``dora evaluate`` are replaced. Inputs never are."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,10 +72,26 @@ class EvaluateConfig(TaskInputs):
             raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {self.metric_mode!r}")
         positive_ints(self, "batch_size")
         if self.out is not None:
-            inputs = [p for p in (self.data, self.predictions) if p is not None]
-            written = [self.out, self.out.with_name(self.out.stem + ".predictions.jsonl")]
-            if any(p.exists() and w.exists() and p.resolve() == w.resolve() for p in inputs for w in written):
-                raise ConfigError(f"--out {self.out} would overwrite the input file; choose another --out")
+            # Never the input, the model, or a file dora did not write (checked before the model loads).
+            inputs = [self.data, self.predictions, Path(self.encoder) if self.encoder else None]
+            if self.model is not None and Path(self.model).exists():
+                inputs.append(Path(self.model))
+            check_output(self.out, option="--out", inputs=inputs, overwrite=self.overwrite,
+                         ours=lambda p: starts_like_json_object(p, SCORES_KEYS))
+            if self.model is not None:
+                check_output(predictions_path(self.out), option="--out (its predictions file)", inputs=inputs,
+                             overwrite=self.overwrite,
+                             ours=lambda p: starts_like_json_object(p, PREDICTION_KEYS, lines=True))
+
+
+SCORES_KEYS = ("task", "metric", "scores", "scores_by_mode")
+"""Keys every scores file of ``dora evaluate`` has: how a rerun recognises one it may replace."""
+PREDICTION_KEYS = ("id", "source", "prediction", "target")
+
+
+def predictions_path(out: Path) -> Path:
+    """Where ``dora evaluate --out OUT`` with a model writes its predictions."""
+    return out.with_name(out.stem + ".predictions.jsonl")
 
 
 def _read_predictions(path: Path) -> tuple[list[str], list[str], list[str] | None]:
@@ -118,7 +137,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         result.update(model=config.model, data=str(config.data))
         if config.out is not None:
             rows = [{"id": e.id, "source": e.source, "prediction": p, "target": e.target} for e, p in zip(examples, preds)]
-            pred_path = config.out.with_name(config.out.stem + ".predictions.jsonl")
+            pred_path = predictions_path(config.out)
             config.out.parent.mkdir(parents=True, exist_ok=True)
             pred_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             result["predictions_file"] = str(pred_path)

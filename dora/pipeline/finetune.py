@@ -4,6 +4,11 @@ The result is a plain Hugging Face directory (LoRA weights merged in) plus
 ``dora_finetune.json``, which records what was trained on and what it cost. A rerun with the
 same base model, data and settings finds that record and skips training; an interrupted run
 resumes from ``checkpoints/last``.
+
+dora writes only into a new or empty directory, or one it made for the same run: the record is
+written first (``"complete": false``, with the run's key) and again last (``"complete": true``).
+Any other directory (the user's own model, another run's teacher) is refused before any work.
+One run at a time per directory: it is locked like a cache (``dora.cache.lock``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,8 +26,10 @@ from typing import Any
 
 import torch
 
+from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cache.manifest import write_atomic
-from dora.errors import ConfigError
+from dora.errors import CacheError, ConfigError
+from dora.pipeline.checkpoint import STATE_FILE
 from dora.pipeline.costs import Devices, Ledger
 from dora.pipeline.data import Example, fingerprint
 from dora.pipeline.distributed import process_rank
@@ -84,24 +93,55 @@ def finetune_teacher(
         "max_source_length": max_source_length, "max_target_length": max_target_length,
         "settings": asdict(settings) | {"resume": None}, "lora": asdict(lora) if lora else None}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
-    record_path = out_dir / RECORD
     rank, world = process_rank()
     ledger = Ledger(out_dir, "teacher_finetune")
     devices = Devices.here(processes=world)
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("key") == key:
-            console.print(f"teacher: already fine-tuned with these data and settings in {out_dir}; skipping")
-            if rank == 0:
-                ledger.record_noop(devices, "already fine-tuned with these data and settings")
-            return None, record | {"cost": _cost(ledger, record, len(examples))}
-        raise ConfigError(
-            f"{out_dir}: holds a teacher fine-tuned on other data or settings; "
-            "pass another --teacher-out, or delete it to fine-tune again"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        ledger.compact()
+
+    def reuse(record: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+        console.print(f"teacher: already fine-tuned with these data and settings in {out_dir}; skipping")
+        if rank == 0:
+            ledger.record_noop(devices, "already fine-tuned with these data and settings")
+        return None, record | {"cost": _cost(ledger, record, len(examples))}
+
+    # Before any work: refuse a directory dora did not make for this run (read-only).
+    record = _own_record(out_dir, key)
+    if record is not None and record.get("complete", True):  # records without the flag were written last
+        return reuse(record)
+    created = _first_missing(out_dir)  # what this run creates, and may remove again if it fails early
+    lock: CacheLock | None = None
+    failed = fresh = True
+    try:
+        if rank == 0:
+            lock = _lock(out_dir)
+            record = _own_record(out_dir, key)  # again under the lock: another run may have been first
+            if record is not None and record.get("complete", True):
+                if world > 1:  # the other ranks are already on their way to fine-tune
+                    raise ConfigError(f"{out_dir}: another run finished this teacher meanwhile; rerun to use it")
+                failed = False
+                return reuse(record)
+            fresh = record is None  # a new or empty directory: all that will be in it is this run's
+            if fresh:  # first: marks the directory as this run's before anything else is written
+                _write_record(out_dir, {"key": key, "base": base, "complete": False})
+            ledger.compact()
+        result = _finetune(base=base, revision=revision, trust_remote_code=trust_remote_code, tokenizer=tokenizer,
+                           examples=examples, prefix=prefix, max_source_length=max_source_length,
+                           max_target_length=max_target_length, settings=settings, lora=lora, out_dir=out_dir,
+                           fsdp=fsdp, report_to=report_to, key=key, ledger=ledger, devices=devices, rank=rank)
+        failed = False
+        return result
+    finally:
+        if failed and lock is not None and fresh:
+            _discard_worthless(out_dir)  # nothing of value kept: remove what this run wrote (still locked)
+        if lock is not None:
+            lock.release()
+        if failed and rank == 0 and created is not None:  # the lock file is gone: remove the empty dirs
+            _remove_empty(out_dir, created)
+
+
+def _finetune(*, base: str, revision: str | None, trust_remote_code: bool, tokenizer: Any, examples: list[Example],
+              prefix: str, max_source_length: int, max_target_length: int, settings: LoopSettings,
+              lora: LoraSettings | None, out_dir: Path, fsdp: bool, report_to: str, key: str, ledger: Ledger,
+              devices: Devices, rank: int) -> tuple[Any | None, dict[str, Any]]:
     # Loading counts as fine-tuning time: a rerun after a crash pays for it again.
     with ledger.invocation(devices) if rank == 0 else contextlib.nullcontext() as run:
         model, kind = load_model(base, revision=revision, trust_remote_code=trust_remote_code)
@@ -123,8 +163,16 @@ def finetune_teacher(
             if lora is not None:
                 trained = trained.merge_and_unload()  # vLLM and the student stage want plain weights
             merged["model"] = trained
-            trained.save_pretrained(str(path), safe_serialization=True)
-            tokenizer.save_pretrained(str(path))
+            # Written beside the checkpoints, then moved in: a full disk leaves no half-written weights.
+            tmp = path / FINAL_TMP
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                trained.save_pretrained(str(tmp), safe_serialization=True)
+                tokenizer.save_pretrained(str(tmp))
+                for item in sorted(tmp.iterdir()):
+                    os.replace(item, path / item.name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
         result = train_loop(
             model=train_model, features=features, collate=lambda f: collate(f, tokenizer.pad_token_id),
@@ -133,13 +181,146 @@ def finetune_teacher(
             tracker=Tracker(report_to, out_dir, f"teacher-{out_dir.name}") if rank == 0 else None, ledger=run,
         )
     train_model = merged.get("model", train_model) if not fsdp else None  # FSDP: rank 0 reloads it to label
-    record = {"key": key, "base": base, "steps": result.steps, "epochs": result.epochs,
+    record = {"key": key, "base": base, "complete": True, "steps": result.steps, "epochs": result.epochs,
               "lora": asdict(lora) if lora else None, "history": result.history}
     if rank == 0:
         record["cost"] = _cost(ledger, record, len(examples))
-        write_atomic(out_dir / RECORD, json.dumps(record, indent=2).encode())  # last: marks the teacher complete
+        _write_record(out_dir, record)  # last: marks the teacher complete
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the optimizer state is dead weight now
     return train_model, record
+
+
+# --- the teacher directory: whose it is, one run at a time, no leftovers ---------------------------
+
+FINAL_TMP = "final.tmp"
+
+
+def _own_record(out_dir: Path, key: str) -> dict[str, Any] | None:
+    """dora's record of this run in ``out_dir`` (complete or in progress); None for a new or
+    empty directory. Anything else is refused: dora never writes over files it did not make."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return None
+    if not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: not a directory; choose a new --teacher-out for the fine-tuned teacher")
+    path = out_dir / RECORD
+    if path.exists() or path.is_symlink():
+        record = _read_record(path)
+        if record["key"] != key:
+            raise ConfigError(
+                f"{out_dir}: holds a teacher dora fine-tuned for another run (other base model, data or settings, "
+                f"says its {RECORD}); choose a new --teacher-out, or delete that directory to fine-tune again"
+            )
+        return record
+    # A crash can leave the lock file, or a record being written; nothing else is dora's without a record.
+    others = sorted(p.name for p in out_dir.iterdir()
+                    if p.name != LOCK_FILE and not p.name.startswith(f".{RECORD}.tmp-"))
+    if others:
+        raise ConfigError(
+            f"{out_dir}: not empty and not a teacher directory dora made (it holds {others[0]!r} and no {RECORD}); "
+            "dora writes the fine-tuned teacher only into a new or empty directory and would overwrite these "
+            "files: choose a new --teacher-out"
+        )
+    return None
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """The record, checked: any damage is one line naming the file, never a traceback."""
+    fix = f"dora writes this file; delete {path.parent} to fine-tune again, or choose a new --teacher-out"
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror}); {fix}") from None
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5,000-digit integer, nesting too deep
+        raise ConfigError(f"{path}: not valid JSON; {fix}") from None
+    if not _record_ok(raw):
+        raise ConfigError(f"{path}: not a teacher record dora wrote (an object with a string key, a true or "
+                          f"false complete, numeric steps and a cost object); {fix}")
+    return raw
+
+
+def _record_ok(raw: Any) -> bool:
+    if not isinstance(raw, dict) or not isinstance(raw.get("key"), str):
+        return False
+    if not isinstance(raw.get("complete", True), bool):
+        return False
+    for name in ("steps", "epochs"):
+        if name in raw and (isinstance(raw[name], bool) or not isinstance(raw[name], (int, float))):
+            return False
+    cost = raw.get("cost", {})
+    if not isinstance(cost, dict) or not isinstance(cost.get("entries", []), list):
+        return False
+    return all(isinstance(v, (int, float, str, list)) or v is None for v in cost.values())
+
+
+def _write_record(out_dir: Path, record: dict[str, Any]) -> None:
+    write_atomic(out_dir / RECORD, json.dumps(record, indent=2).encode())
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The highest of ``path`` and its parents that does not exist yet (what mkdir will create)."""
+    missing = None
+    for p in (path, *path.absolute().parents):
+        if p.exists() or p.is_symlink():
+            break
+        missing = p
+    return missing
+
+
+def _lock(out_dir: Path) -> CacheLock:
+    """One run per teacher directory, with the cache's lock (flock on ``<dir>/.dora-lock``)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out_dir}: cannot create the teacher directory ({e.strerror}); choose a writable "
+                          "--teacher-out") from None
+    try:
+        return CacheLock(out_dir).acquire()
+    except CacheError:
+        try:
+            fd = os.open(out_dir / LOCK_FILE, os.O_RDONLY)
+        except OSError as e:
+            raise ConfigError(f"{out_dir}: cannot create its lock file ({e.strerror}); choose a writable "
+                              "--teacher-out") from None
+        try:
+            holder = CacheLock.holder(fd)  # "pid N on HOST since T", as the cache's own message says it
+        finally:
+            os.close(fd)
+        if holder.startswith(f"pid {os.getpid()} on {socket.gethostname()} "):
+            raise ConfigError(f"{out_dir}: this run already holds this directory (is --teacher-out the same as "
+                              "--out?); choose another --teacher-out") from None
+        raise ConfigError(f"{out_dir}: another dora process is fine-tuning a teacher in this directory ({holder}); "
+                          "wait for it to finish, or choose another --teacher-out") from None
+
+
+def _discard_worthless(out_dir: Path) -> None:
+    """After a failure, empty a directory that was new or empty when this run took it, unless it
+    now holds something worth keeping (a checkpoint to resume, a finished teacher)."""
+    checkpoints = out_dir / "checkpoints"
+    if any((checkpoints / d / STATE_FILE).is_file() for d in ("last", "last.old")):
+        return
+    with contextlib.suppress(ConfigError):
+        record = _read_record(out_dir / RECORD) if (out_dir / RECORD).is_file() else None
+        if record is not None and record.get("complete", True):
+            return
+    for item in out_dir.iterdir():
+        if item.name == LOCK_FILE:  # released (and removed) by the caller
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+
+
+def _remove_empty(out_dir: Path, created: Path) -> None:
+    """Remove ``out_dir`` and the parents this run created, as far as they are empty."""
+    stop = created.absolute().parent
+    for p in (out_dir.absolute(), *out_dir.absolute().parents):
+        if p == stop:
+            break
+        try:
+            p.rmdir()
+        except OSError:  # not empty (someone else's files now), or gone
+            break
 
 
 def _cost(ledger: Ledger, record: dict[str, Any], gold_labels: int) -> dict[str, Any]:

@@ -4,13 +4,13 @@ For teachers bigger than one device (the paper split T5-XXL over 2 to 4 GPUs): e
 transformer block, and then the whole model, is wrapped with ``torch.distributed.fsdp.
 fully_shard``, so each process holds 1/world of the weights, gradients and optimizer state.
 The same code runs on GPUs (NCCL) and on CPU (gloo), which is how the tests exercise it.
-Checkpoints are sharded (``torch.distributed.checkpoint``); the final model is gathered on
+Checkpoints are sharded: each rank saves its local shards (safetensors, with the structure and
+scalars in JSON: no pickle, see ``dora.pipeline.checkpoint``); the final model is gathered on
 rank 0 and saved as a plain Hugging Face checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -48,32 +48,25 @@ def clip_gradients(model: Any, accelerator: Any, max_norm: float, fsdp: bool) ->
         accelerator.clip_grad_norm_(model.parameters(), max_norm)
 
 
-def save_sharded(path: Path, model: Any, optimizer: Any, scheduler: Any, rank: int) -> None:
-    """Each rank writes its shard of the model and optimizer state, plus its RNG state."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+def save_sharded(path: Path, model: Any, optimizer: Any, rank: int, world: int) -> None:
+    """Each rank writes its local shards of the model and optimizer state (``sharded/rank-N``:
+    safetensors and JSON, no pickle)."""
+    from dora.pipeline.checkpoint import SHARDED, model_and_optimizer, write_state
 
-    model_state, optim_state = get_state_dict(model, _inner(optimizer))
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path / "sharded"))
-    torch.save({"cpu": torch.get_rng_state()}, path / f"rng-{rank}.pt")
-    if rank == 0:
-        (path / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+    state = model_and_optimizer(model, unwrap_optimizer(optimizer))
+    (path / SHARDED).mkdir(exist_ok=True)
+    write_state(path / SHARDED / f"rank-{rank}", state, rank=rank, world=world)
 
 
-def load_sharded(path: Path, model: Any, optimizer: Any, scheduler: Any, rank: int) -> None:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+def load_sharded(path: Path, model: Any, optimizer: Any, rank: int, world: int) -> None:
+    """Copy this rank's saved shards into the freshly sharded model and optimizer; a checkpoint
+    saved by another number of processes is refused (its shards are cut differently)."""
+    from dora.pipeline.checkpoint import SHARDED, load_model_and_optimizer
 
-    model_state, optim_state = get_state_dict(model, _inner(optimizer))
-    state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(path / "sharded"))
-    set_state_dict(model, _inner(optimizer), model_state_dict=state["model"], optim_state_dict=state["optim"])
-    rng = path / f"rng-{rank}.pt"
-    if rng.is_file():
-        torch.set_rng_state(torch.load(rng, weights_only=True)["cpu"])
-    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    load_model_and_optimizer(path / SHARDED / f"rank-{rank}", model, unwrap_optimizer(optimizer), path, world=world,
+                             rank=rank)
 
 
-def _inner(optimizer: Any) -> Any:
+def unwrap_optimizer(optimizer: Any) -> Any:
     """The torch optimizer inside accelerate's wrapper."""
     return getattr(optimizer, "optimizer", optimizer)

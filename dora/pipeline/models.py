@@ -119,8 +119,12 @@ def save_hf(model: Any, tokenizer: Any, path: Path) -> None:
     """Save a plain Hugging Face checkpoint (safetensors) with its tokenizer, replacing ``path`` atomically."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written model behind
+        raise
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
 

@@ -21,12 +21,17 @@ device-hour, and may set the annotation price::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError
-from dora.pipeline.config import read_mapping
+from dora.pipeline.config import check_number, read_mapping
+
+MAX_PRICE_USD = 1e6
+"""Highest price accepted per device-hour or per label: far above any real one, and low enough
+that every sum of recorded quantities times prices stays a finite number."""
 
 # US dollars per label, the paper's estimates (Table 1).
 PAPER_ANNOTATION_USD = {"wlp": 0.260, "stanceosaurus": 0.364, "fever": 0.129, "multipit_id": 0.200,
@@ -65,20 +70,16 @@ class Prices:
         compute_source = ""
         file_annotation = None
         if prices_file is not None:
-            data = _read_prices(prices_file)
-            table = {str(k).lower(): float(v) for k, v in (data.get("gpu_hour_usd") or {}).items()}
+            table, file_annotation = _read_prices(Path(prices_file))
             compute_source = f"{prices_file}"
-            file_annotation = data.get("annotation_usd")
         if gpu_hour_usd is not None:
-            if gpu_hour_usd < 0:
-                raise ConfigError(f"--gpu-hour-usd must be >= 0, got {gpu_hour_usd}")
-            table, compute_source = {"*": gpu_hour_usd}, "--gpu-hour-usd"
+            table = {"*": check_number(gpu_hour_usd, "--gpu-hour-usd", low=0, high=MAX_PRICE_USD)}
+            compute_source = "--gpu-hour-usd"
         if annotation_usd is not None:
-            if annotation_usd < 0:
-                raise ConfigError(f"--annotation-usd must be >= 0, got {annotation_usd}")
-            ann, ann_source = annotation_usd, "--annotation-usd"
+            ann = check_number(annotation_usd, "--annotation-usd", low=0, high=MAX_PRICE_USD)
+            ann_source = "--annotation-usd"
         elif file_annotation is not None:
-            ann, ann_source = float(file_annotation), f"{prices_file}"
+            ann, ann_source = file_annotation, f"{prices_file}"
         elif task in PAPER_ANNOTATION_USD:
             ann = PAPER_ANNOTATION_USD[task]
             ann_source = f"the paper's estimate for {task} ({ann} USD per label)"
@@ -123,12 +124,39 @@ def total(lines: list[Line]) -> float | None:
     return sum(line.usd or 0.0 for line in lines)
 
 
-def _read_prices(path: Path) -> dict[str, Any]:
-    data = read_mapping(path, option="--prices",
-                        expected='a mapping like {"gpu_hour_usd": {"H100": 2.49}, "annotation_usd": 0.15}')
-    if not isinstance(data.get("gpu_hour_usd", {}), dict):
-        raise ConfigError(f"{path}: gpu_hour_usd must map device kinds to USD per device-hour")
-    for k, v in (data.get("gpu_hour_usd") or {}).items():
-        if not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"{path}: gpu_hour_usd[{k!r}] must be a non-negative number, got {v!r}")
-    return data
+def _read_prices(path: Path) -> tuple[dict[str, float], float | None]:
+    """(USD per device-hour by lower-cased device kind, USD per label or None) from a prices file;
+    every problem names the file and the key."""
+    expected = 'a mapping like {"gpu_hour_usd": {"H100": 2.49}, "annotation_usd": 0.15}'
+    data = read_mapping(path, option="--prices", expected=expected)
+    unknown = sorted(set(data) - {"gpu_hour_usd", "annotation_usd"})
+    if unknown:  # a misspelt key would silently leave its prices out
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; a prices file holds gpu_hour_usd and annotation_usd")
+    devices = data.get("gpu_hour_usd")
+    if devices is None:
+        devices = {}
+    if not isinstance(devices, dict):
+        raise ConfigError(f"{path}: gpu_hour_usd must map device kinds to USD per device-hour, "
+                          f"e.g. {{\"H100\": 2.49}}, got {devices!r:.60}")
+    table: dict[str, float] = {}
+    for key, value in devices.items():
+        kind = key.strip().lower()
+        if not kind:  # "" is a substring of every device name: it would price them all
+            raise ConfigError(f"{path}: gpu_hour_usd has an empty device kind; name one, or use \"*\" for any device")
+        if kind in table:
+            raise ConfigError(f"{path}: gpu_hour_usd names {key!r} twice (kinds match case-insensitively)")
+        table[kind] = _file_price(value, path, f"gpu_hour_usd[{key!r}]", "USD per device-hour")
+    annotation = data.get("annotation_usd")
+    return table, None if annotation is None else _file_price(annotation, path, "annotation_usd", "USD per label")
+
+
+def _file_price(value: Any, path: Path, key: str, unit: str) -> float:
+    if _is_number(value) and 0 <= value <= MAX_PRICE_USD:
+        return float(value)
+    raise ConfigError(f"{path}: {key} must be a non-negative number of {unit} (at most {MAX_PRICE_USD:,.0f}), "
+                      f"got {value!r:.60}")
+
+
+def _is_number(value: Any) -> bool:
+    """A real number: not a bool, a string, NaN or an infinity."""
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)

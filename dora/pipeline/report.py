@@ -25,10 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError, InputError
+from dora.pipeline.config import check_number, check_output, read_object
 from dora.pipeline.pricing import Line, Prices, total
 from dora.pipeline.tracking import CURVES
 
 STAGES = ("teacher_finetune", "labeling", "student_train")
+MAX_DEVICE_HOURS = 1e9  # a hundred thousand device-years: past it a record is damaged, not big
+MAX_COUNT = 10**15  # labels, rows, devices: past it a count cannot be priced as a float
+MAX_BUDGET_USD = 1e12  # a trillion dollars: larger budgets are typos, and divisions stay finite
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,29 +52,39 @@ class RunRecord:
     @classmethod
     def load(cls, path: Path, metric_mode: str = "strict") -> RunRecord:
         """The run in ``path``; its score is the test score in ``metric_mode`` (the dev score, with a
-        note, for a run trained without --test)."""
+        note, for a run trained without --test). Both records are validated field by field: a run
+        directory may come from anyone, and a wrong type must be an error naming the file and field."""
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError(path, "not found" if not path.exists() else "not a directory",
+                             fix="give run directories written by `dora train-student`")
         run_file, metrics_file = path / "run.json", path / "metrics.json"
-        for f in (run_file, metrics_file):
-            if not f.is_file():
-                raise InputError(f, "not found", fix="give run directories written by `dora train-student`")
-        try:
-            run, metrics = json.loads(run_file.read_text()), json.loads(metrics_file.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(run_file, f"not valid JSON ({e.msg})", fix="rerun the stage that wrote it") from None
-        upstream = run.get("upstream_costs") or {}
-        costs = {k: v for k, v in upstream.items() if k in STAGES} | {"student_train": run["cost"]}
+        fix = "give run directories written by `dora train-student` (a run that has finished)"
+        run = read_object(run_file, expected="a run record (a JSON object)", fix=fix)
+        metrics = read_object(metrics_file, expected="a metrics record (a JSON object)", fix=fix)
+        upstream = _field(run, "upstream_costs", dict, run_file, default={})
+        costs = {stage: _cost(upstream[stage], run_file, f"upstream_costs.{stage}")
+                 for stage in STAGES if stage in upstream and stage != "student_train"}
+        if "cost" not in run:
+            raise InputError(run_file, "no field 'cost' (the student's compute)", fix=fix)
+        costs["student_train"] = _cost(run["cost"], run_file, "cost")
         notes = []
-        teacher_labels = upstream.get("teacher_finetune", {}).get("gold_labels")
-        if run.get("cache") and "teacher_finetune" not in upstream:
+        teacher_labels = _count(costs.get("teacher_finetune", {}).get("gold_labels"), run_file,
+                                "upstream_costs.teacher_finetune.gold_labels")
+        cache = _field(run, "cache", str, run_file, default=None)
+        if cache and "teacher_finetune" not in costs:
             notes.append("the cache's teacher was not fine-tuned by dora: its labels and compute are not counted")
-        elif run.get("cache") and teacher_labels is None:
+        elif cache and teacher_labels is None:
             notes.append("the cache predates gold-label counts: the teacher's labels are not counted")
-        gold = max(int(run.get("gold_examples", 0)), int(teacher_labels or 0))  # the same labels, bought once
-        primary = metrics.get("primary")
-        score, note = _score(metrics, primary, metric_mode)
+        gold_examples = _count(run.get("gold_examples"), run_file, "gold_examples") or 0
+        gold = max(gold_examples, teacher_labels or 0)  # the same labels, bought once
+        primary = _field(metrics, "primary", str, metrics_file, default=None)
+        task = _field(metrics, "task", str, metrics_file, default="?")
+        strategy = _field(run, "strategy", str, run_file, default="?")
+        score, note = _score(metrics, primary, metric_mode, metrics_file)
         if note:
             notes.append(note)
-        return cls(path=path, task=metrics.get("task", "?"), strategy=run.get("strategy", "?"), metric=primary or "?",
+        return cls(path=path, task=task, strategy=strategy, metric=primary or "?",
                    score=score, gold_labels=gold, costs=costs, notes=tuple(notes), metric_mode=metric_mode)
 
     def lines(self, prices: Prices) -> list[Line]:
@@ -78,18 +92,84 @@ class RunRecord:
                                                     for stage in STAGES if stage in self.costs]
 
 
-def _score(metrics: dict[str, Any], primary: str | None, mode: str) -> tuple[float | None, str]:
+def _score(metrics: dict[str, Any], primary: str | None, mode: str, file: Path) -> tuple[float | None, str]:
     """(the score to plot, a note when it is not an unbiased test score)."""
     if not primary:
         return None, ""
     for split, note in (("test", ""), ("dev", "scored on --dev, which also picked the checkpoint (no --test)")):
-        scores = metrics.get(split)
+        scores = _field(metrics, split, dict, file, default=None)
         if scores:
-            value = (scores.get(mode) or {}).get(primary)
-            return value, note
-    if metrics.get("eval"):  # a run recorded before metric modes and --dev/--test
-        return metrics["eval"].get(primary), "recorded before metric modes: its --eval score (dora's old metric)"
+            by_metric = _field(scores, mode, dict, file, default={}, prefix=f"{split}.")
+            return _score_value(by_metric.get(primary), file, f"{split}.{mode}.{primary}"), note
+    old = _field(metrics, "eval", dict, file, default=None)
+    if old:  # a run recorded before metric modes and --dev/--test
+        return (_score_value(old.get(primary), file, f"eval.{primary}"),
+                "recorded before metric modes: its --eval score (dora's old metric)")
     return None, "no --dev or --test score"
+
+
+def _field(record: dict[str, Any], name: str, kind: type, file: Path, *, default: Any, prefix: str = "") -> Any:
+    """``record[name]`` when it is a ``kind`` (``default`` when absent or null), else an InputError."""
+    value = record.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = {dict: "an object", str: "a string", list: "an array"}
+        raise InputError(file, f"field {prefix + name!r} must be {names.get(kind, kind.__name__)}, "
+                         f"got {type(value).__name__} {_short(value)}", fix="rerun the stage that wrote it")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: Any, file: Path, name: str, *, high: float = MAX_DEVICE_HOURS) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+        raise InputError(file, f"field {name!r} must be a number from 0 to {high:g}, got {_short(value)}",
+                         fix="rerun the stage that wrote it")
+    return float(value)
+
+
+def _count(value: Any, file: Path, name: str) -> int | None:
+    """A non-negative integer field, or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise InputError(file, f"field {name!r} must be a whole number from 0 to {MAX_COUNT:,}, got {_short(value)}",
+                         fix="rerun the stage that wrote it")
+    return value
+
+
+def _cost(value: Any, file: Path, name: str) -> dict[str, Any]:
+    """A stage's cost record (``dora.pipeline.costs.summarise``): the fields pricing and planning read."""
+    if not isinstance(value, dict):
+        raise InputError(file, f"field {name!r} must be a cost record (an object with device_hours), got "
+                         f"{type(value).__name__} {_short(value)}", fix="rerun the stage that wrote it")
+    _number(value.get("device_hours"), file, f"{name}.device_hours")
+    _field(value, "device", str, file, default=None, prefix=f"{name}.")
+    for key in ("device_count", "examples", "gold_labels"):
+        _count(value.get(key), file, f"{name}.{key}")
+    entries = _field(value, "entries", list, file, default=[], prefix=f"{name}.")
+    for i, entry in enumerate(entries):
+        where = f"{name}.entries[{i}]"
+        if not isinstance(entry, dict):
+            raise InputError(file, f"field {where!r} must be an object, got {_short(entry)}",
+                             fix="rerun the stage that wrote it")
+        _number(entry.get("device_hours", 0.0), file, f"{where}.device_hours")
+        _field(entry, "device", str, file, default=None, prefix=f"{where}.")
+        _count(entry.get("device_count"), file, f"{where}.device_count")
+    return value
+
+
+def _score_value(value: Any, file: Path, name: str) -> float | None:
+    """A recorded score: a number, or None (absent; NaN, which a metric of no examples may give)."""
+    if value is None or isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(file, f"field {name!r} must be a number, got {_short(value)}", fix="rerun the stage that wrote it")
+    return float(value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,15 +180,23 @@ class ReportResult:
     curves_plot: Path | None
 
 
-def report(runs: list[Path], prices_for: Any, out: Path, *, metric_mode: str = "strict") -> ReportResult:
+def report(runs: list[Path], prices_for: Any, out: Path, *, metric_mode: str = "strict",
+           overwrite: bool = False) -> ReportResult:
     """Price every run, write ``report.csv``, ``report.png`` (and ``curves.png`` when runs have curves);
-    scores in ``metric_mode`` (strict: dora's definitions; paper: the paper's code's)."""
+    scores in ``metric_mode`` (strict: dora's definitions; paper: the paper's code's).
+
+    ``out`` may hold an earlier report, which is replaced; any other file of those names is refused
+    unless ``overwrite`` (dora never writes over a file it cannot tell it wrote)."""
     from dora.pipeline.metrics import METRIC_MODES
 
     if not runs:
         raise ConfigError("give at least one run directory: dora report RUN [RUN ...]")
     if metric_mode not in METRIC_MODES:
         raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {metric_mode!r}")
+    out = Path(out)
+    inputs = [Path(r) / name for r in runs for name in ("run.json", "metrics.json", CURVES)]
+    for name, ours in REPORT_FILES.items():
+        check_output(out / name, option="--out", inputs=inputs, ours=ours, overwrite=overwrite)
     records = [RunRecord.load(Path(r), metric_mode) for r in runs]
     tasks = {r.task for r in records}
     if len(tasks) > 1:
@@ -128,6 +216,9 @@ def report(runs: list[Path], prices_for: Any, out: Path, *, metric_mode: str = "
             **{f"{stage}_device_hours": r.costs[stage].get("device_hours") for stage in STAGES if stage in r.costs},
             "prices": "; ".join(sorted({line.source for line in lines})), "notes": "; ".join(r.notes),
         })
+    # Every input is read and checked before the first file is written: no half-written report.
+    curves = [(r, *_read_curves(r.path / CURVES, (f"eval_{r.metric_mode}_{r.metric}", f"eval_{r.metric}")))
+              for r in records if (r.path / CURVES).is_file()]
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "report.csv"
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -136,8 +227,31 @@ def report(runs: list[Path], prices_for: Any, out: Path, *, metric_mode: str = "
         writer.writeheader()
         writer.writerows(rows)
     plot = _plot(rows, out / "report.png")
-    curves = _plot_curves(records, out / "curves.png")
-    return ReportResult(rows=rows, csv=csv_path, plot=plot, curves_plot=curves)
+    curves_plot = _plot_curves(records, curves, out / "curves.png")
+    return ReportResult(rows=rows, csv=csv_path, plot=plot, curves_plot=curves_plot)
+
+
+PNG_MARKER = "dora report"
+"""Written into every PNG the report draws (a tEXt chunk near the start): how a rerun knows its own."""
+
+
+def _our_png(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return PNG_MARKER.encode() in f.read(4096)
+
+
+def _our_csv(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(64).startswith(b"run,strategy,task,metric,")
+
+
+REPORT_FILES = {"report.csv": _our_csv, "report.png": _our_png, "curves.png": _our_png}
+"""What ``report`` writes in its ``out``, each with the test that recognises an earlier one."""
+
+
+def _text(value: str) -> str:
+    """A run's own text as matplotlib shows it: a ``$`` would start a (possibly broken) formula."""
+    return value.replace("$", r"\$")
 
 
 def _round(x: float | None) -> float | None:
@@ -159,52 +273,86 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
         if not points:
             continue
         color, marker = styles.get(strategy, ("tab:gray", "x"))
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color, label=strategy, linewidth=1.5)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color, label=_text(strategy),
+                linewidth=1.5)
     task, metric = rows[0]["task"], rows[0]["metric"]
     ax.set_xlabel("dollars spent (labels + compute)" if priced else "dollars spent on labels (compute unpriced: "
                   "pass --gpu-hour-usd)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{task}: {metric} against budget")
+    ax.set_ylabel(_text(metric))
+    ax.set_title(_text(f"{task}: {metric} against budget"))
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no scored run: no legend (and no warning)
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": PNG_MARKER})
     plt.close(fig)
     return path
 
 
-def _plot_curves(records: list[RunRecord], path: Path) -> Path | None:
+Points = list[tuple[int, float]]
+
+
+def _plot_curves(records: list[RunRecord], curves: list[tuple[RunRecord, Points, Points]], path: Path) -> Path | None:
+    """Training loss and dev score against steps, one line per run with a curves.csv."""
+    if not curves:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [(r, r.path / CURVES) for r in records if (r.path / CURVES).is_file()]
-    if not curves:
-        return None
     fig, (loss_ax, eval_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    for record, file in curves:
-        with open(file, newline="") as f:
-            rows = list(csv.DictReader(f))
-        label = f"{record.strategy}: {record.path.name}"
-        loss = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") and float(r["loss"]) > 0]
+    for record, loss, evals in curves:
+        label = _text(f"{record.strategy}: {record.path.name}")
         if loss:
             loss_ax.plot(*zip(*loss), label=label)
-        key = next((k for k in (f"eval_{record.metric_mode}_{record.metric}", f"eval_{record.metric}")
-                    if rows and k in rows[0]), "")
-        evals = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
         if evals:
             eval_ax.plot(*zip(*evals), marker="o", label=label)
     loss_ax.set(xlabel="step", ylabel="training loss (log scale)", title="training loss (KD and CE differ in scale)")
     loss_ax.set_yscale("log")
-    eval_ax.set(xlabel="step", ylabel=records[0].metric, title=f"dev {records[0].metric} ({records[0].metric_mode})")
+    metric = _text(records[0].metric)
+    eval_ax.set(xlabel="step", ylabel=metric, title=f"dev {metric} ({records[0].metric_mode})")
     for ax in (loss_ax, eval_ax):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": PNG_MARKER})
     plt.close(fig)
     return path
+
+
+def _read_curves(file: Path, eval_keys: tuple[str, ...]) -> tuple[Points, Points]:
+    """(step, loss) with a positive loss and (step, score) for the first of ``eval_keys`` the file has,
+    from a run's curves.csv; a malformed file is an InputError naming its line."""
+    fix = "dora train-student writes this file; rerun it, or delete the file to report without curves"
+    loss: list[tuple[int, float]] = []
+    evals: list[tuple[int, float]] = []
+    try:
+        with open(file, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            key = next((k for k in eval_keys if k in (reader.fieldnames or [])), "")
+            if "step" not in (reader.fieldnames or []):
+                raise InputError(file, "no 'step' column", line=1, fix=fix)
+            for row in reader:
+                try:
+                    step = int(row["step"] or "")
+                    value = float(row["loss"]) if row.get("loss") else None
+                    score = float(row[key]) if key and row.get(key) else None
+                except (TypeError, ValueError):
+                    raise InputError(file, "a step, loss or score that is not a number", line=reader.line_num,
+                                     fix=fix) from None
+                if not 0 <= step <= MAX_COUNT:
+                    raise InputError(file, f"step {step} is out of range", line=reader.line_num, fix=fix)
+                if value is not None and math.isfinite(value) and value > 0:
+                    loss.append((step, value))
+                if score is not None and math.isfinite(score):
+                    evals.append((step, score))
+    except UnicodeDecodeError:
+        raise InputError(file, "not UTF-8", fix=fix) from None
+    except csv.Error as e:
+        raise InputError(file, f"invalid CSV ({e})", fix=fix) from None
+    return loss, evals
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -235,10 +383,14 @@ class Rates:
     student_rows_per_hour: float
     """Pool rows per device-hour of student training, at the planned number of epochs."""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise ConfigError(f"--device must name the device the rates were measured on, got {self.device!r}")
+        check_number(self.finetune_hours, "--finetune-hours", low=0, low_open=True, high=MAX_DEVICE_HOURS)
+        for name in ("label_rows_per_hour", "student_rows_per_hour"):  # divisors: never 0, NaN or infinite
+            check_number(getattr(self, name), f"--{name.replace('_', '-')}", low=0, low_open=True, high=1e15)
+
     def costs(self, labels: int, pool_rows: int) -> dict[str, dict[str, Any]]:
-        for name in ("finetune_hours", "label_rows_per_hour", "student_rows_per_hour"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         base = {"device": self.device, "device_count": 1}
         return {"teacher_finetune": base | {"device_hours": self.finetune_hours, "gold_labels": max(labels, 1)},
                 "labeling": base | {"device_hours": pool_rows / self.label_rows_per_hour, "examples": pool_rows},
@@ -252,10 +404,10 @@ def budget(*, budget_usd: float, labels_owned: int, prices: Prices, reference: P
     each mixed option labels only a fraction of the pool. Compute comes from the measured
     device-hours of ``reference`` (a recorded distill run), scaled to ``labels_owned`` and the
     pool, or from measured ``rates``."""
-    if budget_usd <= 0:
-        raise ConfigError(f"--budget must be positive, got {budget_usd}")
-    if labels_owned < 0:
-        raise ConfigError(f"--labels-owned must be >= 0, got {labels_owned}")
+    check_number(budget_usd, "--budget", low=0, low_open=True, high=MAX_BUDGET_USD, hint="give dollars to spend")
+    _whole(labels_owned, "--labels-owned", low=0)
+    if pool_rows is not None:
+        _whole(pool_rows, "--pool-rows", low=1)
     if prices.annotation_usd is None:
         raise ConfigError(prices.annotation_source)
     if (reference is None) == (rates is None):
@@ -295,15 +447,31 @@ def budget(*, budget_usd: float, labels_owned: int, prices: Prices, reference: P
                               note="compute price missing: pass --gpu-hour-usd or --prices"))
             continue
         left = budget_usd - compute
-        bought = max(0, math.floor(left / per_label + 1e-9)) if per_label > 0 else 0
+        bought = _labels_for(left, per_label)
         lines.append(prices.labels(bought, "more gold labels with what is left"))
         plans.append(Plan(name=name, labels_bought=bought, lines=lines, fits=left >= 0,
                           note="" if left >= 0 else f"needs {compute - budget_usd:,.2f} USD more than the budget"))
     return plans
 
 
+def _labels_for(usd: float, per_label: float) -> int:
+    """Whole labels ``usd`` buys at ``per_label`` each (0 when nothing is left, or labels are free)."""
+    if per_label <= 0 or usd <= 0:
+        return 0
+    n = usd / per_label + 1e-9
+    if not n <= MAX_COUNT:  # a price near zero: more labels than any float count holds exactly
+        raise ConfigError(f"{usd:,.2f} USD buys more than {MAX_COUNT:,} labels at {per_label:g} USD each; "
+                          "check --annotation-usd")
+    return math.floor(n)
+
+
+def _whole(value: Any, option: str, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_COUNT:
+        raise ConfigError(f"{option} must be a whole number from {low} to {MAX_COUNT:,}, got {value!r}")
+
+
 def _annotate(budget_usd: float, per_label: float, prices: Prices) -> Plan:
-    bought = math.floor(budget_usd / per_label + 1e-9) if per_label > 0 else 0
+    bought = _labels_for(budget_usd, per_label)
     return Plan(name="annotate", labels_bought=bought, lines=[prices.labels(bought, "more gold labels")], fits=True)
 
 

@@ -27,12 +27,14 @@ from typing import Any, ClassVar
 
 from dora import __version__
 from dora.cache import LabelCache, ShardEntry, tokenizer_fingerprint
-from dora.cache.lock import CacheLock
+from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cache.manifest import file_sha256, write_atomic
+from dora.cache.trust import parse_json
 from dora.errors import CacheError, ConfigError, ModelError
 from dora.pipeline.align import cached_vocab_map
 from dora.pipeline.batches import Blocks
-from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
+from dora.pipeline.checkpoint import WRITE_ERRORS, failed_path, write_failure
+from dora.pipeline.config import Optimisation, TaskInputs, as_paths, check_number, positive_ints
 from dora.pipeline.costs import Devices, Ledger
 from dora.pipeline.data import Example, read_examples
 from dora.pipeline.distill import (
@@ -107,6 +109,8 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     """Sentence encoder directory for BERT-iBLEU (multipit_gen)."""
     shuffle_window: int = 4
     """Cache shards held (and shuffled together) at a time: memory is this many shards, not the cache."""
+    verify: bool = True
+    """Check each cache shard's sha256 as it is read (off: ``--no-verify``, recorded in run.json)."""
 
     def __post_init__(self) -> None:
         TaskInputs.__post_init__(self)
@@ -118,10 +122,8 @@ class TrainStudentConfig(TaskInputs, Optimisation):
             if self.dev is not None:
                 raise ConfigError("--eval is the old name of --dev; give one of them")
             object.__setattr__(self, "dev", self.eval)
-        if self.temperature <= 0:
-            raise ConfigError(f"--temperature must be positive, got {self.temperature}; the paper used 2.0")
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
+        check_number(self.temperature, "--temperature", low=0, low_open=True, high=100, hint="the paper used 2.0")
+        check_number(self.alpha, "--alpha", low=0, high=1)
         if self.kd_loss not in ("auto", "topk", "aligned", "uld", "labels", "sequence"):
             raise ConfigError(f"--kd-loss must be auto, topk, aligned, uld, labels or sequence, got {self.kd_loss!r}")
         if self.metric_mode not in METRIC_MODES:
@@ -153,17 +155,31 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
     dev = read_examples(config.dev, fields=config.fields, require_target=True) if config.dev else []
     test = read_examples(config.test, fields=config.fields, require_target=True) if config.test else []
     _warn_about_splits(config)
-    cache = LabelCache.open(config.cache) if config.cache else None
+    cache = LabelCache.open(config.cache, verify=config.verify) if config.cache else None
     if cache is not None:
         _check_cache_task(cache, task, config.cache)
     if (dev or test) and task.metric == "bert_ibleu":
         require_encoder(config.encoder)  # fail now, not at the first evaluation
 
+    created = not config.out.exists()
+    try:
+        return _locked(config, task, gold, dev, test, cache, rank, world)
+    except BaseException:
+        if rank == 0 and created and config.out.is_dir() and not (config.out / "checkpoints").exists() \
+                and not (config.out / "run.json").exists():
+            shutil.rmtree(config.out, ignore_errors=True)  # made by this run, holding nothing of value yet
+        raise
+
+
+def _locked(config: TrainStudentConfig, task: Task, gold: list[Example], dev: list[Example], test: list[Example],
+            cache: LabelCache | None, rank: int, world: int) -> TrainStudentResult | None:
     with contextlib.ExitStack() as held:
-        # One writer per run directory; a finished run with these settings is not trained again.
+        # One writer per run directory, and only into a directory that is new or this run's; a
+        # finished run with these settings is not trained again.
+        identity = _identity(config)
         if rank == 0:
             held.enter_context(CacheLock(config.out))
-        identity = _identity(config)
+            _claim_out(config.out, identity)
         ledger = Ledger(config.out, "student_train")
         finished = _finished(config, identity)
         if finished is not None and not config.resume:
@@ -265,7 +281,10 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
     #    and is scored once on test.
     best = config.out / "best"
     if not best.is_dir():
-        save_hf(model, tokenizer, best)
+        try:
+            save_hf(model, tokenizer, best)
+        except WRITE_ERRORS as e:  # a full disk, most often: one line, the checkpoint stays
+            raise write_failure(failed_path(e, best), e, "the model", None) from None
     for item in best.iterdir():
         target = config.out / item.name
         if target.is_dir():
@@ -280,6 +299,7 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
         "strategy": _strategy(gold, cache), "kd_loss": kd, "alignment": alignment,
         "student": config.student, "cache": str(config.cache) if config.cache else None,
         "cache_format": cache.manifest.format_version if cache else None,
+        "cache_verified": bool(cache and config.verify),
         "cache_teacher": asdict(cache.manifest.teacher) if cache else None,
         "gold_examples": len(gold), "cache_rows": cache.num_rows if cache else 0,
         "steps": result.steps, "epochs": round(result.epochs, 4), "stopped_early": result.stopped_early,
@@ -369,9 +389,41 @@ def _warn_about_splits(config: TrainStudentConfig) -> None:
 
 def _identity(config: TrainStudentConfig) -> str:
     """What makes a finished run the same run (everything but resume and reporting settings)."""
-    skip = {"resume", "report_to", "eval"}
+    skip = {"resume", "report_to", "eval", "verify"}
     fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k not in skip}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+RUN_MARKER = ".dora-run.json"  # written first: this directory is a dora student run, and which one
+
+
+def _claim_out(out: Path, identity: str) -> None:
+    """Train only into a directory that is new, empty, or this very run's (its marker, or the
+    run.json of a finished run, names the same identity); anything else is the user's."""
+    marker, run_file = out / RUN_MARKER, out / "run.json"
+    if marker.is_file() and not marker.is_symlink():
+        recorded = _recorded_identity(marker)
+    elif run_file.is_file() and not run_file.is_symlink():
+        recorded = _recorded_identity(run_file)
+    else:
+        others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+        if others:
+            raise ConfigError(f"{out}: is not empty and is not a dora student run ({others[0]} is there); choose "
+                              "a new or empty --out")
+        recorded = identity
+    if recorded != identity:
+        state = "a finished" if run_file.is_file() else "an unfinished"
+        raise ConfigError(f"{out}: holds {state} student run with other settings or data; use another --out, or "
+                          "delete it to train again")
+    write_atomic(marker, (json.dumps({"stage": "train-student", "identity": identity}) + "\n").encode())
+
+
+def _recorded_identity(path: Path) -> str | None:
+    try:
+        data = parse_json(path.read_bytes()[:1 << 20], str(path))
+    except CacheError as e:
+        raise ConfigError(f"{e}; not a run this dora can continue: choose a new --out") from None
+    return data.get("identity") if isinstance(data, dict) else None
 
 
 def _finished(config: TrainStudentConfig, identity: str) -> TrainStudentResult | None:
@@ -381,7 +433,9 @@ def _finished(config: TrainStudentConfig, identity: str) -> TrainStudentResult |
         return None
     try:
         record, metrics = json.loads(run_file.read_text()), json.loads(metrics_file.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(metrics, dict):
         return None
     if record.get("identity") != identity:
         raise ConfigError(f"{config.out}: holds a finished student run with other settings or data; use another "

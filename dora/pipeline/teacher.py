@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,17 +23,18 @@ from typing import Any, Literal
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
 from dora.cache.lock import CacheLock
-from dora.cache.manifest import write_manifest
+from dora.cache.manifest import MANIFEST, write_manifest
 from dora.cache.schema import id_type_for
 from dora.errors import ConfigError
-from dora.pipeline.config import Optimisation, TaskInputs, as_paths, positive_ints
+from dora.pipeline.config import Optimisation, TaskInputs, as_paths, check_number, positive_ints
 from dora.pipeline.costs import Devices, Ledger
-from dora.pipeline.data import read_examples
+from dora.pipeline.data import Example, read_examples
 from dora.pipeline.distributed import end_distributed, process_rank
 from dora.pipeline.engines import EngineName, EngineSettings, kd_temperatures_for, resolve_engine
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.labeling import LabelSpec
 from dora.pipeline.models import (
+    ModelKind,
     architecture_of,
     check_dtype,
     check_top_k,
@@ -135,19 +138,16 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
         positive_ints(self, "tensor_parallel_size", "pipeline_parallel_size")
         if self.max_model_len is not None:
             positive_ints(self, "max_model_len")
-        if self.temperature < 0:
-            raise ConfigError(f"--temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        check_number(self.temperature, "--temperature", low=0, high=100, hint="0 is greedy (the paper's setting)")
+        check_number(self.top_p, "--top-p", low=0, low_open=True, high=1)
+        check_number(self.gpu_memory_utilization, "--gpu-memory-utilization", low=0, low_open=True, high=1)
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(self.labels))
             if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(x.strip() for x in self.labels):
                 raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {list(self.labels)}")
         if self.kd_temperatures is not None:
             object.__setattr__(self, "kd_temperatures", tuple(float(t) for t in self.kd_temperatures))
-            if not self.kd_temperatures or not all(0 < t < 100 for t in self.kd_temperatures):
+            if not self.kd_temperatures or not all(math.isfinite(t) and 0 < t < 100 for t in self.kd_temperatures):
                 raise ConfigError(f"--kd-temperatures must be positive numbers such as 1,2; got {self.kd_temperatures}")
         if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
             raise ConfigError("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm "
@@ -187,6 +187,18 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     if config.ray is not None:
         require_ray()
     rank, world = process_rank()
+    created = not config.out.exists()
+    try:
+        return _label(config, task, train, pool, base, kind, engine_name, why, temperatures, note, rank, world)
+    except BaseException:
+        if rank == 0 and created and config.out.is_dir() and not (config.out / MANIFEST).exists():
+            shutil.rmtree(config.out, ignore_errors=True)  # made by this run, and nothing was labeled into it
+        raise
+
+
+def _label(config: TeacherLabelConfig, task: Task, train: list[Example], pool: Pool, base: Any, kind: ModelKind,
+           engine_name: str, why: str, temperatures: list[float], note: str | None, rank: int,
+           world: int) -> TeacherLabelResult | None:
     with contextlib.ExitStack() as held:
         # One writer per cache: a second run on the same --out stops here, before any training.
         lock = held.enter_context(CacheLock(config.out)) if rank == 0 else None

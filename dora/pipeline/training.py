@@ -31,12 +31,37 @@ import torch
 
 from dora.errors import ConfigError, TrainingError
 from dora.pipeline.batches import InMemory, TrainData
+from dora.pipeline.checkpoint import (
+    FORMAT,
+    SCHEDULER_FILE,
+    STATE,
+    STATE_FILE,
+    WRITE_ERRORS,
+    check_contents,
+    failed_path,
+    load_model_and_optimizer,
+    model_and_optimizer,
+    read_plain,
+    read_rng,
+    read_trainer_state,
+    refusal,
+    write_failure,
+    write_json,
+    write_rng,
+    write_state,
+)
 from dora.pipeline.costs import Invocation
-from dora.pipeline.fsdp import clip_gradients, full_state_dict, load_sharded, save_sharded, shard_model
+from dora.pipeline.fsdp import (
+    clip_gradients,
+    full_state_dict,
+    load_sharded,
+    save_sharded,
+    shard_model,
+    unwrap_optimizer,
+)
 from dora.pipeline.progress import console, progress_bar
 from dora.pipeline.tracking import CURVES, Tracker, write_curves
 
-STATE_FILE = "trainer_state.json"
 SaveModel = Callable[[Any, Path, "dict[str, Any] | None"], None]
 
 
@@ -87,7 +112,10 @@ def steps_per_epoch(n_examples: int, s: LoopSettings, world: int = 1) -> int:
 
 class Checkpoints:
     """``<dir>/last``: the newest resumable state, replaced so that a crash at any moment leaves
-    either the previous checkpoint or the new one (``last.old`` is put back on the next start)."""
+    either the previous checkpoint or the new one (``last.old`` is put back on the next start).
+
+    Every part is safetensors or JSON (``dora.pipeline.checkpoint``): nothing is unpickled, and a
+    directory holding any file dora does not write there is refused, not loaded."""
 
     def __init__(self, root: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, fsdp: bool) -> None:
         self.root, self.accelerator, self.fsdp = root, accelerator, fsdp
@@ -95,36 +123,56 @@ class Checkpoints:
         self.last, self.tmp, self.old = root / "last", root / "last.tmp", root / "last.old"
 
     def state(self) -> dict[str, Any] | None:
-        if self.accelerator.is_main_process and not self.last.is_dir() and (self.old / STATE_FILE).is_file():
+        if self.accelerator.is_main_process and not self.last.exists() and (self.old / STATE_FILE).is_file():
             os.replace(self.old, self.last)  # a crash between the two renames of ``save``
         self.accelerator.wait_for_everyone()
-        path = self.last / STATE_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not self.last.exists() and not self.last.is_symlink():
+            return None
+        if self.last.is_symlink() or not self.last.is_dir():
+            raise refusal(self.last, "not a checkpoint directory dora wrote", self.last)
+        check_contents(self.last)  # before reading anything in it
+        return read_trainer_state(self.last)
 
     def load(self) -> None:
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
         if self.fsdp:
-            load_sharded(self.last, self.model, self.optimizer, self.scheduler, self.accelerator.process_index)
+            load_sharded(self.last, self.model, self.optimizer, rank, world)
         else:
-            self.accelerator.load_state(str(self.last))
+            load_model_and_optimizer(self.last / STATE, self.model, unwrap_optimizer(self.optimizer), self.last,
+                                     world=world)
+        self.scheduler.load_state_dict(read_plain(self.last / SCHEDULER_FILE, self.scheduler.state_dict(), self.last))
+        read_rng(self.last, rank)
 
     def save(self, state: dict[str, Any]) -> None:
         main = self.accelerator.is_main_process
-        if main:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp.mkdir(parents=True)
-        self.accelerator.wait_for_everyone()
-        if self.fsdp:
-            save_sharded(self.tmp, self.model, self.optimizer, self.scheduler, self.accelerator.process_index)
-        else:
-            self.accelerator.save_state(str(self.tmp))
-        self.accelerator.wait_for_everyone()
-        if main:
-            (self.tmp / STATE_FILE).write_text(json.dumps(state, indent=2))  # written last: marks it complete
-            shutil.rmtree(self.old, ignore_errors=True)
-            if self.last.is_dir():
-                os.replace(self.last, self.old)
-            os.replace(self.tmp, self.last)
-            shutil.rmtree(self.old, ignore_errors=True)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        previous = self.last if self.last.is_dir() else None
+        try:
+            if main:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp.mkdir(parents=True)
+            self.accelerator.wait_for_everyone()
+            if self.fsdp:
+                save_sharded(self.tmp, self.model, self.optimizer, rank, world)
+            else:
+                model_optim = model_and_optimizer(self.model, unwrap_optimizer(self.optimizer))
+                if main:  # data-parallel: every rank holds the same weights
+                    write_state(self.tmp / STATE, model_optim, world=world)
+            write_rng(self.tmp, rank)
+            if main:
+                write_json(self.tmp / SCHEDULER_FILE, {"format": FORMAT, "state": self.scheduler.state_dict()})
+            self.accelerator.wait_for_everyone()
+            if main:
+                write_json(self.tmp / STATE_FILE, state)  # written last: marks it complete
+                shutil.rmtree(self.old, ignore_errors=True)
+                if self.last.is_dir():
+                    os.replace(self.last, self.old)
+                os.replace(self.tmp, self.last)
+                shutil.rmtree(self.old, ignore_errors=True)
+        except WRITE_ERRORS as e:  # a full disk, most often: no half-written checkpoint is left
+            if main:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            raise write_failure(failed_path(e, self.tmp), e, "the checkpoint", previous) from None
         self.accelerator.wait_for_everyone()
 
 
@@ -181,10 +229,8 @@ def train_loop(
         model = shard_model(model, accelerator.device, bf16=accelerator.mixed_precision == "bf16")
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * steps), steps)
-    if not fsdp:
+    if not fsdp:  # the scheduler is not prepared: accelerate would step it once per process per step under DDP
         model, optimizer = accelerator.prepare(model, optimizer)
-        # Not prepared: accelerate would step it once per process per step under DDP.
-        accelerator.register_for_checkpointing(scheduler)
     checkpoints = Checkpoints(out_dir / "checkpoints", accelerator, model, optimizer, scheduler, fsdp)
 
     # What makes a checkpoint resumable by this run: same data size, settings and process count.
@@ -216,11 +262,19 @@ def train_loop(
     running = 0.0
     running_n = 0
 
+    def write_model(module: Any, path: Path, state_dict: dict[str, Any] | None) -> None:
+        """``save_model``, a failed write (a full disk) made one line that says what is kept."""
+        previous = checkpoints.last if checkpoints.last.is_dir() else None
+        try:
+            save_model(module, path, state_dict)
+        except WRITE_ERRORS as e:
+            raise write_failure(failed_path(e, path), e, "the model", previous) from None
+
     def save_to(path: Path) -> None:
         unwrapped = model if fsdp else accelerator.unwrap_model(model)
         state_dict = full_state_dict(model) if fsdp else None  # every rank takes part in the gather
         if accelerator.is_main_process:
-            save_model(unwrapped, path, state_dict)
+            write_model(unwrapped, path, state_dict)
         accelerator.wait_for_everyone()
 
     def run_eval() -> bool:
@@ -234,7 +288,7 @@ def train_loop(
             value = scores.get(primary or "", float("nan"))
             if state["best"] is None or value > state["best"].get(primary, float("-inf")):
                 state["best"], state["best_step"], state["since_best"] = scores, state["step"], 0
-                save_model(accelerator.unwrap_model(model), out_dir / "best", None)
+                write_model(accelerator.unwrap_model(model), out_dir / "best", None)
             else:
                 state["since_best"] += 1
             console.print(f"[dim]{description}: step {state['step']} {primary}={value:.4f}[/]")
@@ -275,9 +329,12 @@ def train_loop(
                     loss = loss_fn(model, batch)
                     finite = _all_finite(loss, accelerator, world)
                     if not finite:
+                        # Not always the learning rate: a damaged cache (NaN log-probabilities) does it too.
                         raise TrainingError(
-                            f"{description}: the loss became {float(loss)} at step {state['step'] + 1}; lower "
-                            "--learning-rate, or check the data (the last checkpoint is kept)"
+                            f"{description}: the loss became {float(loss.detach())} at step {state['step'] + 1}; either the "
+                            "learning rate is too high (lower --learning-rate) or the inputs hold non-finite values "
+                            "(e.g. a label cache with damaged log-probabilities: check it with `dora cache verify "
+                            "CACHE`); the last checkpoint is kept"
                         )
                     accelerator.backward(loss / settings.grad_accum)
                 running += float(loss.detach())
