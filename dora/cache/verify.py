@@ -39,9 +39,11 @@ def verify(root: str | Path, *, decode: bool = True) -> list[str]:
     problems += _rows_problems(cache)
     tokenizer = None
     try:
-        check_tokenizer_files(cache.root, m.tokenizer_listing())
         if decode:
-            tokenizer = cache.tokenizer()
+            tokenizer = cache.tokenizer()  # checks the files first
+        else:
+            check_tokenizer_files(cache.root, m.tokenizer_listing())
+        if tokenizer is not None:
             if tokenizer_fingerprint(tokenizer) != m.teacher.tokenizer_fingerprint:
                 problems.append(f"{cache.root / 'tokenizer'}: its fingerprint differs from the manifest's "
                                 "teacher.tokenizer_fingerprint; the tokenizer was replaced")

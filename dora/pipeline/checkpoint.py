@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dora.errors import CheckpointError
+from dora.cache.trust import parse_json
+from dora.errors import CacheError, CheckpointError
 
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.json"
@@ -117,10 +118,10 @@ def read_json(path: Path, last: Path) -> Any:
     if not path.is_file():
         raise refusal(path, "missing from the checkpoint", last)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return parse_json(path.read_bytes(), str(path))
     except OSError as e:
         raise refusal(path, f"cannot be read ({e.strerror})", last) from None
-    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit integer
+    except CacheError:  # bad UTF-8 or JSON, a 5,000-digit integer, nesting too deep
         raise refusal(path, "not valid JSON (truncated or corrupt)", last) from None
 
 

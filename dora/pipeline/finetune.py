@@ -28,6 +28,7 @@ import torch
 
 from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cache.manifest import write_atomic
+from dora.cache.trust import parse_json
 from dora.errors import CacheError, ConfigError
 from dora.pipeline.checkpoint import STATE_FILE
 from dora.pipeline.costs import Devices, Ledger
@@ -227,10 +228,10 @@ def _read_record(path: Path) -> dict[str, Any]:
     """The record, checked: any damage is one line naming the file, never a traceback."""
     fix = f"dora writes this file; delete {path.parent} to fine-tune again, or choose a new --teacher-out"
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
+        raw = parse_json(path.read_bytes(), str(path))
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror}); {fix}") from None
-    except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5,000-digit integer, nesting too deep
+    except CacheError:  # bad JSON or UTF-8, a 5,000-digit integer, nesting too deep
         raise ConfigError(f"{path}: not valid JSON; {fix}") from None
     if not _record_ok(raw):
         raise ConfigError(f"{path}: not a teacher record dora wrote (an object with a string key, a true or "
