@@ -83,8 +83,8 @@ def real(workdir: Path) -> None:
 def synthetic(n_tokens: int, vocab: int, seq_len: int) -> None:
     from dora.cache.schema import shard_schema
     from dora.cache.writer import parquet_options
-    from dora.pipeline.generation import tail_logprobs
-    from dora.pipeline.losses import topk_kl_per_token
+    from dora.pipeline.engines.generation import tail_logprobs
+    from dora.pipeline.kd.losses import topk_kl_per_token
 
     g = torch.Generator().manual_seed(0)
     # Peaked logits: a Zipf-like base over the vocabulary plus a few strongly preferred tokens.

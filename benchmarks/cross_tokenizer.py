@@ -37,14 +37,14 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from dora.cli import _quiet
-    from dora.pipeline.evaluation import predict
-    from dora.pipeline.scratch import save_model_dir, tiny_llama, tiny_t5, train_tokenizer
+    from dora.pipeline.evaluate import predict
+    from dora.pipeline.models.scratch import save_model_dir, tiny_llama, tiny_t5, train_tokenizer
+    from dora.pipeline.progress import quiet_libraries
     from dora.pipeline.student import TrainStudentConfig, train_student
-    from dora.pipeline.tasks import get_task
+    from dora.pipeline.tasks.catalog import get_task
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
-    _quiet()
+    quiet_libraries()
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="dora-xtok-"))
     rows = [json.loads(x) for x in resources.files("dora").joinpath("demo_data/fever.jsonl").read_text().splitlines()]

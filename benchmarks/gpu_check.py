@@ -32,15 +32,15 @@ def main() -> int:
         print("no CUDA device: this script checks the GPU path; run it where a GPU exists")
         return 2
 
-    from dora.cli import _quiet
-    from dora.pipeline.encoding import encode_prompts
-    from dora.pipeline.generation import hf_generate
-    from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.data.encoding import encode_prompts
+    from dora.pipeline.engines.generation import hf_generate
+    from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.progress import quiet_libraries
     from dora.pipeline.student import TrainStudentConfig, train_student
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
-    from dora.pipeline.training import mixed_precision
+    from dora.pipeline.train.loop import mixed_precision
 
-    _quiet()
+    quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="dora-gpu-"))
     rows = [json.loads(x) for x in resources.files("dora").joinpath("demo_data/fever.jsonl").read_text().splitlines()]
     tok = train_tokenizer([t for r in rows for t in ("fever: " + r["source"], r["target"])], vocab_size=4000)

@@ -68,12 +68,12 @@ def main() -> int:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else (known[0] if known else None)
     bandwidth = args.bandwidth_gbs * 1e9 if args.bandwidth_gbs else (known[1] if known else None)
 
-    from dora.cli import _quiet
-    from dora.pipeline.scratch import save_model_dir, train_tokenizer
+    from dora.pipeline.models.scratch import save_model_dir, train_tokenizer
+    from dora.pipeline.progress import quiet_libraries
     from dora.pipeline.student import TrainStudentConfig, train_student
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
-    _quiet()
+    quiet_libraries()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="dora-gpu-throughput-"))
     rows = [json.loads(x) for x in resources.files("dora").joinpath("demo_data/fever.jsonl").read_text().splitlines()]

@@ -37,9 +37,9 @@ def main() -> None:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from dora.cache import LabelCache
-    from dora.pipeline.encoding import decoder_inputs, pad
-    from dora.pipeline.generation import tail_logprobs
-    from dora.pipeline.losses import full_kl_per_token, topk_kl_per_token, topk_kl_per_token_v1
+    from dora.pipeline.data.encoding import decoder_inputs, pad
+    from dora.pipeline.engines.generation import tail_logprobs
+    from dora.pipeline.kd.losses import full_kl_per_token, topk_kl_per_token, topk_kl_per_token_v1
 
     built = build(args.workdir)
     cache = LabelCache.open(built["cache"])

@@ -34,7 +34,7 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"
 
 
 def build(work: Path, hidden: int, layers: int, rows: int) -> tuple[Path, Path]:
-    from dora.pipeline.scratch import save_model_dir, tiny_llama, train_tokenizer
+    from dora.pipeline.models.scratch import save_model_dir, tiny_llama, train_tokenizer
 
     data = [json.loads(x) for x in resources.files("dora").joinpath("demo_data/fever.jsonl").read_text().splitlines()]
     tok = train_tokenizer([t for r in data for t in ("fever: " + r["source"], r["target"])], vocab_size=8000, kind="llama")
@@ -49,7 +49,7 @@ def build(work: Path, hidden: int, layers: int, rows: int) -> tuple[Path, Path]:
 def prompts(model: Path, pool: Path, rows: int) -> tuple[list[list[int]], object]:
     from transformers import AutoTokenizer
 
-    from dora.pipeline.encoding import encode_prompts
+    from dora.pipeline.data.encoding import encode_prompts
 
     tok = AutoTokenizer.from_pretrained(model)
     texts = [json.loads(x)["source"] for x in pool.read_text().splitlines()[:rows]]
@@ -59,10 +59,10 @@ def prompts(model: Path, pool: Path, rows: int) -> tuple[list[list[int]], object
 def measure(name: str, model: Path, pool: Path, rows: int, out: Path) -> dict:
     """Run in a child process: returns {"tokens", "seconds"} of labeling only."""
     if name in ("dora-vllm", "dora-hf"):
-        from dora.cli import _quiet
+        from dora.pipeline.progress import quiet_libraries
         from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
-        _quiet()
+        quiet_libraries()
         sub = out / "pool.jsonl"
         sub.write_text("".join(pool.read_text().splitlines(keepends=True)[:rows]))
         engine = "vllm" if name == "dora-vllm" else "transformers"
@@ -89,7 +89,7 @@ def measure(name: str, model: Path, pool: Path, rows: int, out: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    from dora.pipeline.encoding import pad
+    from dora.pipeline.data.encoding import pad
 
     hf = AutoModelForCausalLM.from_pretrained(model).eval()
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=tok.eos_token_id,

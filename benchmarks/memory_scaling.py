@@ -41,9 +41,9 @@ def child(kind: str, work: Path, n: int, steps: int) -> None:
 
     import dora.pipeline.student  # noqa: F401
     import dora.pipeline.teacher  # noqa: F401
-    from dora.cli import _quiet
+    from dora.pipeline.progress import quiet_libraries
 
-    _quiet()
+    quiet_libraries()
     start = time.perf_counter()
     pool, cache = work / f"pool-{n}.jsonl", work / f"cache-{n}"
     if kind == "floor":  # the imports above and nothing else
@@ -61,16 +61,18 @@ def child(kind: str, work: Path, n: int, steps: int) -> None:
                                          out=work / f"student-{n}", max_steps=steps, batch_size=32,
                                          save_every=10**9, max_source_length=32, resume=False))
     elif kind == "read-pool":
-        from dora.pipeline.data import read_examples
+        from dora.pipeline.data.inputs import read_examples
 
         read_examples(pool, require_target=False)
     elif kind == "load-cache":
         from dora.cache import LabelCache
-        from dora.pipeline.distill import cache_features
-        from dora.pipeline.models import load_tokenizer
+        from dora.pipeline.kd.objectives import OBJECTIVES, cache_features
+        from dora.pipeline.models.loading import load_tokenizer
 
-        cache_features(LabelCache.open(cache), load_tokenizer(str(work / "model")), "fever: ", "topk",
-                       max_source_length=32, max_target_length=64)
+        opened = LabelCache.open(cache)
+        topk = OBJECTIVES["topk"](tail_index=OBJECTIVES["topk"].stored_tail(opened, 2.0))
+        cache_features(topk, opened, load_tokenizer(str(work / "model")), prefix="fever: ", max_source_length=32,
+                       max_target_length=64)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would inherit the
     # parent's peak; VmHWM belongs to this process's own address space.
     status = Path("/proc/self/status").read_text()
@@ -87,7 +89,7 @@ def measure(kind: str, work: Path, n: int, steps: int) -> dict:
 
 
 def setup(work: Path, sizes: list[int]) -> None:
-    from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
 
     text = resources.files("dora").joinpath("demo_data/fever.jsonl").read_text()
     claims = [json.loads(line)["source"] for line in text.splitlines()]

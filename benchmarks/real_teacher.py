@@ -38,12 +38,12 @@ def build(workdir: Path, *, data: Path | None = None, steps: int = 800, pool: in
     done = workdir / "built.json"
     if done.is_file():
         return json.loads(done.read_text())
-    from dora.cli import _quiet
-    from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.progress import quiet_libraries
     from dora.pipeline.student import TrainStudentConfig, train_student
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
-    _quiet()
+    quiet_libraries()
     task, rows = _rows(data)
     random.Random(0).shuffle(rows)
     held, train = rows[:pool], rows[pool:]

@@ -43,16 +43,16 @@ def main() -> None:
     from transformers import AutoModelForSeq2SeqLM
 
     from dora.cache import LabelCache
-    from dora.cli import _quiet
-    from dora.pipeline.distill import cache_columns, cache_features, collate_kd, student_loss, table_features
-    from dora.pipeline.encoding import collate
+    from dora.pipeline.data.encoding import collate
     from dora.pipeline.finetune import sequence_loss
-    from dora.pipeline.losses import full_kl_per_token
-    from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.kd.losses import full_kl_per_token
+    from dora.pipeline.kd.objectives import OBJECTIVES, cache_features, collate_kd, training_loss
+    from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.progress import quiet_libraries
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
-    from dora.pipeline.training import LoopSettings, steps_per_epoch, train_loop
+    from dora.pipeline.train.loop import LoopSettings, steps_per_epoch, train_loop
 
-    _quiet()
+    quiet_libraries()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="dora-stage2-"))
     rows = [json.loads(x) for x in resources.files("dora").joinpath("demo_data/fever.jsonl").read_text().splitlines()]
@@ -70,7 +70,8 @@ def main() -> None:
                                      max_new_tokens=16, label_batch_size=64, score_labels=False,
                                      shard_size=max(256, args.rows // 4)))
     cache = LabelCache.open(work / "cache")
-    feats = cache_features(cache, tok, "fever: ", "topk", max_source_length=256, max_target_length=64)
+    topk = OBJECTIVES["topk"](temperature=2.0, alpha=0.0, tail_index=OBJECTIVES["topk"].stored_tail(cache, 2.0))
+    feats = cache_features(topk, cache, tok, prefix="fever: ", max_source_length=256, max_target_length=64)
     settings = LoopSettings(epochs=args.epochs, max_steps=None, batch_size=args.batch_size, grad_accum=1,
                             learning_rate=1e-3, warmup_ratio=0, weight_decay=0, seed=0, eval_every=None,
                             save_every=None, resume=False)
@@ -90,7 +91,7 @@ def main() -> None:
         return (kl * mask).sum() / mask.sum().clamp(min=1)
 
     losses = {"ce": sequence_loss("seq2seq"),
-              "kd": lambda m, b: student_loss(m, b, mode="topk", temperature=2.0, alpha=0.0),
+              "kd": lambda m, b: training_loss(topk, m, b),
               "online": online_loss}
     seconds: dict[str, float] = {}
     for run, name in enumerate(["ce", "kd", "online", "ce", "kd", "online"]):
@@ -106,14 +107,14 @@ def main() -> None:
         start = time.perf_counter()
         n = 0
         for entry in cache.manifest.shards:
-            table = cache.read_shard(entry, cache_columns("topk"))
-            n += len(table_features(table, cache.manifest.generation.k, tok, "fever: ", "topk", max_source_length=256,
+            table = cache.read_shard(entry, topk.columns())
+            n += len(topk.featurise(table, tok, k=cache.manifest.generation.k, prefix="fever: ", max_source_length=256,
                                     max_target_length=64))
         return n / (time.perf_counter() - start)
 
     def parquet_only() -> float:
         start = time.perf_counter()
-        n = sum(cache.read_shard(e, cache_columns("topk")).num_rows for e in cache.manifest.shards)
+        n = sum(cache.read_shard(e, topk.columns()).num_rows for e in cache.manifest.shards)
         return n / (time.perf_counter() - start)
 
     reader = max(read() for _ in range(2))

@@ -35,12 +35,12 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=20)
     args = parser.parse_args()
 
-    from dora.cli import _quiet
-    from dora.pipeline.generation import _generation_config
-    from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.engines.generation import _generation_config
+    from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
+    from dora.pipeline.progress import quiet_libraries
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
-    _quiet()
+    quiet_libraries()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="dora-bench-"))
     text = resources.files("dora").joinpath("demo_data/fever.jsonl").read_text()

@@ -8,7 +8,7 @@ Stage functions (the CLI calls these; so can you)::
     teacher_label(TeacherLabelConfig(task="fever", teacher="t5-large-dir", train="gold.jsonl",
                                      pool="pool.jsonl", out="cache/"))
     train_student(TrainStudentConfig(task="fever", student="t5-small-dir", cache="cache/",
-                                     eval="test.jsonl", out="student/"))
+                                     dev="dev.jsonl", test="test.jsonl", out="student/"))
 """
 
 __version__ = "0.1.0"

@@ -21,6 +21,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dora import __version__
+from dora.pipeline.kd.objectives import kd_loss_help
+from dora.pipeline.progress import quiet_libraries
 
 app = typer.Typer(
     name="dora",
@@ -203,21 +205,6 @@ def _raised_by_parser(e: BaseException) -> bool:
     return path.name in _PARSER_FILES.get(path.parent.name, set())
 
 
-def _quiet() -> None:
-    """Silence library progress bars and info logs; dora draws its own."""
-    import logging
-    import os
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 def _config(cls: type[T], options: dict[str, Any], ctx: typer.Context | None = None) -> T:
     """Build a stage config from a command's options: same names, plus the three column names.
 
@@ -227,7 +214,7 @@ def _config(cls: type[T], options: dict[str, Any], ctx: typer.Context | None = N
     import dataclasses
 
     from dora.pipeline.config import PRESET_FIELDS, with_preset
-    from dora.pipeline.data import Fields
+    from dora.pipeline.data.inputs import Fields
 
     options = dict(options)
     options.pop("ctx", None)
@@ -317,7 +304,7 @@ def teacher_label_cmd(
     Rerunning the same command continues an interrupted run: the fine-tuned teacher and complete shards are reused.
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.engines import parse_engine_args
+    from dora.pipeline.engines.registry import parse_engine_args
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
     def stage() -> Any:
@@ -328,7 +315,7 @@ def teacher_label_cmd(
         return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra, "labels": labels,
                                                           "kd_temperatures": temps}, ctx))
 
-    _quiet()
+    quiet_libraries()
     _run(stage, options)
 
 
@@ -346,7 +333,7 @@ def train_student_cmd(
     metric_mode: MetricModeOpt = "strict",
     patience: Annotated[int | None, typer.Option(help="Stop after N evaluations on --dev without a better score.", rich_help_panel=TRAIN)] = None,
     preset: PresetOpt = None,
-    kd_loss: Annotated[str, typer.Option(help="Distillation loss: auto, topk (same tokenizer), aligned or uld (another tokenizer), labels (closed label sets), sequence (text only).", rich_help_panel=TRAIN)] = "auto",
+    kd_loss: Annotated[str, typer.Option(help=kd_loss_help(), rich_help_panel=TRAIN)] = "auto",
     temperature: Annotated[float, typer.Option(help="KD temperature (the paper used 2).", rich_help_panel=TRAIN)] = 2.0,
     alpha: Annotated[float, typer.Option(help="Weight of cross-entropy on the pseudo-label; KD gets 1 - alpha.", rich_help_panel=TRAIN)] = 0.0,
     eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).", rich_help_panel=TRAIN)] = None,
@@ -387,7 +374,7 @@ def train_student_cmd(
     options = locals()  # the command's options, by name
     from dora.pipeline.student import TrainStudentConfig, train_student
 
-    _quiet()
+    quiet_libraries()
     _run(lambda: train_student(_config(TrainStudentConfig, options, ctx)), options)
 
 
@@ -409,7 +396,7 @@ def report_cmd(
     options = locals()  # the command's options, by name
     from rich.markup import escape
 
-    from dora.pipeline.pricing import Prices
+    from dora.pipeline.costs.pricing import Prices
     from dora.pipeline.report import report
 
     def stage() -> None:
@@ -472,9 +459,9 @@ def budget_cmd(
     options = locals()  # the command's options, by name
     from rich.markup import escape
 
-    from dora.pipeline.pricing import Prices
-    from dora.pipeline.report import Rates
-    from dora.pipeline.report import budget as plan_budget
+    from dora.pipeline.budget import Rates
+    from dora.pipeline.budget import budget as plan_budget
+    from dora.pipeline.costs.pricing import Prices
 
     def stage() -> None:
         price = Prices.resolve(task, gpu_hour_usd=gpu_hour_usd, annotation_usd=annotation_usd, prices_file=prices)
@@ -538,9 +525,9 @@ def evaluate_cmd(
     ·  dora evaluate --task nq --predictions preds.jsonl --out scores.json
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.evaluation import EvaluateConfig, evaluate
+    from dora.pipeline.evaluate import EvaluateConfig, evaluate
 
-    _quiet()
+    quiet_libraries()
     result = _run(lambda: evaluate(_config(EvaluateConfig, options)), options)
     typer.echo(json.dumps(result, indent=2))
 
@@ -559,7 +546,7 @@ def demo_cmd(
     options = locals()  # the command's options, by name
     from dora.pipeline.demo import DemoConfig, run_demo
 
-    _quiet()
+    quiet_libraries()
     _run(lambda: run_demo(_config(DemoConfig, options)), options)
 
 
@@ -694,7 +681,7 @@ def cache_filter_cmd(
     def run() -> Any:
         references = None
         if gold is not None:
-            from dora.pipeline.data import Fields, read_examples
+            from dora.pipeline.data.inputs import Fields, read_examples
 
             fields = Fields(source=source_field, target=target_field, id=id_field)
             references = {e.id: e.target or "" for e in read_examples(gold, fields=fields, require_target=True)}

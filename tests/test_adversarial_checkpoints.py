@@ -41,7 +41,7 @@ TEACHER = ["teacher-label", "--task", "fever", "--teacher", "{t5}", "--train", "
 
 def _interrupted(args: list[str]) -> None:
     """Run the CLI and stop it (as Ctrl-C would) right after its first checkpoint."""
-    import dora.pipeline.training as training
+    import dora.pipeline.train.loop as training
 
     real = training.write_curves
 

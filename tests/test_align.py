@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dora.cache import tokenizer_fingerprint
-from dora.pipeline.align import align, build_vocab_map, cached_vocab_map, canon, surfaces
-from dora.pipeline.distill import collate_kd, student_loss
-from dora.pipeline.generation import tail_logprobs
-from dora.pipeline.losses import label_set_kl
+from dora.pipeline.engines.generation import tail_logprobs
+from dora.pipeline.kd.align import align, build_vocab_map, cached_vocab_map, canon, surfaces
+from dora.pipeline.kd.losses import label_set_kl
+from dora.pipeline.kd.objectives import OBJECTIVES, collate_kd, training_loss
 
 PIECES = list("abcXYZ019 .,;-'\"\t\n") + ["  ", "   ", "é", "ö", "ß", "ﬁ", "e\u0301", "日本", "🙂", "👍🏽",
                                           "\u00a0", "Ω", "ñ", "SUPPORTS", " the", "▁", "Ġ", "Claim"]
@@ -91,8 +91,8 @@ def test_identical_tokenizers_make_aligned_equal_topk_exactly(t5_dir, tmp_path):
     from conftest import fever_rows
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from dora.pipeline.distill import AlignStats, _aligned_arrays
-    from dora.pipeline.encoding import encode_pair
+    from dora.pipeline.data.encoding import encode_pair
+    from dora.pipeline.kd.align import AlignStats, aligned_arrays
 
     tok = AutoTokenizer.from_pretrained(t5_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(t5_dir).eval()
@@ -110,7 +110,7 @@ def test_identical_tokenizers_make_aligned_equal_topk_exactly(t5_dir, tmp_path):
         tails = tail_logprobs(logits, top.indices, [2.0])[:, 0].numpy()
         exact.append({**feat, "topk_ids": top_ids, "topk_logprobs": top_lp, "kd_mask": np.ones(len(ids), bool),
                       "teacher_tail": tails})
-        arrays = _aligned_arrays(ids, ids, top_ids, top_lp, tails, surf, surf, tok.eos_token_id, tok.eos_token_id,
+        arrays = aligned_arrays(ids, ids, top_ids, top_lp, tails, surf, surf, tok.eos_token_id, tok.eos_token_id,
                                  vmap, "aligned", stats)
         aligned.append({**feat, **arrays})
     # Every position with visible text aligns to itself and keeps the teacher's ids unchanged.
@@ -120,10 +120,10 @@ def test_identical_tokenizers_make_aligned_equal_topk_exactly(t5_dir, tmp_path):
     full = [i for i, a in enumerate(aligned) if a["kd_mask"].all()]
     assert len(full) >= 3
     student = AutoModelForSeq2SeqLM.from_pretrained(t5_dir)
-    la = student_loss(student, collate_kd([aligned[i] for i in full], tok.pad_token_id), mode="aligned",
-                      temperature=2.0, alpha=0.0)
-    le = student_loss(student, collate_kd([exact[i] for i in full], tok.pad_token_id), mode="topk",
-                      temperature=2.0, alpha=0.0)
+    la = training_loss(OBJECTIVES["aligned"](temperature=2.0, alpha=0.0),
+                       student, collate_kd([aligned[i] for i in full], tok.pad_token_id))
+    le = training_loss(OBJECTIVES["topk"](temperature=2.0, alpha=0.0),
+                       student, collate_kd([exact[i] for i in full], tok.pad_token_id))
     assert torch.equal(la, le)
 
 

@@ -36,8 +36,8 @@ def test_help_lists_the_stages():
 def test_distill_student_from_the_cache(cache_dir, t5_dir, data_dir, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
-    from dora.pipeline.metrics import score_modes
-    from dora.pipeline.tasks import get_task
+    from dora.pipeline.tasks.catalog import get_task
+    from dora.pipeline.tasks.metrics import score_modes
 
     out = tmp_path / "student"
     result = ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache_dir,
@@ -257,8 +257,8 @@ def test_every_paper_task_runs_both_stages(task, t5_dir, tmp_path):
     ok("train-student", "--task", task, "--student", t5_dir, "--cache", tmp_path / "cache", "--test", test,
        "--out", tmp_path / "student", "--max-steps", "1", "--max-new-tokens", "5")
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
-    from dora.pipeline.metrics import score_modes
-    from dora.pipeline.tasks import get_task
+    from dora.pipeline.tasks.catalog import get_task
+    from dora.pipeline.tasks.metrics import score_modes
 
     rows = [json.loads(x) for x in (tmp_path / "student" / "test_predictions.jsonl").read_text().splitlines()]
     assert [(r["source"], r["target"]) for r in rows] == pairs[8:]
@@ -377,7 +377,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 
 def test_engine_errors_are_one_line(t5_dir, llama_dir, data_dir, tmp_path, monkeypatch):
-    import dora.pipeline.engines as engines
+    import dora.pipeline.engines.registry as engines
 
     base = ["teacher-label", "--task", "fever", "--no-finetune", "--pool", data_dir / "pool.jsonl"]
     t5 = invoke(*base, "--teacher", t5_dir, "--out", tmp_path / "a", "--engine", "vllm")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dora.errors import InputError
-from dora.pipeline.data import Fields, fingerprint, read_examples
+from dora.pipeline.data.inputs import Fields, fingerprint, read_examples
 
 ROWS = [{"source": "Cats purr.", "target": "SUPPORTS"}, {"source": "Dogs meow, \"loudly\".", "target": "REFUTES"}]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dora.errors import ConfigError
-from dora.pipeline import engines
-from dora.pipeline.engines import parse_engine_args, resolve_engine
+from dora.pipeline.engines import registry as engines
+from dora.pipeline.engines.registry import parse_engine_args, resolve_engine
 
 
 def test_engine_args_from_pairs_and_files(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import fever_rows
 
-from dora.pipeline.encoding import encode_prompts
-from dora.pipeline.generation import hf_generate
+from dora.pipeline.data.encoding import encode_prompts
+from dora.pipeline.engines.generation import hf_generate
 
 
 @pytest.fixture(scope="module", params=["t5", "llama"])

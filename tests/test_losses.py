@@ -1,4 +1,4 @@
-"""Property tests of the KD losses (shapes in dora.pipeline.losses), each against a reference
+"""Property tests of the KD losses (shapes in dora.pipeline.kd.losses), each against a reference
 computed from the full distributions."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dora.pipeline.generation import tail_logprobs
-from dora.pipeline.losses import (
+from dora.pipeline.engines.generation import tail_logprobs
+from dora.pipeline.kd.losses import (
     full_kl_per_token,
     label_set_kl,
     log1mexp,

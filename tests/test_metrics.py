@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from dora.errors import ConfigError
-from dora.pipeline.metrics import (
+from dora.pipeline.tasks.catalog import TASKS, WLP_LABELS, get_task
+from dora.pipeline.tasks.metrics import (
     METRIC_MODES,
     BertScore,
     TaskScorer,
@@ -34,7 +35,6 @@ from dora.pipeline.metrics import (
     wlp,
     wlp_spans,
 )
-from dora.pipeline.tasks import TASKS, WLP_LABELS, get_task
 
 
 def test_all_six_paper_tasks_exist_with_prefixes():
@@ -67,7 +67,7 @@ def test_generic_task_needs_a_known_metric():
 def test_importing_metrics_loads_no_heavy_library():
     import subprocess
 
-    code = ("import sys, dora.pipeline.metrics; "
+    code = ("import sys, dora.pipeline.tasks.metrics; "
             "print(sorted(m for m in ('torch', 'transformers', 'bert_score', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

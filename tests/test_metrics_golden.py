@@ -13,8 +13,8 @@ import pytest
 from conftest import SHARED, fever_rows
 
 from dora.errors import ConfigError
-from dora.pipeline.metrics import paper_ner_parse, score, score_modes
-from dora.pipeline.tasks import STANCE_LABELS, WLP_LABELS, get_task
+from dora.pipeline.tasks.catalog import STANCE_LABELS, WLP_LABELS, get_task
+from dora.pipeline.tasks.metrics import paper_ner_parse, score, score_modes
 
 TOL = 1e-9
 # The transcription's keys and scale -> dora's.

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from dora.cli import app
 from dora.errors import ConfigError
-from dora.pipeline.pricing import PAPER_ANNOTATION_USD, Prices
+from dora.pipeline.costs.pricing import PAPER_ANNOTATION_USD, Prices
 
 runner = CliRunner()
 

@@ -21,9 +21,9 @@ from dora.cache import LabelCache
 from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cli import app
 from dora.errors import CacheError, InputError
-from dora.pipeline.batches import Blocks
-from dora.pipeline.data import Fields, fingerprint, read_examples
-from dora.pipeline.pool import Pool
+from dora.pipeline.data.inputs import Fields, fingerprint, read_examples
+from dora.pipeline.data.pool import Pool
+from dora.pipeline.train.batches import Blocks
 
 runner = CliRunner()
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -239,7 +239,7 @@ def test_ray_labeled_cache_equals_the_single_process_cache(cache_dir, t5_dir, da
     pytest.importorskip("ray")
     import ray
 
-    from dora.pipeline.data import Fields
+    from dora.pipeline.data.inputs import Fields
     from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -69,7 +69,7 @@ def test_scoring_left_padded_prompts_uses_real_positions(llama_dir):
     batch gets the log-probability it gets alone."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from dora.pipeline.generation import hf_score
+    from dora.pipeline.engines.generation import hf_score
 
     tok = AutoTokenizer.from_pretrained(llama_dir)
     torch.manual_seed(0)

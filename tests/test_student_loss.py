@@ -1,5 +1,6 @@
-"""``student_loss``, the function training calls, on real cache rows: each --kd-loss against a
-reference computed independently (float64, from the definitions), masking, alpha, one forward."""
+"""The distillation objectives as training calls them (``training_loss``), on real cache rows:
+each --kd-loss against a reference computed independently (float64, from the definitions),
+masking, alpha, one forward."""
 
 from __future__ import annotations
 
@@ -8,8 +9,22 @@ import pytest
 import torch
 
 from dora.cache import LabelCache
-from dora.pipeline.distill import cache_columns, collate_kd, student_loss, table_features, tail_column
-from dora.pipeline.encoding import IGNORE
+from dora.pipeline.data.encoding import IGNORE
+from dora.pipeline.kd.objectives import OBJECTIVES, collate_kd, training_loss
+
+
+def student_loss(model, batch, *, mode: str, temperature: float, alpha: float, **fields):
+    """The loss training computes for objective ``mode`` on ``batch``."""
+    return training_loss(OBJECTIVES[mode](temperature=temperature, alpha=alpha, **fields), model, batch)
+
+
+def tail_column(cache, mode: str, t: float):
+    return OBJECTIVES[mode].stored_tail(cache, t)
+
+
+def _features(objective, table, tok, max_target_length: int = 16):
+    return objective.featurise(table, tok, k=8, prefix="fever: ", max_source_length=64,
+                               max_target_length=max_target_length)
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +40,10 @@ def parts(t5_dir, cache_dir):
 
 def _batch(parts, mode: str, t: float = 2.0, rows: int = 6, **options):
     tok, _, cache = parts
-    index = tail_column(cache, mode, t)
-    table = cache.read_shard(cache.manifest.shards[0], cache_columns(mode, index is not None))
-    feats = table_features(table.slice(0, rows), cache.manifest.generation.k, tok, "fever: ", mode,
-                           max_source_length=64, max_target_length=options.pop("max_target_length", 16),
-                           tail_index=index, **options)
+    assert cache.manifest.generation.k == 8
+    objective = OBJECTIVES[mode](temperature=t, tail_index=tail_column(cache, mode, t), **options)
+    table = cache.read_shard(cache.manifest.shards[0], objective.columns())
+    feats = _features(objective, table.slice(0, rows), tok)
     return feats, collate_kd(feats, tok.pad_token_id)
 
 
@@ -120,10 +134,10 @@ def test_one_forward_pass_without_an_internal_loss(parts):
 
 
 def test_uld_adds_the_sorted_l1_on_kd_positions(parts):
-    from dora.pipeline.distill import TokenizerPair
+    from dora.pipeline.kd.align import TokenizerPair
 
     tok, model, cache = parts
-    _, batch = _batch(parts, "uld", pair=TokenizerPair.of(cache, tok))
+    _, batch = _batch(parts, "uld", pair=TokenizerPair.of(cache.tokenizer(), cache.manifest.teacher.vocab_size, tok))
     alpha, t = 0.25, 2.0
     got = student_loss(model, batch, mode="uld", temperature=t, alpha=alpha)
     logits = _logits(model, batch)
@@ -137,7 +151,7 @@ def test_uld_adds_the_sorted_l1_on_kd_positions(parts):
 
 def test_labels_loss_matches_the_teacher_over_the_verbalisers(parts):
     tok, model, cache = parts
-    from dora.pipeline.encoding import target_ids
+    from dora.pipeline.data.encoding import target_ids
 
     _, batch = _batch(parts, "labels")
     verbalisers = [target_ids(tok, x, 16) for x in cache.manifest.generation.label_set]
@@ -161,14 +175,15 @@ def test_labels_loss_matches_the_teacher_over_the_verbalisers(parts):
 def test_a_format_1_cache_trains_with_the_format_1_loss(parts, cache_dir, tmp_path):
     from conftest import downgrade_to_v1
 
-    from dora.pipeline.losses import topk_kl_per_token_v1
+    from dora.pipeline.kd.losses import topk_kl_per_token_v1
 
     tok, model, _ = parts
     old = LabelCache.open(downgrade_to_v1(cache_dir, tmp_path / "v1"))
     assert tail_column(old, "topk", 2.0) is None
-    table = old.read_shard(old.manifest.shards[0], cache_columns("topk"))
-    batch = collate_kd(table_features(table.slice(0, 6), 8, tok, "fever: ", "topk", max_source_length=64,
-                                      max_target_length=16), tok.pad_token_id)
+    objective = OBJECTIVES["topk"](temperature=2.0, tail_index=None)
+    assert objective.columns() == ["source", "target", "target_ids", "topk_ids", "topk_logprobs"]
+    table = old.read_shard(old.manifest.shards[0], objective.columns())
+    batch = collate_kd(_features(objective, table.slice(0, 6), tok), tok.pad_token_id)
     assert "teacher_tail" not in batch
     got = student_loss(model, batch, mode="topk", temperature=2.0, alpha=0.0)
     logits = _logits(model, batch).float()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dora.errors import ConfigError
-from dora.pipeline.encoding import collate
+from dora.pipeline.data.encoding import collate
 from dora.pipeline.finetune import sequence_loss
-from dora.pipeline.training import LoopSettings, steps_per_epoch, total_steps, train_loop
+from dora.pipeline.train.loop import LoopSettings, steps_per_epoch, total_steps, train_loop
 
 
 def _setup(t5_dir):

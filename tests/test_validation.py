@@ -12,15 +12,9 @@ import typer
 
 from dora.cli import _run
 from dora.errors import ConfigError, InputError
-from dora.pipeline.config import (
-    Optimisation,
-    check_number,
-    check_output,
-    read_document,
-    read_mapping,
-    read_object,
-    starts_like_json_object,
-)
+from dora.files import check_output, read_document, read_mapping, read_object, starts_like_json_object
+from dora.pipeline.checks import check_number
+from dora.pipeline.config import Optimisation
 
 
 def message_of(error: BaseException, capsys: pytest.CaptureFixture[str]) -> str:

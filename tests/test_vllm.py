@@ -96,9 +96,9 @@ def test_unquantised_logprobs_agree_within_1e4(vllm_cache, data_dir):
     script = f"""
 import json, numpy as np
 from transformers import AutoTokenizer, AutoModelForCausalLM
-from dora.pipeline.encoding import encode_prompts
-from dora.pipeline.engines import EngineSettings, TransformersEngine
-from dora.pipeline.vllm_engine import VllmEngine
+from dora.pipeline.data.encoding import encode_prompts
+from dora.pipeline.engines.registry import EngineSettings, TransformersEngine
+from dora.pipeline.engines.vllm_engine import VllmEngine
 path = {str(vllm_cache.with_name("cache.teacher"))!r}
 tok = AutoTokenizer.from_pretrained(path)
 rows = [json.loads(l) for l in open({str(data_dir / "pool.jsonl")!r})]

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pyarrow as pa
 from dora.cache.schema import ID_TYPES, shard_schema
 from dora.cache.trust import check_tokenizer_name, contained, parse_json
 from dora.errors import CacheError
+from dora.files import write_atomic
 
 FORMAT_NAME = "dora-label-cache"
 FORMAT_VERSION = 2  # what this dora writes
@@ -298,16 +298,6 @@ def read_manifest(root: Path) -> Manifest:
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise CacheError(f"{path}: {path.stat().st_size} bytes is too large for a manifest")
     return Manifest.from_dict(parse_json(path.read_bytes(), str(path)), str(path))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

@@ -64,7 +64,7 @@ def shard_rows(index: int, shard_size: int, total: int) -> range:
     return range(index * shard_size, min((index + 1) * shard_size, total))
 
 
-LEDGER = "dora-ledger.jsonl"  # the labeling stage's cost ledger (dora.pipeline.costs); the manifest mirrors it
+LEDGER = "dora-ledger.jsonl"  # the labeling stage's cost ledger (dora.pipeline.costs.ledger); the manifest mirrors it
 
 
 def _is_leftover(name: str) -> bool:

@@ -25,10 +25,10 @@ from typing import Any
 from rich.table import Table
 
 from dora.errors import ConfigError
-from dora.pipeline.pricing import Prices
+from dora.pipeline.costs.pricing import Prices
+from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
 from dora.pipeline.progress import console
 from dora.pipeline.report import report
-from dora.pipeline.scratch import save_model_dir, tiny_t5, train_tokenizer
 from dora.pipeline.student import TrainStudentConfig, train_student
 from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
 

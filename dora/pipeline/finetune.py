@@ -27,19 +27,19 @@ from typing import Any
 import torch
 
 from dora.cache.lock import LOCK_FILE, CacheLock
-from dora.cache.manifest import write_atomic
 from dora.cache.trust import parse_json
 from dora.errors import CacheError, ConfigError
-from dora.pipeline.checkpoint import STATE_FILE
-from dora.pipeline.costs import Devices, Ledger
-from dora.pipeline.data import Example, fingerprint
-from dora.pipeline.distributed import process_rank
-from dora.pipeline.encoding import causal_targets, collate, decoder_inputs, encode_pair, target_ids
-from dora.pipeline.losses import token_cross_entropy
-from dora.pipeline.models import ModelKind, load_model
+from dora.files import write_atomic
+from dora.pipeline.costs.ledger import Devices, Ledger
+from dora.pipeline.data.encoding import causal_targets, collate, decoder_inputs, encode_pair, target_ids
+from dora.pipeline.data.inputs import Example, fingerprint
+from dora.pipeline.kd.losses import token_cross_entropy
+from dora.pipeline.models.loading import ModelKind, load_model
 from dora.pipeline.progress import console
-from dora.pipeline.tracking import Tracker
-from dora.pipeline.training import LoopSettings, train_loop
+from dora.pipeline.train.checkpoint import STATE_FILE
+from dora.pipeline.train.distributed import process_rank
+from dora.pipeline.train.loop import LoopSettings, train_loop
+from dora.pipeline.train.tracking import Tracker
 
 RECORD = "dora_finetune.json"
 
@@ -89,54 +89,51 @@ def finetune_teacher(
 
     Returns (the trained model, or None when an earlier run's result was reused; the record).
     """
-    key_data = {"base": base, "data": fingerprint(examples), "targets": hashlib.sha256(
-        "\n".join(e.target or "" for e in examples).encode()).hexdigest(), "prefix": prefix,
-        "max_source_length": max_source_length, "max_target_length": max_target_length,
-        "settings": asdict(settings) | {"resume": None}, "lora": asdict(lora) if lora else None}
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
+    key = _run_key(base=base, examples=examples, prefix=prefix, max_source_length=max_source_length,
+                   max_target_length=max_target_length, settings=settings, lora=lora)
     rank, world = process_rank()
     ledger = Ledger(out_dir, "teacher_finetune")
     devices = Devices.here(processes=world)
-
-    def reuse(record: dict[str, Any]) -> tuple[None, dict[str, Any]]:
-        console.print(f"teacher: already fine-tuned with these data and settings in {out_dir}; skipping")
-        if rank == 0:
-            ledger.record_noop(devices, "already fine-tuned with these data and settings")
-        return None, record | {"cost": _cost(ledger, record, len(examples))}
-
     # Before any work: refuse a directory dora did not make for this run (read-only).
     record = _own_record(out_dir, key)
     if record is not None and record.get("complete", True):  # records without the flag were written last
-        return reuse(record)
-    created = _first_missing(out_dir)  # what this run creates, and may remove again if it fails early
-    lock: CacheLock | None = None
-    failed = fresh = True
+        return _reuse(record, out_dir=out_dir, ledger=ledger, devices=devices, rank=rank, gold_labels=len(examples))
+    claim = _Claim(out_dir=out_dir, rank=rank, created=_first_missing(out_dir))
     try:
-        if rank == 0:
-            lock = _lock(out_dir)
-            record = _own_record(out_dir, key)  # again under the lock: another run may have been first
-            if record is not None and record.get("complete", True):
-                if world > 1:  # the other ranks are already on their way to fine-tune
-                    raise ConfigError(f"{out_dir}: another run finished this teacher meanwhile; rerun to use it")
-                failed = False
-                return reuse(record)
-            fresh = record is None  # a new or empty directory: all that will be in it is this run's
-            if fresh:  # first: marks the directory as this run's before anything else is written
-                _write_record(out_dir, {"key": key, "base": base, "complete": False})
-            ledger.compact()
+        record = claim.take(key, base, ledger) if rank == 0 else None
+        if record is not None:  # another run finished this teacher meanwhile
+            if world > 1:  # the other ranks are already on their way to fine-tune
+                raise ConfigError(f"{out_dir}: another run finished this teacher meanwhile; rerun to use it")
+            claim.failed = False
+            return _reuse(record, out_dir=out_dir, ledger=ledger, devices=devices, rank=rank,
+                          gold_labels=len(examples))
         result = _finetune(base=base, revision=revision, trust_remote_code=trust_remote_code, tokenizer=tokenizer,
                            examples=examples, prefix=prefix, max_source_length=max_source_length,
                            max_target_length=max_target_length, settings=settings, lora=lora, out_dir=out_dir,
                            fsdp=fsdp, report_to=report_to, key=key, ledger=ledger, devices=devices, rank=rank)
-        failed = False
+        claim.failed = False
         return result
     finally:
-        if failed and lock is not None and fresh:
-            _discard_worthless(out_dir)  # nothing of value kept: remove what this run wrote (still locked)
-        if lock is not None:
-            lock.release()
-        if failed and rank == 0 and created is not None:  # the lock file is gone: remove the empty dirs
-            _remove_empty(out_dir, created)
+        claim.release()
+
+
+def _run_key(*, base: str, examples: list[Example], prefix: str, max_source_length: int, max_target_length: int,
+             settings: LoopSettings, lora: LoraSettings | None) -> str:
+    """What makes a fine-tuned teacher this run's: base model, data, targets and settings."""
+    key_data = {"base": base, "data": fingerprint(examples), "targets": hashlib.sha256(
+        "\n".join(e.target or "" for e in examples).encode()).hexdigest(), "prefix": prefix,
+        "max_source_length": max_source_length, "max_target_length": max_target_length,
+        "settings": asdict(settings) | {"resume": None}, "lora": asdict(lora) if lora else None}
+    return hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
+
+
+def _reuse(record: dict[str, Any], *, out_dir: Path, ledger: Ledger, devices: Devices, rank: int,
+           gold_labels: int) -> tuple[None, dict[str, Any]]:
+    """An earlier run's teacher, used as it is (and recorded as a no-op in the ledger)."""
+    console.print(f"teacher: already fine-tuned with these data and settings in {out_dir}; skipping")
+    if rank == 0:
+        ledger.record_noop(devices, "already fine-tuned with these data and settings")
+    return None, record | {"cost": _cost(ledger, record, gold_labels)}
 
 
 def _finetune(*, base: str, revision: str | None, trust_remote_code: bool, tokenizer: Any, examples: list[Example],
@@ -194,6 +191,40 @@ def _finetune(*, base: str, revision: str | None, trust_remote_code: bool, token
 # --- the teacher directory: whose it is, one run at a time, no leftovers ---------------------------
 
 FINAL_TMP = "final.tmp"
+
+
+@dataclass(kw_only=True)
+class _Claim:
+    """This run's hold on the teacher directory: the lock (rank 0), and what to undo on failure."""
+
+    out_dir: Path
+    rank: int
+    created: Path | None  # what this run creates, and may remove again if it fails early
+    lock: CacheLock | None = None
+    fresh: bool = True  # a new or empty directory: all that will be in it is this run's
+    failed: bool = True  # until the caller says otherwise
+
+    def take(self, key: str, base: str, ledger: Ledger) -> dict[str, Any] | None:
+        """Lock the directory and mark it as this run's (rank 0); the complete record instead
+        when another run finished this teacher first."""
+        self.lock = _lock(self.out_dir)
+        record = _own_record(self.out_dir, key)  # again under the lock: another run may have been first
+        if record is not None and record.get("complete", True):
+            return record
+        self.fresh = record is None
+        if self.fresh:  # first: marks the directory as this run's before anything else is written
+            _write_record(self.out_dir, {"key": key, "base": base, "complete": False})
+        ledger.compact()
+        return None
+
+    def release(self) -> None:
+        """Unlock; after a failure, remove what this run wrote that is worth nothing."""
+        if self.failed and self.lock is not None and self.fresh:
+            _discard_worthless(self.out_dir)  # nothing of value kept: remove what this run wrote (still locked)
+        if self.lock is not None:
+            self.lock.release()
+        if self.failed and self.rank == 0 and self.created is not None:  # the lock file is gone: remove the empty dirs
+            _remove_empty(self.out_dir, self.created)
 
 
 def _own_record(out_dir: Path, key: str) -> dict[str, Any] | None:

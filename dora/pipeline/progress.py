@@ -39,3 +39,19 @@ def warn(message: str) -> None:
 def note(message: str) -> None:
     """A one-line note on stderr (something the user may want to act on, not a problem)."""
     console.print(f"[yellow]note:[/] {message}", soft_wrap=True, highlight=False)
+
+
+def quiet_libraries() -> None:
+    """Silence library progress bars and info logs; dora draws its own. Every command that loads a
+    model calls this first, and so do the benchmarks."""
+    import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

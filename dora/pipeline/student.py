@@ -26,36 +26,28 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dora import __version__
-from dora.cache import LabelCache, ShardEntry, tokenizer_fingerprint
+from dora.cache import LabelCache, ShardEntry
 from dora.cache.lock import LOCK_FILE, CacheLock
-from dora.cache.manifest import file_sha256, write_atomic
+from dora.cache.manifest import file_sha256
 from dora.cache.trust import parse_json
 from dora.errors import CacheError, ConfigError, ModelError
-from dora.pipeline.align import cached_vocab_map
-from dora.pipeline.batches import Blocks
-from dora.pipeline.checkpoint import WRITE_ERRORS, failed_path, write_failure
-from dora.pipeline.config import Optimisation, TaskInputs, as_paths, check_number, positive_ints
-from dora.pipeline.costs import Devices, Ledger
-from dora.pipeline.data import Example, read_examples
-from dora.pipeline.distill import (
-    AlignStats,
-    KdLoss,
-    TokenizerPair,
-    cache_columns,
-    collate_kd,
-    student_loss,
-    table_features,
-    tail_column,
-)
-from dora.pipeline.distributed import process_rank
-from dora.pipeline.encoding import encode_pair, target_ids
-from dora.pipeline.evaluation import predict
-from dora.pipeline.metrics import METRIC_MODES, TaskScorer, require_encoder
-from dora.pipeline.models import load_model, load_tokenizer, save_hf, vocab_size
+from dora.files import write_atomic
+from dora.pipeline.checks import as_paths, check_number, positive_ints
+from dora.pipeline.config import Optimisation, TaskInputs
+from dora.pipeline.costs.ledger import Devices, Ledger
+from dora.pipeline.data.encoding import encode_pair, target_ids
+from dora.pipeline.data.inputs import Example, read_examples
+from dora.pipeline.evaluate import predict
+from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, GoldOnly, Objective, choose, collate_kd, training_loss
+from dora.pipeline.models.loading import load_model, load_tokenizer, save_hf, vocab_size
 from dora.pipeline.progress import console, note, warn
-from dora.pipeline.tasks import Task, get_task
-from dora.pipeline.tracking import Tracker
-from dora.pipeline.training import steps_per_epoch, train_loop
+from dora.pipeline.tasks.catalog import Task, get_task
+from dora.pipeline.tasks.metrics import METRIC_MODES, TaskScorer, require_encoder
+from dora.pipeline.train.batches import Blocks
+from dora.pipeline.train.checkpoint import WRITE_ERRORS, failed_path, write_failure
+from dora.pipeline.train.distributed import process_rank
+from dora.pipeline.train.loop import steps_per_epoch, train_loop
+from dora.pipeline.train.tracking import Tracker
 
 TEST_PREDICTIONS = "test_predictions.jsonl"
 
@@ -89,10 +81,10 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     paper's code, for numbers that compare with its table). metrics.json holds both."""
     patience: int | None = None
     """Stop after this many evaluations on ``dev`` without a better score (early stopping)."""
-    kd_loss: KdLoss = "auto"
-    """Distillation loss: topk (same tokenizer), aligned or uld (another tokenizer), labels
-    (closed-label tasks), sequence (pseudo-label text only), or auto (topk when the tokenizer
-    fingerprints match, else aligned). See ``dora.pipeline.distill``."""
+    kd_loss: str = "auto"
+    """Distillation loss: one of ``dora.pipeline.kd.objectives.KD_LOSSES`` (topk for the same
+    tokenizer, aligned or uld for another, labels for closed-label tasks, sequence for the text
+    only), or auto (topk when the tokenizer fingerprints match, else aligned)."""
     temperature: float = 2.0
     """KD temperature T (the paper used 2); a format 2 cache must store the teacher's tail at T."""
     alpha: float = 0.0
@@ -124,8 +116,8 @@ class TrainStudentConfig(TaskInputs, Optimisation):
             object.__setattr__(self, "dev", self.eval)
         check_number(self.temperature, "--temperature", low=0, low_open=True, high=100, hint="the paper used 2.0")
         check_number(self.alpha, "--alpha", low=0, high=1)
-        if self.kd_loss not in ("auto", "topk", "aligned", "uld", "labels", "sequence"):
-            raise ConfigError(f"--kd-loss must be auto, topk, aligned, uld, labels or sequence, got {self.kd_loss!r}")
+        if self.kd_loss not in KD_LOSSES:
+            raise ConfigError(f"--kd-loss must be {', '.join(KD_LOSSES[:-1])} or {KD_LOSSES[-1]}, got {self.kd_loss!r}")
         if self.metric_mode not in METRIC_MODES:
             raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {self.metric_mode!r}")
         positive_ints(self, "eval_batch_size", "save_every", "shuffle_window")
@@ -206,46 +198,12 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
     model, kind = load_model(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
     if kind != "seq2seq":
         raise ModelError(f"student {config.student!r} is a decoder-only model; dora trains seq2seq (T5) students")
-    kd = _choose_loss(config, cache, tokenizer, model)
-    tail_index = tail_column(cache, kd, config.temperature) if cache is not None else None
-    if cache is not None and kd in ("topk", "aligned") and not cache.manifest.generation.kd_temperatures:
-        warn(f"{config.cache} is a format 1 cache: it stores no teacher tail mass, so KD at "
-                      f"T={config.temperature:g} uses the format 1 loss, which drops the tail's share of the tempered "
-                      "teacher; relabel with this dora for the exact loss")
+    objective = _objective(config, cache, tokenizer, model)
 
-    # 3. Features: gold rows carry labels (in memory: a labeled set is small); cache rows the
-    #    teacher's signal for the chosen loss, featurised a shard at a time as training reaches
-    #    them, so memory does not grow with the cache.
-    gold_features = [_gold_feature(tokenizer, task, ex, config) for ex in gold]
-    stats = AlignStats()
-    verbalisers = None
-    block = cache.manifest.shard_size if cache else 4096
-    sizes = [min(block, len(gold_features) - i) for i in range(0, len(gold_features), block)]
-    loaders = [lambda i=i: gold_features[i : i + block] for i in range(0, len(gold_features), block)]
-    if cache is not None:
-        vmap = None
-        pair = TokenizerPair.of(cache, tokenizer) if kd in ("aligned", "uld") else None
-        if kd == "aligned" and pair is not None:
-            vmap, map_path = cached_vocab_map(
-                config.out, cache.manifest.teacher.tokenizer_fingerprint, tokenizer_fingerprint(tokenizer),
-                pair.teacher_surfaces, pair.student_surfaces, pair.teacher_eos, pair.student_eos)
-            stats.vocab_coverage = vmap.coverage()
-            stats.extra["vocab_map"] = map_path.name
-        if kd == "labels":
-            verbalisers = [target_ids(tokenizer, label, config.max_target_length)
-                           for label in cache.manifest.generation.label_set or []]
-
-        def load_shard(entry: ShardEntry) -> list[dict[str, Any]]:
-            table = cache.read_shard(entry, cache_columns(kd, tail_index is not None))
-            return table_features(table, cache.manifest.generation.k, tokenizer, task.source_prefix, kd,
-                                  max_source_length=config.max_source_length, max_target_length=config.max_target_length,
-                                  vmap=vmap, pair=pair, stats=stats, tail_index=tail_index)
-
-        sizes += [entry.rows for entry in cache.manifest.shards]
-        loaders += [lambda e=entry: load_shard(e) for entry in cache.manifest.shards]
-    data = Blocks(sizes, lambda b: loaders[b](), window=config.shuffle_window)
+    # 3. Features: gold rows in memory, cache rows featurised a shard at a time as training reaches them.
+    data = _training_data(config, task, tokenizer, gold, cache, objective)
     console.print(f"student: {len(data)} training rows ({len(gold)} gold, "
-                  f"{cache.num_rows if cache else 0} from the cache); {_describe(kd, config)}")
+                  f"{cache.num_rows if cache else 0} from the cache); {objective.describe()}")
 
     # 4. Train, scoring dev with the task metric (both definitions) and keeping the best model.
     settings = config.loop_settings(eval_every=config.eval_every, save_every=config.save_every, resume=config.resume,
@@ -254,18 +212,11 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
         settings = replace(settings, eval_every=steps_per_epoch(len(data), settings, world))
     dev_scorer = TaskScorer(task, [e.target or "" for e in dev], sources=[e.source for e in dev],
                             encoder=config.encoder) if dev and rank == 0 else None
-    evaluate = None
-    if dev_scorer is not None:
-        def evaluate(m: Any) -> dict[str, float]:
-            preds = predict(m, tokenizer, "seq2seq", task, [e.source for e in dev], batch_size=config.eval_batch_size,
-                            max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
-            return _flat(dev_scorer(preds))
-
+    evaluate = _evaluator(config, task, tokenizer, dev, dev_scorer) if dev_scorer is not None else None
     primary = f"{config.metric_mode}_{task.primary}"
     result = train_loop(
         model=model, features=data, collate=lambda f: collate_kd(f, tokenizer.pad_token_id),
-        loss_fn=lambda m, b: student_loss(m, b, mode=kd, temperature=config.temperature, alpha=config.alpha,
-                                          verbalisers=verbalisers),
+        loss_fn=lambda m, b: training_loss(objective, m, b),
         settings=settings, out_dir=config.out, save_model=lambda m, p, _: save_hf(m, tokenizer, p),
         evaluate=evaluate if rank == 0 else (lambda m: {}) if dev else None, primary=primary,
         description="train student", ledger=run,
@@ -273,30 +224,35 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
     )
     if rank != 0:  # data-parallel: rank 0 saves, tests and records
         return None
-    alignment = stats.to_dict() if kd in ("aligned", "uld") else None
-    if alignment:
-        console.print(f"student: alignment {alignment}")
+    described = objective.record()
+    if described["alignment"]:
+        console.print(f"student: alignment {described['alignment']}")
 
     # 5. The selected model (the best on dev; the last without dev) becomes the output directory,
     #    and is scored once on test.
-    best = config.out / "best"
-    if not best.is_dir():
-        try:
-            save_hf(model, tokenizer, best)
-        except WRITE_ERRORS as e:  # a full disk, most often: one line, the checkpoint stays
-            raise write_failure(failed_path(e, best), e, "the model", None) from None
-    for item in best.iterdir():
-        target = config.out / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        shutil.move(str(item), str(target))
-    best.rmdir()
+    _select(config.out, model, tokenizer)
     tested = _score_test(config, task, tokenizer, test) if test else None
 
     metrics = _metrics(config, task, result, dev_scorer, tested)
-    record = {
+    record = _record(config, identity, described, gold, cache, result)
+    (config.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    run.close("done")  # the record's cost includes this invocation's final entry
+    record["cost"] = ledger.summary()
+    write_atomic(config.out / "run.json", (json.dumps(record, indent=2) + "\n").encode())  # marks the run finished
+    shutil.rmtree(config.out / "checkpoints", ignore_errors=True)  # finished: resume state no longer needed
+    reported = metrics["eval"]
+    console.print(f"student: saved to {config.out}" + (f"; {metrics['reported_on']['split']} {task.primary} "
+                                                      f"({config.metric_mode}) = {reported[task.primary]:.4f}"
+                                                      if reported else ""))
+    return TrainStudentResult(out=config.out, kd=objective.name, metrics=metrics, record=record)
+
+
+def _record(config: TrainStudentConfig, identity: str, described: dict[str, Any], gold: list[Example],
+            cache: LabelCache | None, result: Any) -> dict[str, Any]:
+    """run.json: what was trained, on what, with which loss and settings (the cost is added last)."""
+    return {
         "dora_version": __version__, "stage": "train-student", "identity": identity,
-        "strategy": _strategy(gold, cache), "kd_loss": kd, "alignment": alignment,
+        "strategy": _strategy(gold, cache), **described,
         "student": config.student, "cache": str(config.cache) if config.cache else None,
         "cache_format": cache.manifest.format_version if cache else None,
         "cache_verified": bool(cache and config.verify),
@@ -310,16 +266,54 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
         "preset": config.preset, "preset_values": config.preset_values,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
     }
-    (config.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    run.close("done")  # the record's cost includes this invocation's final entry
-    record["cost"] = ledger.summary()
-    write_atomic(config.out / "run.json", (json.dumps(record, indent=2) + "\n").encode())  # marks the run finished
-    shutil.rmtree(config.out / "checkpoints", ignore_errors=True)  # finished: resume state no longer needed
-    reported = metrics["eval"]
-    console.print(f"student: saved to {config.out}" + (f"; {metrics['reported_on']['split']} {task.primary} "
-                                                      f"({config.metric_mode}) = {reported[task.primary]:.4f}"
-                                                      if reported else ""))
-    return TrainStudentResult(out=config.out, kd=kd, metrics=metrics, record=record)
+
+
+def _training_data(config: TrainStudentConfig, task: Task, tokenizer: Any, gold: list[Example],
+                   cache: LabelCache | None, objective: Objective) -> Blocks:
+    """Gold rows carry labels (in memory: a labeled set is small); cache rows the teacher's signal
+    for the objective, featurised a shard at a time as training reaches them, so memory does not
+    grow with the cache."""
+    gold_features = [_gold_feature(tokenizer, task, ex, config) for ex in gold]
+    block = cache.manifest.shard_size if cache else 4096
+    sizes = [min(block, len(gold_features) - i) for i in range(0, len(gold_features), block)]
+    loaders = [lambda i=i: gold_features[i : i + block] for i in range(0, len(gold_features), block)]
+    if cache is not None:
+        def load_shard(entry: ShardEntry) -> list[dict[str, Any]]:
+            return objective.featurise(cache.read_shard(entry, objective.columns()), tokenizer,
+                                       k=cache.manifest.generation.k, prefix=task.source_prefix,
+                                       max_source_length=config.max_source_length,
+                                       max_target_length=config.max_target_length)
+
+        sizes += [entry.rows for entry in cache.manifest.shards]
+        loaders += [lambda e=entry: load_shard(e) for entry in cache.manifest.shards]
+    return Blocks(sizes, lambda b: loaders[b](), window=config.shuffle_window)
+
+
+def _evaluator(config: TrainStudentConfig, task: Task, tokenizer: Any, dev: list[Example],
+               scorer: TaskScorer) -> Any:
+    """Scores of a model on dev, both metric definitions, flat (what the loop logs and selects on)."""
+    def evaluate(m: Any) -> dict[str, float]:
+        preds = predict(m, tokenizer, "seq2seq", task, [e.source for e in dev], batch_size=config.eval_batch_size,
+                        max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
+        return _flat(scorer(preds))
+
+    return evaluate
+
+
+def _select(out: Path, model: Any, tokenizer: Any) -> None:
+    """Move the selected checkpoint (``out/best``; the final model when there is none) to ``out``."""
+    best = out / "best"
+    if not best.is_dir():
+        try:
+            save_hf(model, tokenizer, best)
+        except WRITE_ERRORS as e:  # a full disk, most often: one line, the checkpoint stays
+            raise write_failure(failed_path(e, best), e, "the model", None) from None
+    for item in best.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        shutil.move(str(item), str(target))
+    best.rmdir()
 
 
 def _flat(by_mode: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -340,7 +334,7 @@ def _unflat(flat: dict[str, float] | None) -> dict[str, dict[str, float]] | None
 def _score_test(config: TrainStudentConfig, task: Task, tokenizer: Any, test: list[Example]) -> dict[str, Any]:
     """Score the saved (selected) model once on the test file; keep its predictions beside it."""
     model, _ = load_model(str(config.out))
-    from dora.pipeline.generation import pick_device
+    from dora.pipeline.engines.generation import pick_device
 
     model.to(pick_device())
     preds = predict(model, tokenizer, "seq2seq", task, [e.source for e in test], batch_size=config.eval_batch_size,
@@ -447,18 +441,6 @@ def _strategy(gold: list[Example], cache: LabelCache | None) -> str:
     return "mixed" if gold and cache else ("distill" if cache else "annotate")
 
 
-def _describe(kd: str, config: TrainStudentConfig) -> str:
-    t, a = config.temperature, config.alpha
-    return {
-        "topk": f"loss: top-k KL at T={t} (alpha={a} on the pseudo-label)",
-        "aligned": f"loss: aligned top-k KL at T={t} across tokenizers (alpha={a})",
-        "uld": f"loss: ULD on aligned positions at T={t} (alpha={a})",
-        "labels": f"loss: label-set KL at T={t} over the cache's labels (alpha={a} on the pseudo-label)",
-        "sequence": "loss: cross-entropy on the pseudo-label text (sequence-level KD)",
-        "none": "loss: cross-entropy on gold labels",
-    }[kd]
-
-
 def _check_cache_task(cache: LabelCache, task: Task, path: Path) -> None:
     made_for = cache.manifest.task.get("name")
     if made_for != task.name:
@@ -469,27 +451,15 @@ def _check_cache_task(cache: LabelCache, task: Task, path: Path) -> None:
                          f"this run {task.source_prefix!r}; pass --prefix to match")
 
 
-def _choose_loss(config: TrainStudentConfig, cache: LabelCache | None, tokenizer: Any, model: Any) -> str:
+def _objective(config: TrainStudentConfig, cache: LabelCache | None, tokenizer: Any, model: Any) -> Objective:
+    """The distillation objective the cache allows (``--kd-loss``; auto from the tokenizers)."""
     if cache is None:
-        return "none"
-    teacher = cache.manifest.teacher
-    same = teacher.tokenizer_fingerprint == tokenizer_fingerprint(tokenizer) and teacher.vocab_size <= vocab_size(model)
-    if config.kd_loss == "topk" and not same:
-        raise CacheError(
-            f"{config.cache}: --kd-loss topk needs the teacher's tokenizer, but the cache's tokenizer fingerprint "
-            f"{teacher.tokenizer_fingerprint[:12]}... differs from the student's {tokenizer_fingerprint(tokenizer)[:12]}... "
-            "(or its vocabulary is larger); use --kd-loss aligned, uld, labels or sequence"
-        )
-    if config.kd_loss == "labels" and not cache.manifest.generation.label_set:
-        raise CacheError(f"{config.cache}: --kd-loss labels needs the teacher's label_logprobs, which this cache "
-                         "lacks; relabel with a closed-label task or --labels A,B,...")
-    if config.kd_loss != "auto":
-        return "topk" if config.kd_loss == "aligned" and same else config.kd_loss
-    if same:
-        return "topk"
-    note("the cache's teacher tokenizer differs from the student's: distilling through "
-                  "the aligned top-k KL (--kd-loss aligned); --kd-loss uld, labels or sequence are the alternatives")
-    return "aligned"
+        return GoldOnly(temperature=config.temperature, alpha=config.alpha)
+    chosen = OBJECTIVES[choose(config.kd_loss, cache, tokenizer, vocab_size(model))]
+    teacher_tokenizer = cache.tokenizer() if chosen.cross_tokenizer else None  # checked, loaded without code
+    return chosen.build(cache=cache, student_tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer,
+                        temperature=config.temperature, alpha=config.alpha, out_dir=config.out,
+                        max_target_length=config.max_target_length)
 
 
 def _gold_feature(tokenizer: Any, task: Task, ex: Example, config: TrainStudentConfig) -> dict[str, Any]:

@@ -26,14 +26,17 @@ from dora.cache.lock import CacheLock
 from dora.cache.manifest import MANIFEST, write_manifest
 from dora.cache.schema import id_type_for
 from dora.errors import ConfigError
-from dora.pipeline.config import Optimisation, TaskInputs, as_paths, check_number, positive_ints
-from dora.pipeline.costs import Devices, Ledger
-from dora.pipeline.data import Example, read_examples
-from dora.pipeline.distributed import end_distributed, process_rank
-from dora.pipeline.engines import EngineName, EngineSettings, kd_temperatures_for, resolve_engine
+from dora.pipeline.checks import as_paths, check_number, positive_ints
+from dora.pipeline.config import Optimisation, TaskInputs
+from dora.pipeline.costs.ledger import Devices, Ledger
+from dora.pipeline.data.inputs import Example, read_examples
+from dora.pipeline.data.pool import Pool
+from dora.pipeline.engines.labeling import LabelSpec
+from dora.pipeline.engines.ray_label import RayLabeling, require_ray
+from dora.pipeline.engines.registry import kd_temperatures_for, resolve_engine
+from dora.pipeline.engines.settings import EngineName, EngineSettings
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
-from dora.pipeline.labeling import LabelSpec
-from dora.pipeline.models import (
+from dora.pipeline.models.loading import (
     ModelKind,
     architecture_of,
     check_dtype,
@@ -44,11 +47,10 @@ from dora.pipeline.models import (
     load_tokenizer,
     weights_sha256,
 )
-from dora.pipeline.pool import Pool
 from dora.pipeline.progress import console, progress_bar
 from dora.pipeline.progress import note as note_
-from dora.pipeline.ray_label import RayLabeling, require_ray
-from dora.pipeline.tasks import Task, get_task
+from dora.pipeline.tasks.catalog import Task, get_task
+from dora.pipeline.train.distributed import end_distributed, process_rank
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -187,120 +189,84 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     if config.ray is not None:
         require_ray()
     rank, world = process_rank()
+    plan = _Plan(task=task, train=train, pool=pool, base=base, kind=kind, engine=engine_name, why=why,
+                 temperatures=temperatures, note=note, rank=rank, world=world)
     created = not config.out.exists()
     try:
-        return _label(config, task, train, pool, base, kind, engine_name, why, temperatures, note, rank, world)
+        return _label(config, plan)
     except BaseException:
         if rank == 0 and created and config.out.is_dir() and not (config.out / MANIFEST).exists():
             shutil.rmtree(config.out, ignore_errors=True)  # made by this run, and nothing was labeled into it
         raise
 
 
-def _label(config: TeacherLabelConfig, task: Task, train: list[Example], pool: Pool, base: Any, kind: ModelKind,
-           engine_name: str, why: str, temperatures: list[float], note: str | None, rank: int,
-           world: int) -> TeacherLabelResult | None:
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    """What step 1 read and decided, before any expensive work."""
+
+    task: Task
+    train: list[Example]
+    pool: Pool
+    base: Any
+    """The teacher's model config (architecture, vocabulary)."""
+    kind: ModelKind
+    engine: str
+    why: str
+    """Why this engine (printed)."""
+    temperatures: tuple[float, ...]
+    note: str | None
+    rank: int
+    world: int
+
+
+def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None:
     with contextlib.ExitStack() as held:
         # One writer per cache: a second run on the same --out stops here, before any training.
-        lock = held.enter_context(CacheLock(config.out)) if rank == 0 else None
+        lock = held.enter_context(CacheLock(config.out)) if plan.rank == 0 else None
 
         # 2. Fine-tune the teacher (or reuse one fine-tuned with the same data and settings).
-        costs: dict[str, Any] = {}
-        model = None
-        teacher_path, revision = config.teacher, config.revision
-        if config.finetune:
-            tokenizer = load_tokenizer(config.teacher, revision=revision, trust_remote_code=config.trust_remote_code)
-            settings = config.loop_settings(eval_every=None, save_every=config.save_every)
-            lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
-            model, record = finetune_teacher(
-                base=config.teacher, revision=revision, trust_remote_code=config.trust_remote_code,
-                tokenizer=tokenizer, examples=train, prefix=task.source_prefix,
-                max_source_length=config.max_source_length, max_target_length=config.max_target_length,
-                settings=settings, lora=lora, out_dir=config.teacher_dir, fsdp=config.fsdp, report_to=config.report_to,
-            )
-            costs["teacher_finetune"] = record.get("cost")
-            teacher_path, revision = str(config.teacher_dir), None
-        if world > 1:  # the sharded fine-tune is over: rank 0 labels, spreading the teacher over the GPUs
+        model, teacher_path, revision, costs = _finetune(config, plan)
+        if plan.world > 1:  # the sharded fine-tune is over: rank 0 labels, spreading the teacher over the GPUs
             model = None
             end_distributed()
-            if rank != 0:
+            if plan.rank != 0:
                 return None
 
         # 3. A cache that is already complete costs nothing more: no engine starts, the ledger gets
         #    an entry of zero work.
         tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
-        label_set = list(config.labels or task.labels or []) if config.score_labels else []
-        manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, (engine_name, "", {}),
-                                 label_set or None, temperatures)
+        label_set = list(config.labels or plan.task.labels or []) if config.score_labels else []
+        manifest = _new_manifest(config, plan, teacher_path, tokenizer, (plan.engine, "", {}), label_set or None)
         ledger = Ledger(config.out, "labeling")
         done = CacheWriter.complete(config.out, manifest)
         if done is not None:
-            ledger.record_noop(Devices.here(), "the cache was already complete")
-            costs["labeling"] = ledger.summary(done.costs.get("labeling", {}).get("entries"))
-            final = dataclasses.replace(done, costs={**done.costs, **{k: v for k, v in costs.items() if v}})
-            write_manifest(config.out, final)
-            console.print(f"cache: complete in {config.out} ({final.rows} rows); nothing to label")
-            return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=final.costs)
+            return _already_complete(config, done, ledger, costs, teacher_path)
 
         # 4. Start the labeling engine (here, or one per Ray worker) and open (or continue) the cache.
         #    Labeling time starts now: starting an engine is part of what labeling costs.
         ledger.compact()
         with ledger.invocation(Devices.here()) as run:
-            settings = dataclasses.replace(EngineSettings.from_config(config), kd_temperatures=temperatures)
             spec = LabelSpec(teacher_path=teacher_path, revision=revision, trust_remote_code=config.trust_remote_code,
-                             kind=kind, engine=engine_name, settings=settings, source_prefix=task.source_prefix,
-                             max_target_length=config.max_target_length, id_type=manifest.generation.id_type,  # type: ignore[arg-type]
-                             label_set=tuple(label_set))
-            console.print(f"labeling engine: {engine_name} ({why})" + (f" on Ray ({config.ray})" if config.ray else ""))
-            if note:
-                note_(note)
+                             kind=plan.kind, engine=plan.engine,
+                             settings=dataclasses.replace(EngineSettings.from_config(config),
+                                                          kd_temperatures=plan.temperatures),
+                             source_prefix=plan.task.source_prefix, max_target_length=config.max_target_length,
+                             id_type=manifest.generation.id_type, label_set=tuple(label_set))  # type: ignore[arg-type]
+            console.print(f"labeling engine: {plan.engine} ({plan.why})" + (f" on Ray ({config.ray})" if config.ray else ""))
+            if plan.note:
+                note_(plan.note)
             cluster = None
             if config.ray is not None:
                 model = None  # the workers load the saved teacher; free this process's GPU memory for them
                 free_accelerator_memory()
                 cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers)
             try:
-                if cluster is not None:
-                    described = cluster.describe()
-                    labeler = None
-                    run.set_devices(cluster.devices())
-                else:
-                    labeler = spec.labeler(tokenizer, model=model)
-                    described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
-                    run.set_devices(Devices.here(per_process=labeler.engine.device_count()))
+                labeler = None if cluster is not None else spec.labeler(tokenizer, model=model)
                 del model
-                manifest = _new_manifest(config, task, pool, teacher_path, base, kind, tokenizer, described,
-                                         label_set or None, temperatures)
-
-                def ledgers(current: Manifest) -> dict[str, Any]:  # written with every manifest update
-                    labeling = ledger.summary((current.costs.get("labeling") or {}).get("entries"))
-                    return {k: v for k, v in {**costs, "labeling": labeling}.items() if v}
-
-                writer = CacheWriter.open(config.out, manifest, tokenizer, lock=lock, costs=ledgers)
-                kept = writer.manifest.shards  # earlier invocations' work is what the manifest lists
-                ledger.reconcile({"examples": sum(e.rows for e in kept), "tokens": sum(e.tokens for e in kept),
-                                  "steps": len(kept)}, current=run.run_id,
-                                 extra=(writer.manifest.costs.get("labeling") or {}).get("entries"))
-                missing = writer.missing_shards()
-                if len(missing) < manifest.num_shards:
-                    console.print(f"cache: {manifest.num_shards - len(missing)} of {manifest.num_shards} shards already "
-                                  f"complete in {config.out}; labeling the rest")
-
-                # 5. Label shard by shard: the pool is read a shard at a time, and each shard is written
-                #    and listed before it counts, so a crash loses at most the shards in flight.
-                tokens = rows_done = listed = 0
-                todo = sum(len(shard_rows(i, config.shard_size, pool.rows)) for i in missing)
-                with progress_bar() as bar:
-                    job = bar.add_task("label pool", total=todo, info="")
-                    shards = pool.shards(config.shard_size, missing)
-                    if cluster is not None:
-                        finished = ((entry, n_tokens, entry.rows) for entry, n_tokens in cluster.label(shards, writer))
-                    else:
-                        assert labeler is not None
-                        finished = _label_here(labeler, shards, writer, lambda n: bar.advance(job, n))
-                    for entry, n_tokens, advance in finished:
-                        tokens, rows_done, listed = tokens + n_tokens, rows_done + entry.rows, listed + 1
-                        run.progress(examples=rows_done, tokens=tokens, steps=listed)
-                        bar.update(job, advance=advance, info=f"{tokens / max(run.seconds, 1e-9):.0f} tok/s")
+                writer = _open_cache(config, plan, ledger, run, cluster, labeler, costs, teacher_path, tokenizer,
+                                     label_set, lock)
+                # 5. Label shard by shard: each shard is written and listed before it counts.
+                _label_shards(config, plan.pool, writer, run, cluster, labeler)
             finally:
                 if cluster is not None:
                     cluster.shutdown()
@@ -315,6 +281,81 @@ def _label(config: TeacherLabelConfig, task: Task, train: list[Example], pool: P
         return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=final.costs)
 
 
+def _finetune(config: TeacherLabelConfig, plan: _Plan) -> tuple[Any, str, str | None, dict[str, Any]]:
+    """(the fine-tuned model or None, the teacher to label with, its revision, the fine-tuning cost)."""
+    if not config.finetune:
+        return None, config.teacher, config.revision, {}
+    tokenizer = load_tokenizer(config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    model, record = finetune_teacher(
+        base=config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code,
+        tokenizer=tokenizer, examples=plan.train, prefix=plan.task.source_prefix,
+        max_source_length=config.max_source_length, max_target_length=config.max_target_length,
+        settings=config.loop_settings(eval_every=None, save_every=config.save_every),
+        lora=LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None,
+        out_dir=config.teacher_dir, fsdp=config.fsdp, report_to=config.report_to,
+    )
+    return model, str(config.teacher_dir), None, {"teacher_finetune": record.get("cost")}
+
+
+def _already_complete(config: TeacherLabelConfig, done: Manifest, ledger: Ledger, costs: dict[str, Any],
+                      teacher_path: str) -> TeacherLabelResult:
+    ledger.record_noop(Devices.here(), "the cache was already complete")
+    costs = {**costs, "labeling": ledger.summary(done.costs.get("labeling", {}).get("entries"))}
+    final = dataclasses.replace(done, costs={**done.costs, **{k: v for k, v in costs.items() if v}})
+    write_manifest(config.out, final)
+    console.print(f"cache: complete in {config.out} ({final.rows} rows); nothing to label")
+    return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=final.costs)
+
+
+def _open_cache(config: TeacherLabelConfig, plan: _Plan, ledger: Ledger, run: Any, cluster: Any, labeler: Any,
+                costs: dict[str, Any], teacher_path: str, tokenizer: Any, label_set: list[str],
+                lock: CacheLock | None) -> CacheWriter:
+    """Open (or continue) the cache with the started engine's description; count earlier
+    invocations' shards once in the ledger."""
+    if cluster is not None:
+        described = cluster.describe()
+        run.set_devices(cluster.devices())
+    else:
+        described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
+        run.set_devices(Devices.here(per_process=labeler.engine.device_count()))
+    manifest = _new_manifest(config, plan, teacher_path, tokenizer, described, label_set or None)
+
+    def ledgers(current: Manifest) -> dict[str, Any]:  # written with every manifest update
+        labeling = ledger.summary((current.costs.get("labeling") or {}).get("entries"))
+        return {k: v for k, v in {**costs, "labeling": labeling}.items() if v}
+
+    writer = CacheWriter.open(config.out, manifest, tokenizer, lock=lock, costs=ledgers)
+    kept = writer.manifest.shards  # earlier invocations' work is what the manifest lists
+    ledger.reconcile({"examples": sum(e.rows for e in kept), "tokens": sum(e.tokens for e in kept),
+                      "steps": len(kept)}, current=run.run_id,
+                     extra=(writer.manifest.costs.get("labeling") or {}).get("entries"))
+    missing = len(writer.missing_shards())
+    if missing < manifest.num_shards:
+        console.print(f"cache: {manifest.num_shards - missing} of {manifest.num_shards} shards already "
+                      f"complete in {config.out}; labeling the rest")
+    return writer
+
+
+def _label_shards(config: TeacherLabelConfig, pool: Pool, writer: CacheWriter, run: Any, cluster: Any,
+                  labeler: Any) -> None:
+    """Label the missing shards: the pool is read a shard at a time, and each shard is written and
+    listed before it counts, so a crash loses at most the shards in flight."""
+    missing = writer.missing_shards()
+    tokens = rows_done = listed = 0
+    todo = sum(len(shard_rows(i, config.shard_size, pool.rows)) for i in missing)
+    with progress_bar() as bar:
+        job = bar.add_task("label pool", total=todo, info="")
+        shards = pool.shards(config.shard_size, missing)
+        if cluster is not None:
+            finished = ((entry, n_tokens, entry.rows) for entry, n_tokens in cluster.label(shards, writer))
+        else:
+            finished = _label_here(labeler, shards, writer, lambda n: bar.advance(job, n))
+        for entry, n_tokens, advance in finished:
+            tokens, rows_done, listed = tokens + n_tokens, rows_done + entry.rows, listed + 1
+            run.progress(examples=rows_done, tokens=tokens, steps=listed)
+            bar.update(job, advance=advance, info=f"{tokens / max(run.seconds, 1e-9):.0f} tok/s")
+
+
 def _label_here(labeler: Any, shards: Any, writer: CacheWriter, advance: Any) -> Any:
     """Label and list each shard in this process; yield (entry, generated tokens, rows left to advance)."""
     for index, rows in shards:
@@ -322,10 +363,10 @@ def _label_here(labeler: Any, shards: Any, writer: CacheWriter, advance: Any) ->
         yield writer.write_shard(index, table), n_tokens, 0
 
 
-def _new_manifest(config: TeacherLabelConfig, task: Task, pool: Pool, teacher_path: str,
-                  model_config: Any, kind: str, tokenizer: Any, engine: tuple[str, str, dict[str, Any]],
-                  label_set: list[str] | None, temperatures: tuple[float, ...]) -> Manifest:
+def _new_manifest(config: TeacherLabelConfig, plan: _Plan, teacher_path: str, tokenizer: Any,
+                  engine: tuple[str, str, dict[str, Any]], label_set: list[str] | None) -> Manifest:
     engine_name, engine_version, engine_settings = engine
+    task, pool, model_config, kind, temperatures = plan.task, plan.pool, plan.base, plan.kind, plan.temperatures
     return Manifest(
         task={"name": task.name, "metric": task.metric, "source_prefix": task.source_prefix,
               "labels": list(task.labels) if task.labels else None},

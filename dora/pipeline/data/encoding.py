@@ -8,11 +8,12 @@ the loss falls on the completion only (prompt labels are -100).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from dora.pipeline.models.loading import ModelKind
 
-from dora.pipeline.models import ModelKind
+if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI reads this module's users for help
+    import torch
 
 IGNORE = -100
 
@@ -44,6 +45,8 @@ def encode_pair(
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int, *, left: bool = False) -> torch.Tensor:
+    import torch
+
     width = max(len(s) for s in seqs)
     rows = [([value] * (width - len(s)) + list(s)) if left else (list(s) + [value] * (width - len(s))) for s in seqs]
     return torch.tensor(rows, dtype=torch.long)

@@ -15,20 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError, InputError
-from dora.pipeline.config import TaskInputs, as_paths, check_output, positive_ints, starts_like_json_object
-from dora.pipeline.costs import Devices, one_off
-from dora.pipeline.data import iter_records, read_examples
-from dora.pipeline.metrics import METRIC_MODES, TaskScorer
-from dora.pipeline.models import ModelKind
+from dora.files import check_output, starts_like_json_object
+from dora.pipeline.checks import as_paths, positive_ints
+from dora.pipeline.config import TaskInputs
+from dora.pipeline.costs.ledger import Devices, one_off
+from dora.pipeline.data.inputs import iter_records, read_examples
+from dora.pipeline.models.loading import ModelKind
 from dora.pipeline.progress import progress_bar
-from dora.pipeline.tasks import Task, get_task
+from dora.pipeline.tasks.catalog import Task, get_task
+from dora.pipeline.tasks.metrics import METRIC_MODES, TaskScorer
 
 
 def predict(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: list[str], *, batch_size: int,
             max_source_length: int, max_new_tokens: int) -> list[str]:
     """Greedy predictions for raw sources (the task prefix is added), stripped of whitespace."""
-    from dora.pipeline.encoding import encode_prompts
-    from dora.pipeline.generation import hf_generate
+    from dora.pipeline.data.encoding import encode_prompts
+    from dora.pipeline.engines.generation import hf_generate
 
     prompts = encode_prompts(tokenizer, [task.source_prefix + s for s in sources], max_source_length)
     with progress_bar() as bar:
@@ -122,8 +124,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         preds, refs, sources = _read_predictions(config.predictions)
         result["predictions_file"] = str(config.predictions)
     else:
-        from dora.pipeline.generation import pick_device
-        from dora.pipeline.models import load_model, load_tokenizer
+        from dora.pipeline.engines.generation import pick_device
+        from dora.pipeline.models.loading import load_model, load_tokenizer
 
         assert config.model is not None and config.data is not None  # checked in __post_init__
         examples = read_examples(config.data, fields=config.fields, require_target=True)

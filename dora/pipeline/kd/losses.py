@@ -24,7 +24,7 @@ the logits at T for KD, at 1 for cross-entropy): one log-softmax per temperature
 every term that needs it.
 
 >>> import torch
->>> from dora.pipeline.generation import tail_logprobs
+>>> from dora.pipeline.engines.generation import tail_logprobs
 >>> logits = torch.randn(2, 3, 11, generator=torch.Generator().manual_seed(0))
 >>> top = logits.log_softmax(-1).topk(4, dim=-1)
 >>> tail = tail_logprobs(logits, top.indices, [2.0])[..., 0]

@@ -1,7 +1,7 @@
 """The unlabeled pool, streamed: one validating pass to fingerprint it, then shard by shard.
 
 A pool of millions of rows is never held whole. ``Pool.scan`` reads the file once and keeps
-its row count, its fingerprint (the same sha256 as ``dora.pipeline.data.fingerprint``) and an
+its row count, its fingerprint (the same sha256 as ``dora.pipeline.data.inputs.fingerprint``) and an
 8-byte hash per id to find duplicates; ``Pool.shards`` then yields the rows of the wanted
 shards in one more pass, so memory is one shard's rows whatever the pool's size.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dora.pipeline.data import (
+from dora.pipeline.data.inputs import (
     Example,
     Fields,
     duplicate_id_error,

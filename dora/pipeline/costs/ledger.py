@@ -111,7 +111,7 @@ def summarise(stage: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over a stage's entries, in the shape every cost record has, with the entries kept.
 
     ``device`` and ``device_count`` are those of the latest invocation; prices are applied
-    entry by entry (``dora.pipeline.pricing``), so a run resumed on another device is priced right.
+    entry by entry (``dora.pipeline.costs.pricing``), so a run resumed on another device is priced right.
     """
     last = entries[-1] if entries else {}
     return {

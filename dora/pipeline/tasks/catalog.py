@@ -51,7 +51,7 @@ class Task:
     """What a task means to dora.
 
     name: task name; also the source prefix ``"<name>: "`` unless ``prefix`` overrides it.
-    metric: which scorer in ``dora.pipeline.metrics`` applies.
+    metric: which scorer in ``dora.pipeline.tasks.metrics`` applies.
     labels: the closed label set, or None for free-form outputs.
     annotation_usd: the paper's estimated cost of one human label (None where unknown).
     paper_labels: the paper's class ids for closed-label tasks, in id order (label ``i`` has id ``i``),

@@ -18,7 +18,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -241,3 +241,79 @@ def map_topk(vmap: VocabMap, teacher_token: int, student_token: int, topk: np.nd
             keep[first] = True
             return np.where(keep, ids, -1)
     return None
+
+
+# --- one cached row on the student's positions -----------------------------------------------
+
+@dataclass(kw_only=True)
+class AlignStats:
+    """How much of the teacher's signal crossed the tokenizer boundary."""
+
+    student_positions: int = 0
+    aligned_positions: int = 0
+    teacher_mass: float = 0.0
+    mapped_mass: float = 0.0
+    vocab_coverage: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vocab_coverage": None if self.vocab_coverage is None else round(self.vocab_coverage, 4),
+            "aligned_positions": round(self.aligned_positions / max(self.student_positions, 1), 4),
+            "mapped_topk_mass": round(self.mapped_mass / self.teacher_mass, 4) if self.teacher_mass else None,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class TokenizerPair:
+    """The teacher's (from the cache) and the student's tokenizers, as token surfaces."""
+
+    teacher_surfaces: list[bytes | None]
+    student_surfaces: list[bytes | None]
+    teacher_eos: int | None
+    student_eos: int | None
+
+    @classmethod
+    def of(cls, teacher: Any, teacher_vocab_size: int, student: Any) -> TokenizerPair:
+        """From the teacher's tokenizer (a cache's: ``LabelCache.tokenizer()``, checked and loaded
+        without any code from the cache) and the student's."""
+        return cls(surfaces(teacher, teacher_vocab_size), surfaces(student), teacher.eos_token_id,
+                   student.eos_token_id)
+
+
+def aligned_arrays(t_ids: list[int], s_ids: list[int], top_ids: np.ndarray, top_lp: np.ndarray,
+                    tails: np.ndarray | None, t_surf: Any, s_surf: Any, t_eos: int | None, s_eos: int | None,
+                    vmap: VocabMap | None, mode: str, stats: AlignStats, complete: bool = True) -> dict[str, np.ndarray]:
+    """One cached row's teacher signal on the student's positions: the teacher's top-k (ids mapped
+    through ``vmap`` for ``aligned``; as stored for ``uld``, which needs no ids) on each 1:1
+    position, ``kd_mask`` False elsewhere; ``stats`` counts what crossed."""
+    k = top_ids.shape[1]
+    n = len(s_ids)
+    ids = np.full((n, k), -1, np.int64)
+    lp = np.zeros((n, k), np.float32)
+    tail = np.full(n, -np.inf, np.float32)
+    mask = np.zeros(n, bool)
+    pairs = align(t_ids, s_ids, t_surf, s_surf, t_eos, s_eos, student_complete=complete)
+    stats.student_positions += n
+    for j, i in enumerate(pairs):
+        if i < 0:
+            continue
+        if mode == "uld":
+            ids[j], lp[j], mask[j] = top_ids[i], top_lp[i], True
+            stats.aligned_positions += 1
+            continue
+        mapped = map_topk(vmap, t_ids[i], s_ids[j], top_ids[i]) if vmap is not None else None
+        if mapped is None:
+            continue
+        ids[j], lp[j], mask[j] = mapped, top_lp[i], True
+        if tails is not None:
+            tail[j] = tails[i]
+        stats.aligned_positions += 1
+        probs = np.exp(top_lp[i].astype(np.float64))
+        stats.teacher_mass += float(probs.sum())
+        stats.mapped_mass += float(probs[mapped >= 0].sum())
+    out = {"topk_ids": ids, "topk_logprobs": lp, "kd_mask": mask}
+    if tails is not None:
+        out["teacher_tail"] = tail
+    return out

@@ -28,9 +28,9 @@ from typing import Any
 from dora.cache import ShardEntry
 from dora.cache.writer import CacheWriter, write_shard_file
 from dora.errors import CacheError, ConfigError, DoraError
-from dora.pipeline.costs import Devices
-from dora.pipeline.data import Example
-from dora.pipeline.labeling import LabelSpec
+from dora.pipeline.costs.ledger import Devices
+from dora.pipeline.data.inputs import Example
+from dora.pipeline.engines.labeling import LabelSpec
 
 IN_FLIGHT_PER_WORKER = 2
 
@@ -47,7 +47,7 @@ class LabelWorker:
     def __init__(self, spec: LabelSpec, threads: int | None) -> None:
         import torch
 
-        from dora.pipeline.costs import Devices
+        from dora.pipeline.costs.ledger import Devices
 
         if threads:
             torch.set_num_threads(threads)

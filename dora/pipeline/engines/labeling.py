@@ -1,5 +1,5 @@
 """Labeling one shard: prompts in, the shard's Arrow table out. Shared by the single-process
-loop and the Ray workers (``dora.pipeline.ray_label``), so both write identical shards.
+loop and the Ray workers (``dora.pipeline.engines.ray_label``), so both write identical shards.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 
 from dora.cache.schema import IdType
-from dora.pipeline.data import Example
-from dora.pipeline.encoding import encode_prompts, target_ids
-from dora.pipeline.engines import Engine, EngineSettings
-from dora.pipeline.generation import Generated, decode
+from dora.pipeline.data.encoding import encode_prompts, target_ids
+from dora.pipeline.data.inputs import Example
+from dora.pipeline.engines.generation import Generated, decode
+from dora.pipeline.engines.settings import Engine, EngineSettings
 
 
 @dataclass(kw_only=True)
@@ -103,8 +103,8 @@ class LabelSpec:
     label_set: tuple[str, ...] = ()
 
     def labeler(self, tokenizer: Any = None, *, model: Any = None) -> ShardLabeler:
-        from dora.pipeline.engines import start_engine
-        from dora.pipeline.models import load_tokenizer
+        from dora.pipeline.engines.registry import start_engine
+        from dora.pipeline.models.loading import load_tokenizer
 
         if tokenizer is None:
             tokenizer = load_tokenizer(self.teacher_path, revision=self.revision,

@@ -16,7 +16,7 @@ Every scorer returns a flat dict of floats plus ``n`` (the number of examples sc
 every metric in [0, 1] (SQuAD and BLEU included; the paper's SQuAD is x100); paper-mode BERT-iBLEU
 may leave [0, 1] by its +1e-5.
 
->>> from dora.pipeline.tasks import get_task
+>>> from dora.pipeline.tasks.catalog import get_task
 >>> fever = get_task("fever")
 >>> score(fever, ["supports", "Maybe"], ["SUPPORTS", "REFUTES"], mode="paper")["accuracy"]  # Maybe -> REFUTES
 1.0
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from dora.errors import ConfigError
-from dora.pipeline.tasks import STANCE_LABELS, TASKS, WLP_LABELS, Task
+from dora.pipeline.tasks.catalog import STANCE_LABELS, TASKS, WLP_LABELS, Task
 
 Scores = dict[str, float]
 MetricMode = Literal["paper", "strict"]
@@ -375,7 +375,7 @@ def paper_postprocess(task: Task, predictions: Sequence[str], references: Sequen
     """The paper's ``postprocess_text`` for a closed-label task (fever, multipit_id, stanceosaurus, wlp):
     strip, (WLP: ``paper_ner_postprocess``), upper-case, class ids; an unknown prediction is id 0.
 
-    >>> from dora.pipeline.tasks import get_task
+    >>> from dora.pipeline.tasks.catalog import get_task
     >>> paper_postprocess(get_task("stanceosaurus"), ["supporting ", "???"], ["Supporting", "Querying"])
     ([1, 0], [1, 4])
     """
@@ -651,7 +651,7 @@ class TaskScorer:
     """Scores predictions against one fixed reference set in both modes; made once per evaluation set
     (a training run calls it at every evaluation), loading the BERTScore encoder once.
 
-    >>> from dora.pipeline.tasks import get_task
+    >>> from dora.pipeline.tasks.catalog import get_task
     >>> scorer = TaskScorer(get_task("stanceosaurus"), ["Supporting", "Refuting"])
     >>> {mode: s["micro_f1"] for mode, s in scorer(["supporting", "???"]).items()}  # doctest: +ELLIPSIS
     {'paper': 0.5, 'strict': 0.666...}

@@ -5,7 +5,7 @@ transformer block, and then the whole model, is wrapped with ``torch.distributed
 fully_shard``, so each process holds 1/world of the weights, gradients and optimizer state.
 The same code runs on GPUs (NCCL) and on CPU (gloo), which is how the tests exercise it.
 Checkpoints are sharded: each rank saves its local shards (safetensors, with the structure and
-scalars in JSON: no pickle, see ``dora.pipeline.checkpoint``); the final model is gathered on
+scalars in JSON: no pickle, see ``dora.pipeline.train.checkpoint``); the final model is gathered on
 rank 0 and saved as a plain Hugging Face checkpoint.
 """
 
@@ -51,7 +51,7 @@ def clip_gradients(model: Any, accelerator: Any, max_norm: float, fsdp: bool) ->
 def save_sharded(path: Path, model: Any, optimizer: Any, rank: int, world: int) -> None:
     """Each rank writes its local shards of the model and optimizer state (``sharded/rank-N``:
     safetensors and JSON, no pickle)."""
-    from dora.pipeline.checkpoint import SHARDED, model_and_optimizer, write_state
+    from dora.pipeline.train.checkpoint import SHARDED, model_and_optimizer, write_state
 
     state = model_and_optimizer(model, unwrap_optimizer(optimizer))
     (path / SHARDED).mkdir(exist_ok=True)
@@ -61,7 +61,7 @@ def save_sharded(path: Path, model: Any, optimizer: Any, rank: int, world: int) 
 def load_sharded(path: Path, model: Any, optimizer: Any, rank: int, world: int) -> None:
     """Copy this rank's saved shards into the freshly sharded model and optimizer; a checkpoint
     saved by another number of processes is refused (its shards are cut differently)."""
-    from dora.pipeline.checkpoint import SHARDED, load_model_and_optimizer
+    from dora.pipeline.train.checkpoint import SHARDED, load_model_and_optimizer
 
     load_model_and_optimizer(path / SHARDED / f"rank-{rank}", model, unwrap_optimizer(optimizer), path, world=world,
                              rank=rank)

@@ -221,7 +221,7 @@ def read_examples(
     require_target: bool,
     limit: int | None = None,
 ) -> list[Example]:
-    """Read and validate every row of ``path`` into memory (labeled sets; pools stream: ``dora.pipeline.pool``).
+    """Read and validate every row of ``path`` into memory (labeled sets; pools stream: ``dora.pipeline.data.pool``).
 
     require_target: the file is labeled data (train/eval) and each row needs a non-empty target;
         otherwise (an unlabeled pool) the target column may be absent.

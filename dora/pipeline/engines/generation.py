@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dora.pipeline.encoding import decoder_inputs, pad
-from dora.pipeline.models import ModelKind
+from dora.pipeline.data.encoding import decoder_inputs, pad
+from dora.pipeline.models.loading import ModelKind
 
 
 @dataclass(frozen=True, slots=True)

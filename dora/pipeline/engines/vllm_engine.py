@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from dora.errors import ModelError
-from dora.pipeline.engines import EngineSettings
-from dora.pipeline.generation import Generated
+from dora.pipeline.engines.generation import Generated
+from dora.pipeline.engines.settings import EngineSettings
+from dora.pipeline.models.loading import ModelKind, free_accelerator_memory
 
 # Prompts handed to vLLM per call: big enough for its scheduler to batch well, small enough to
 # report progress and keep the outputs of one call in memory.
@@ -29,6 +30,15 @@ CHUNK = 1024
 
 class VllmEngine:
     name = "vllm"
+
+    @classmethod
+    def start(cls, teacher_path: str, tokenizer: Any, kind: ModelKind, settings: EngineSettings, *,
+              revision: str | None = None, trust_remote_code: bool = False, model: Any = None) -> VllmEngine:
+        """Start vLLM on the saved teacher at ``teacher_path``; a loaded ``model`` (the fine-tuning
+        copy) is dropped first and accelerator memory freed, since vLLM loads its own."""
+        del model, kind
+        free_accelerator_memory()
+        return cls(teacher_path, tokenizer, settings, trust_remote_code=trust_remote_code, revision=revision)
 
     def __init__(self, model_path: str, tokenizer: Any, settings: EngineSettings, *, trust_remote_code: bool = False,
                  revision: str | None = None) -> None:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError
-from dora.pipeline.config import check_number, read_mapping
+from dora.files import read_mapping
+from dora.pipeline.checks import check_number
 
 MAX_PRICE_USD = 1e6
 """Highest price accepted per device-hour or per label: far above any real one, and low enough

@@ -1,0 +1,1 @@
+"""Labeling: generation with transformers, the engine registry (transformers, vLLM), shard labeling, Ray."""

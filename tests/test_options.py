@@ -1,0 +1,92 @@
+"""One source of truth for option defaults: every CLI option that builds a stage config has the
+default of the config field it fills (library callers and the CLI get the same run), and every
+config field is reachable from the command line unless listed here as library-only."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+from dora.cli import app
+from dora.pipeline.data.inputs import Fields
+from dora.pipeline.demo import DemoConfig
+from dora.pipeline.evaluate import EvaluateConfig
+from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, kd_loss_help
+from dora.pipeline.student import TrainStudentConfig
+from dora.pipeline.teacher import TeacherLabelConfig
+
+CONFIGS = {"teacher-label": TeacherLabelConfig, "train-student": TrainStudentConfig, "evaluate": EvaluateConfig,
+           "demo": DemoConfig}
+# Options the CLI parses into another type before the config sees them (the config's default is None
+# or empty either way), and fields only the library sets.
+CONVERTED = {"labels": "comma-separated text -> tuple", "kd_temperatures": "comma-separated text -> tuple",
+             "engine_arg": "KEY=VALUE pairs -> engine_args", "engine_config": "a file -> engine_args"}
+LIBRARY_ONLY = {"fields": "built from --source-field/--target-field/--id-field", "engine_args": "--engine-arg/--engine-config",
+                "eval": "the deprecated --eval, a hidden option of its own",
+                "max_target_length": "evaluate only generates (max_new_tokens); a field it shares with training stages"}
+COLUMNS = {"source_field": Fields().source, "target_field": Fields().target, "id_field": Fields().id}
+
+
+def _command(name: str):
+    return next(c for c in app.registered_commands if c.name == name)
+
+
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return inspect.Parameter.empty  # required
+
+
+def drift(command: str, cls: type) -> tuple[list[str], int]:
+    """(options whose CLI default differs from ``cls``'s field default, options compared)."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    problems, checked = [], 0
+    for name, param in inspect.signature(_command(command).callback).parameters.items():
+        if name in ("ctx", "preset") or name in CONVERTED:
+            continue
+        expected = COLUMNS[name] if name in COLUMNS else _default(fields[name])
+        if param.default != expected:
+            problems.append(f"dora {command} --{name.replace('_', '-')}: CLI default {param.default!r}, "
+                            f"{cls.__name__}.{name} default {expected!r}")
+        checked += 1
+    return problems, checked
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_every_cli_default_is_the_config_default(command):
+    problems, checked = drift(command, CONFIGS[command])
+    assert problems == []
+    assert checked >= (3 if command == "demo" else 10)
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_every_config_field_has_an_option(command):
+    params = set(inspect.signature(_command(command).callback).parameters)
+    fields = {f.name for f in dataclasses.fields(CONFIGS[command]) if f.init}
+    library_only = set(LIBRARY_ONLY) - ({"max_target_length"} if command != "evaluate" else set())
+    missing = fields - params - library_only - set(CONVERTED)
+    assert not missing, f"{CONFIGS[command].__name__} fields without a dora {command} option: {sorted(missing)}"
+
+
+def test_the_drift_check_catches_a_changed_default():
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Changed(TeacherLabelConfig):
+        top_k: int = 21
+
+    problems, _ = drift("teacher-label", Changed)
+    assert problems == ["dora teacher-label --top-k: CLI default 20, Changed.top_k default 21"]
+
+
+def test_kd_loss_choices_and_help_come_from_the_registry():
+    assert KD_LOSSES == ("auto", "topk", "aligned", "uld", "labels", "sequence")
+    help_text = kd_loss_help()
+    for name in KD_LOSSES[1:]:
+        assert f"{name} ({OBJECTIVES[name].help})" in help_text
+    import typer
+
+    command = typer.main.get_command(app).commands["train-student"]
+    assert next(p for p in command.params if p.name == "kd_loss").help == help_text
