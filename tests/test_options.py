@@ -90,3 +90,27 @@ def test_kd_loss_choices_and_help_come_from_the_registry():
 
     command = typer.main.get_command(app).commands["train-student"]
     assert next(p for p in command.params if p.name == "kd_loss").help == help_text
+
+
+@pytest.mark.parametrize("cls", [TeacherLabelConfig, TrainStudentConfig])
+def test_stage_configs_are_composed_of_sections_that_validate_themselves(cls):
+    """Each field belongs to one section (or the stage itself), and a section alone rejects a bad value."""
+    from dora.errors import ConfigError
+
+    owners: dict[str, str] = {}
+    for section in cls.SECTIONS:
+        for f in dataclasses.fields(section):
+            assert f.name not in owners or f.name in ("preset", "preset_values"), (f.name, owners.get(f.name))
+            owners.setdefault(f.name, section.__name__)
+    own = {f.name for f in dataclasses.fields(cls)} - set(owners)
+    assert own and own <= set(cls.__annotations__), own  # the stage's own fields are declared on the stage
+    if cls is TeacherLabelConfig:
+        from dora.pipeline.teacher import LabelingOptions, LoraOptions, ScaleOutOptions
+
+        for section, bad, message in [(LabelingOptions, {"top_k": 0}, "--top-k must be a positive integer"),
+                                      (LoraOptions, {"lora_r": 0}, "--lora-r must be a positive integer"),
+                                      (ScaleOutOptions, {"ray_workers": 2}, "--ray-workers needs --ray")]:
+            with pytest.raises(ConfigError, match=message):
+                section(**bad)
+            with pytest.raises(ConfigError, match=message):  # and so does the stage config it is part of
+                TeacherLabelConfig(task="fever", teacher="t", pool="p.jsonl", out="o", finetune=False, **bad)

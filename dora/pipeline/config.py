@@ -1,8 +1,10 @@
 """Fields every stage config shares, documented and validated once.
 
-Stage configs (``TeacherLabelConfig``, ``TrainStudentConfig``) inherit these frozen,
-keyword-only bases and add their own fields; ``__post_init__`` of each stage calls
-``super().__post_init__()`` so every check runs.
+Stage configs (``TeacherLabelConfig``, ``TrainStudentConfig``) are composed of frozen,
+keyword-only sections (these two, and the teacher's labeling, LoRA and scale-out sections) and
+add their own fields. Each section validates its own fields in ``__post_init__``; a stage
+config's ``__post_init__`` runs every section in its ``SECTIONS`` order, then its own checks.
+The constructor stays flat: every field of every section is a keyword.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     paper's settings for every field not given."""
 
     PRESET_STAGE: ClassVar[str] = "student"
+    SECTIONS: ClassVar[tuple[type, ...]] = (TaskInputs, Optimisation)
 
     out: Path
     """Output directory: the student checkpoint, tokenizer, metrics.json and run.json."""
@@ -105,8 +106,8 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     """Check each cache shard's sha256 as it is read (off: ``--no-verify``, recorded in run.json)."""
 
     def __post_init__(self) -> None:
-        TaskInputs.__post_init__(self)
-        Optimisation.__post_init__(self)
+        for section in self.SECTIONS:
+            section.__post_init__(self)  # type: ignore[attr-defined]
         as_paths(self, "out", "cache", "train", "dev", "test", "eval")
         if self.cache is None and self.train is None:
             raise ConfigError("give --cache (distill), --train (annotate with gold labels), or both")

@@ -18,7 +18,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
@@ -56,33 +56,13 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class TeacherLabelConfig(TaskInputs, Optimisation):
-    """Everything ``teacher_label`` needs (task and training fields: ``dora.pipeline.config``)."""
+class LabelingOptions:
+    """How the pool is labeled: the engine, what it generates with, and what the cache stores."""
 
-    teacher: str
-    """Base teacher: a local Hugging Face directory or a hub id (seq2seq such as T5, or decoder-only)."""
-    pool: Path
-    """Unlabeled inputs (JSON Lines, CSV or Parquet); a target column, if any, is ignored."""
-    out: Path
-    """Cache directory to create, or to continue when it holds a cache of the same run."""
-    train: Path | None = None
-    """Labeled examples to fine-tune the teacher on; required unless ``finetune`` is False."""
-    finetune: bool = True
-    """Fine-tune first; False labels with ``teacher`` as it is (already fine-tuned)."""
-    teacher_out: Path | None = None
-    """Where the fine-tuned teacher is saved; default ``<out>.teacher`` beside the cache."""
     engine: EngineName = "transformers"
     """Labeling engine: transformers, vllm (decoder-only teachers), or auto (vLLM when it serves the teacher)."""
     top_k: int = 20
     """Top-k token log-probabilities stored per generated token."""
-    batch_size: int = 8
-    """Fine-tuning micro-batch size."""
-    lora: bool = False
-    """Fine-tune LoRA adapters (peft) instead of all weights; merged before labeling."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
     label_batch_size: int = 32
     """Pool rows per generation batch."""
     shard_size: int = 4096
@@ -107,37 +87,16 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
     """Label verbalisers of your own closed-label task (the paper's tasks know theirs)."""
     score_labels: bool = True
     """Store the teacher's log-probability of every label (``label_logprobs``) for label-set KD."""
-    save_every: int = 200
-    """Fine-tuning: save a resumable checkpoint every N optimizer steps (a killed run resumes there)."""
-    fsdp: bool = False
-    """Fine-tuning: shard the teacher over the processes of ``torchrun``/``accelerate launch`` (FSDP2)."""
-    ray: str | None = None
-    """Label on Ray: ``local`` (start a cluster on this machine), ``auto`` (the running cluster) or ``ray://HOST:PORT``."""
-    ray_workers: int | None = None
-    """Ray: engine replicas (default: one per GPU group the cluster has, or 2 without GPUs)."""
     kd_temperatures: tuple[float, ...] | None = None
     """Temperatures at which each generated token's tail mass outside the top-k is stored, so a
     student can distill at those temperatures exactly (default 1 and 2; vLLM: 1 only)."""
 
     def __post_init__(self) -> None:
-        TaskInputs.__post_init__(self)
-        Optimisation.__post_init__(self)
-        as_paths(self, "pool", "out", "train", "teacher_out")
-        if self.finetune and self.train is None:
-            raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
-                              "a teacher that is already fine-tuned")
-        positive_ints(self, "top_k", "label_batch_size", "shard_size", "lora_r", "lora_alpha", "save_every")
-        if self.ray_workers is not None:
-            positive_ints(self, "ray_workers")
-            if self.ray is None:
-                raise ConfigError("--ray-workers needs --ray local|auto|ray://HOST:PORT")
-        if self.ray is not None and not (self.ray in ("local", "auto") or self.ray.startswith("ray://")):
-            raise ConfigError(f"--ray must be local, auto or ray://HOST:PORT, got {self.ray!r}")
+        positive_ints(self, "top_k", "label_batch_size", "shard_size", "tensor_parallel_size", "pipeline_parallel_size")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.engine not in ("transformers", "vllm", "auto"):
             raise ConfigError(f"--engine must be transformers, vllm or auto, got {self.engine!r}")
-        positive_ints(self, "tensor_parallel_size", "pipeline_parallel_size")
         if self.max_model_len is not None:
             positive_ints(self, "max_model_len")
         check_number(self.temperature, "--temperature", low=0, high=100, hint="0 is greedy (the paper's setting)")
@@ -154,6 +113,80 @@ class TeacherLabelConfig(TaskInputs, Optimisation):
         if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
             raise ConfigError("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm "
                               "(the transformers engine runs on one device)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraOptions:
+    """Fine-tuning LoRA adapters instead of all weights."""
+
+    lora: bool = False
+    """Fine-tune LoRA adapters (peft) instead of all weights; merged before labeling."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+
+    def __post_init__(self) -> None:
+        positive_ints(self, "lora_r", "lora_alpha")
+
+    def lora_settings(self) -> LoraSettings | None:
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha) if self.lora else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleOutOptions:
+    """Running over several processes (fine-tuning) or machines (labeling)."""
+
+    fsdp: bool = False
+    """Fine-tuning: shard the teacher over the processes of ``torchrun``/``accelerate launch`` (FSDP2)."""
+    ray: str | None = None
+    """Label on Ray: ``local`` (start a cluster on this machine), ``auto`` (the running cluster) or ``ray://HOST:PORT``."""
+    ray_workers: int | None = None
+    """Ray: engine replicas (default: one per GPU group the cluster has, or 2 without GPUs)."""
+
+    def __post_init__(self) -> None:
+        if self.ray_workers is not None:
+            positive_ints(self, "ray_workers")
+            if self.ray is None:
+                raise ConfigError("--ray-workers needs --ray local|auto|ray://HOST:PORT")
+        if self.ray is not None and not (self.ray in ("local", "auto") or self.ray.startswith("ray://")):
+            raise ConfigError(f"--ray must be local, auto or ray://HOST:PORT, got {self.ray!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherLabelConfig(TaskInputs, Optimisation, LabelingOptions, LoraOptions, ScaleOutOptions):
+    """Everything ``teacher_label`` needs, in sections: the task's data (``TaskInputs``), fine-tuning
+    (``Optimisation``, ``LoraOptions``), labeling (``LabelingOptions``), scale-out
+    (``ScaleOutOptions``), and the stage's own fields below. Every field is a keyword of the
+    constructor; each section validates its own fields."""
+
+    SECTIONS: ClassVar[tuple[type, ...]] = (TaskInputs, Optimisation, LabelingOptions, LoraOptions, ScaleOutOptions)
+
+    teacher: str
+    """Base teacher: a local Hugging Face directory or a hub id (seq2seq such as T5, or decoder-only)."""
+    pool: Path
+    """Unlabeled inputs (JSON Lines, CSV or Parquet); a target column, if any, is ignored."""
+    out: Path
+    """Cache directory to create, or to continue when it holds a cache of the same run."""
+    train: Path | None = None
+    """Labeled examples to fine-tune the teacher on; required unless ``finetune`` is False."""
+    finetune: bool = True
+    """Fine-tune first; False labels with ``teacher`` as it is (already fine-tuned)."""
+    teacher_out: Path | None = None
+    """Where the fine-tuned teacher is saved; default ``<out>.teacher`` beside the cache."""
+    batch_size: int = 8
+    """Fine-tuning micro-batch size."""
+    save_every: int = 200
+    """Fine-tuning: save a resumable checkpoint every N optimizer steps (a killed run resumes there)."""
+
+    def __post_init__(self) -> None:
+        for section in self.SECTIONS:
+            section.__post_init__(self)  # type: ignore[attr-defined]
+        as_paths(self, "pool", "out", "train", "teacher_out")
+        if self.finetune and self.train is None:
+            raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
+                              "a teacher that is already fine-tuned")
+        positive_ints(self, "save_every")
 
     @property
     def teacher_dir(self) -> Path:
@@ -291,7 +324,7 @@ def _finetune(config: TeacherLabelConfig, plan: _Plan) -> tuple[Any, str, str | 
         tokenizer=tokenizer, examples=plan.train, prefix=plan.task.source_prefix,
         max_source_length=config.max_source_length, max_target_length=config.max_target_length,
         settings=config.loop_settings(eval_every=None, save_every=config.save_every),
-        lora=LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None,
+        lora=config.lora_settings(),
         out_dir=config.teacher_dir, fsdp=config.fsdp, report_to=config.report_to,
     )
     return model, str(config.teacher_dir), None, {"teacher_finetune": record.get("cost")}
