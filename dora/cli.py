@@ -532,6 +532,29 @@ def evaluate_cmd(
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command("make-student")
+def make_student_cmd(
+    teacher: Annotated[str, typer.Option("--from", help="The teacher to cut: a local Hugging Face directory (T5-like or decoder-only).", rich_help_panel=MODEL)],
+    out: Annotated[Path, typer.Option(help="New directory for the student (must not exist, or be empty).", rich_help_panel=OUT)],
+    layers: Annotated[int | None, typer.Option(help="Layers to keep, evenly spaced, first and last included (T5: both stacks).", rich_help_panel=MODEL)] = None,
+    encoder_layers: Annotated[int | None, typer.Option(help="T5: encoder layers to keep (default --layers).", rich_help_panel=MODEL)] = None,
+    decoder_layers: Annotated[int | None, typer.Option(help="T5: decoder layers to keep (default --layers).", rich_help_panel=MODEL)] = None,
+    revision: RevisionOpt = None,
+    trust_remote_code: RemoteCodeOpt = False,
+) -> None:
+    """Cut a student from the teacher: its embeddings, head and N evenly spaced layers, same tokenizer (so top-k KD applies).
+
+    [bold]Example[/]: dora make-student --from ./t5-large --encoder-layers 6 --decoder-layers 2 --out ./t5-large-cut
+
+    [bold]Decoder-only[/]: dora make-student --from ./smollm2 --layers 6 --out ./smollm2-6l
+    """
+    options = locals()  # the command's options, by name
+    from dora.pipeline.make_student import MakeStudentConfig, make_student
+
+    quiet_libraries()
+    _run(lambda: make_student(_config(MakeStudentConfig, options)), options)
+
+
 @app.command("demo")
 def demo_cmd(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, models, cache and runs: a new or empty directory, or an earlier demo's.", rich_help_panel=OUT)] = Path("dora-demo"),
