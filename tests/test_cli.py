@@ -392,3 +392,15 @@ def test_engine_errors_are_one_line(t5_dir, llama_dir, data_dir, tmp_path, monke
     assert bad_arg.exit_code == 2 and "is not key=value" in bad_arg.stderr
     tp = invoke(*base, "--teacher", llama_dir, "--out", tmp_path / "e", "--tensor-parallel-size", "2")
     assert tp.exit_code == 2 and "need --engine vllm" in tp.stderr
+
+
+def test_the_cli_starts_without_heavy_libraries():
+    """cli.py's promise: heavy libraries load inside the commands, so `dora --help` stays fast (the
+    --kd-loss help comes from the objectives registry, which must not import torch to give it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dora.cli; "
+            "print(sorted(m for m in ('torch', 'transformers', 'pyarrow', 'accelerate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

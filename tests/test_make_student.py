@@ -141,3 +141,43 @@ def test_a_failure_while_saving_leaves_nothing(deep, tmp_path, monkeypatch):
     result = _run("--from", deep / "llama", "--layers", 2, "--out", tmp_path / "cut")
     assert result.exit_code == 2 and "No space left" in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_zero_layers_of_one_t5_stack_is_refused_not_replaced(deep, tmp_path):
+    result = _run("--from", deep / "t5", "--layers", 2, "--encoder-layers", 0, "--out", tmp_path / "cut")
+    assert result.exit_code == 2 and "--encoder-layers must be from 1 to 4" in result.output
+
+
+def test_a_symlinked_out_is_refused(deep, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    result = _run("--from", deep / "llama", "--layers", 2, "--out", tmp_path / "link")
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_student_weight_without_a_teacher_weight_is_an_error(deep):
+    from transformers import AutoModelForCausalLM
+
+    from dora.errors import ModelError
+    from dora.pipeline.models.cut import cut
+
+    teacher = AutoModelForCausalLM.from_pretrained(deep / "llama")
+    full = teacher.state_dict
+    teacher.state_dict = lambda: {k: v for k, v in full().items() if k != "model.norm.weight"}
+    with pytest.raises(ModelError, match=r"model\.norm\.weight has no teacher weight"):
+        cut(teacher, {"layers": 2})
+
+
+def test_per_layer_attention_kinds_follow_their_layers(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from dora.pipeline.models.cut import cut
+
+    kinds = ["full_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    teacher = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                                           num_attention_heads=2, num_key_value_heads=2, layer_types=kinds,
+                                           use_sliding_window=True, sliding_window=8))
+    student, chosen = cut(teacher, {"layers": 2})
+    assert chosen == {"layers": [0, 3]}
+    assert student.config.layer_types == ["full_attention", "sliding_attention"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ class MakeStudentConfig:
         as_paths(self, "out")
         if self.layers is None and self.encoder_layers is None and self.decoder_layers is None:
             raise ConfigError("give --layers N (or, for T5, --encoder-layers and --decoder-layers)")
+        if self.out.is_symlink():
+            raise ConfigError(f"--out {self.out} is a symbolic link; give a new directory path")
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise ConfigError(f"--out {self.out} exists and is not an empty directory; choose a new --out")
 
@@ -86,7 +89,8 @@ def make_student(config: MakeStudentConfig) -> MakeStudentResult:
 
 def _keep(config: MakeStudentConfig, t5: bool, counts: dict[str, int]) -> dict[str, int]:
     if t5:
-        return {"encoder": config.encoder_layers or config.layers, "decoder": config.decoder_layers or config.layers}  # type: ignore[dict-item]
+        pick = lambda given: config.layers if given is None else given  # noqa: E731 -- 0 is refused, not replaced
+        return {"encoder": pick(config.encoder_layers), "decoder": pick(config.decoder_layers)}
     if config.encoder_layers is not None or config.decoder_layers is not None:
         raise ConfigError(f"{config.teacher} is decoder-only: give --layers N (of its {counts['layers']}), not "
                           "--encoder-layers/--decoder-layers")
@@ -94,9 +98,9 @@ def _keep(config: MakeStudentConfig, t5: bool, counts: dict[str, int]) -> dict[s
 
 
 def _save(out: Path, student: Any, tokenizer: Any, record: dict[str, Any]) -> None:
-    """Write into a temporary sibling, then rename: ``out`` appears complete or not at all."""
-    tmp = out.with_name(f".{out.name}.make-student-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # a crashed earlier run's: the name is dora's own
+    """Write into a new temporary sibling, then rename: ``out`` appears complete or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.make-student-", dir=out.parent))  # this run's own
     try:
         student.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
