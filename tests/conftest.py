@@ -5,8 +5,11 @@ Everything is built from configs and the shipped data; nothing is downloaded.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +21,9 @@ settings.register_profile("dora", derandomize=True, deadline=None)
 settings.load_profile("dora")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# GGUF conversions land in a throwaway DORA_HOME (removed at exit), never in the user's own.
+os.environ["DORA_HOME"] = tempfile.mkdtemp(prefix="dora-home-tests-")
+atexit.register(shutil.rmtree, os.environ["DORA_HOME"], True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

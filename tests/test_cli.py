@@ -340,6 +340,13 @@ def test_a_different_pool_cannot_join_an_existing_cache(cache_dir, t5_dir, data_
     assert (cache / "manifest.json").read_bytes() == before
 
 
+@pytest.mark.parametrize(("args", "most"), [([], "4"), (["--pretrained"], "3"), (["--pretrained", "--quick"], "2")])
+def test_demo_refuses_more_budgets_than_its_preset_has(args, most, tmp_path):
+    result = CliRunner().invoke(app, ["demo", *args, "--budgets", "5", "--workdir", str(tmp_path / "d")])
+    assert result.exit_code != 0 and f"--budgets must be 1 to {most}" in result.output
+    assert not (tmp_path / "d").exists()
+
+
 def test_demo_quick_runs_both_strategies(tmp_path):
     result = ok("demo", "--quick", "--budgets", "2", "--workdir", tmp_path / "demo")
     rows = json.loads((tmp_path / "demo" / "summary.json").read_text())

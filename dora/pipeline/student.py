@@ -1,4 +1,5 @@
-"""Stage 2, ``dora train-student``: train a compact seq2seq student from a label cache and/or gold.
+"""Stage 2, ``dora train-student``: train a compact student (seq2seq or decoder-only) from a label
+cache and/or gold.
 
 Reads top to bottom: validate inputs, open the cache (cheap checks), load the student, choose
 the distillation loss from the tokenizer fingerprints, build features, train with the explicit
@@ -30,7 +31,7 @@ from dora.cache import LabelCache, ShardEntry
 from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cache.manifest import file_sha256
 from dora.cache.trust import parse_json
-from dora.errors import CacheError, ConfigError, ModelError
+from dora.errors import CacheError, ConfigError
 from dora.files import write_atomic
 from dora.pipeline.checks import as_paths, check_number, positive_ints
 from dora.pipeline.config import Optimisation, TaskInputs
@@ -39,7 +40,8 @@ from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, read_examples
 from dora.pipeline.evaluate import predict
 from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, GoldOnly, Objective, choose, collate_kd, training_loss
-from dora.pipeline.models.loading import load_model, load_tokenizer, save_hf, vocab_size
+from dora.pipeline.models.gguf import lineage as gguf_lineage
+from dora.pipeline.models.loading import ModelKind, load_model, load_tokenizer, save_hf, vocab_size
 from dora.pipeline.progress import console, note, warn
 from dora.pipeline.tasks.catalog import Task, get_task
 from dora.pipeline.tasks.metrics import METRIC_MODES, TaskScorer, require_encoder
@@ -65,7 +67,9 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     out: Path
     """Output directory: the student checkpoint, tokenizer, metrics.json and run.json."""
     student: str = "google/t5-v1_1-small"
-    """Student: a local seq2seq (T5) directory or a hub id."""
+    """Student: a seq2seq (T5) or decoder-only (Llama, Qwen, ...) model directory, a GGUF file, or a
+    hub id. A decoder-only student reads ``prefix + source`` as its prompt and learns the target as
+    its continuation (loss on the target tokens only); it is scored by generation like a T5."""
     cache: Path | None = None
     """Label cache made by ``dora teacher-label`` (the distill route); its task must match."""
     train: Path | None = None
@@ -197,14 +201,12 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
     # 2. The student, and which loss the cache allows.
     tokenizer = load_tokenizer(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
     model, kind = load_model(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
-    if kind != "seq2seq":
-        raise ModelError(f"student {config.student!r} is a decoder-only model; dora trains seq2seq (T5) students")
     objective = _objective(config, cache, tokenizer, model)
 
     # 3. Features: gold rows in memory, cache rows featurised a shard at a time as training reaches them.
     data = _training_data(config, task, tokenizer, gold, cache, objective)
     console.print(f"student: {len(data)} training rows ({len(gold)} gold, "
-                  f"{cache.num_rows if cache else 0} from the cache); {objective.describe()}")
+                  f"{cache.num_rows if cache else 0} from the cache) for a {kind} student; {objective.describe()}")
 
     # 4. Train, scoring dev with the task metric (both definitions) and keeping the best model.
     settings = config.loop_settings(eval_every=config.eval_every, save_every=config.save_every, resume=config.resume,
@@ -213,11 +215,11 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
         settings = replace(settings, eval_every=steps_per_epoch(len(data), settings, world))
     dev_scorer = TaskScorer(task, [e.target or "" for e in dev], sources=[e.source for e in dev],
                             encoder=config.encoder) if dev and rank == 0 else None
-    evaluate = _evaluator(config, task, tokenizer, dev, dev_scorer) if dev_scorer is not None else None
+    evaluate = _evaluator(config, task, tokenizer, kind, dev, dev_scorer) if dev_scorer is not None else None
     primary = f"{config.metric_mode}_{task.primary}"
     result = train_loop(
         model=model, features=data, collate=lambda f: collate_kd(f, tokenizer.pad_token_id),
-        loss_fn=lambda m, b: training_loss(objective, m, b),
+        loss_fn=lambda m, b: training_loss(objective, m, b, kind),
         settings=settings, out_dir=config.out, save_model=lambda m, p, _: save_hf(m, tokenizer, p),
         evaluate=evaluate if rank == 0 else (lambda m: {}) if dev else None, primary=primary,
         description="train student", ledger=run,
@@ -232,7 +234,7 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
     # 5. The selected model (the best on dev; the last without dev) becomes the output directory,
     #    and is scored once on test.
     _select(config.out, model, tokenizer)
-    tested = _score_test(config, task, tokenizer, test) if test else None
+    tested = _score_test(config, task, tokenizer, kind, test) if test else None
 
     metrics = _metrics(config, task, result, dev_scorer, tested)
     record = _record(config, identity, described, gold, cache, result)
@@ -254,7 +256,8 @@ def _record(config: TrainStudentConfig, identity: str, described: dict[str, Any]
     return {
         "dora_version": __version__, "stage": "train-student", "identity": identity,
         "strategy": _strategy(gold, cache), **described,
-        "student": config.student, "cache": str(config.cache) if config.cache else None,
+        "student": config.student, **gguf_lineage(config.student, role="student"),
+        "cache": str(config.cache) if config.cache else None,
         "cache_format": cache.manifest.format_version if cache else None,
         "cache_verified": bool(cache and config.verify),
         "cache_teacher": asdict(cache.manifest.teacher) if cache else None,
@@ -290,11 +293,11 @@ def _training_data(config: TrainStudentConfig, task: Task, tokenizer: Any, gold:
     return Blocks(sizes, lambda b: loaders[b](), window=config.shuffle_window)
 
 
-def _evaluator(config: TrainStudentConfig, task: Task, tokenizer: Any, dev: list[Example],
+def _evaluator(config: TrainStudentConfig, task: Task, tokenizer: Any, kind: ModelKind, dev: list[Example],
                scorer: TaskScorer) -> Any:
     """Scores of a model on dev, both metric definitions, flat (what the loop logs and selects on)."""
     def evaluate(m: Any) -> dict[str, float]:
-        preds = predict(m, tokenizer, "seq2seq", task, [e.source for e in dev], batch_size=config.eval_batch_size,
+        preds = predict(m, tokenizer, kind, task, [e.source for e in dev], batch_size=config.eval_batch_size,
                         max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
         return _flat(scorer(preds))
 
@@ -332,13 +335,14 @@ def _unflat(flat: dict[str, float] | None) -> dict[str, dict[str, float]] | None
     return out
 
 
-def _score_test(config: TrainStudentConfig, task: Task, tokenizer: Any, test: list[Example]) -> dict[str, Any]:
+def _score_test(config: TrainStudentConfig, task: Task, tokenizer: Any, kind: ModelKind,
+                test: list[Example]) -> dict[str, Any]:
     """Score the saved (selected) model once on the test file; keep its predictions beside it."""
     model, _ = load_model(str(config.out))
     from dora.pipeline.engines.generation import pick_device
 
     model.to(pick_device())
-    preds = predict(model, tokenizer, "seq2seq", task, [e.source for e in test], batch_size=config.eval_batch_size,
+    preds = predict(model, tokenizer, kind, task, [e.source for e in test], batch_size=config.eval_batch_size,
                     max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
     scorer = TaskScorer(task, [e.target or "" for e in test], sources=[e.source for e in test], encoder=config.encoder)
     rows = [{"id": e.id, "source": e.source, "prediction": p, "target": e.target} for e, p in zip(test, preds)]

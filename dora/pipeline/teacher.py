@@ -36,6 +36,7 @@ from dora.pipeline.engines.ray_label import RayLabeling, require_ray
 from dora.pipeline.engines.registry import kd_temperatures_for, resolve_engine
 from dora.pipeline.engines.settings import EngineName, EngineSettings
 from dora.pipeline.finetune import LoraSettings, finetune_teacher
+from dora.pipeline.models.gguf import lineage as gguf_lineage
 from dora.pipeline.models.loading import (
     ModelKind,
     architecture_of,
@@ -421,5 +422,6 @@ def _new_manifest(config: TeacherLabelConfig, plan: _Plan, teacher_path: str, to
         ),
         pool=PoolInfo(fingerprint=pool.fingerprint, rows=pool.rows, path=str(config.pool)),
         shard_size=config.shard_size,
+        lineage=gguf_lineage(config.teacher, role="base" if config.finetune else "teacher"),
         dora_version=__version__,
     )

@@ -21,7 +21,7 @@ import numpy as np
 from dora.errors import ModelError
 from dora.pipeline.engines.generation import Generated
 from dora.pipeline.engines.settings import EngineSettings
-from dora.pipeline.models.loading import ModelKind, free_accelerator_memory
+from dora.pipeline.models.loading import ModelKind, free_accelerator_memory, local
 
 # Prompts handed to vLLM per call: big enough for its scheduler to batch well, small enough to
 # report progress and keep the outputs of one call in memory.
@@ -38,7 +38,7 @@ class VllmEngine:
         copy) is dropped first and accelerator memory freed, since vLLM loads its own."""
         del model, kind
         free_accelerator_memory()
-        return cls(teacher_path, tokenizer, settings, trust_remote_code=trust_remote_code, revision=revision)
+        return cls(local(teacher_path), tokenizer, settings, trust_remote_code=trust_remote_code, revision=revision)
 
     def __init__(self, model_path: str, tokenizer: Any, settings: EngineSettings, *, trust_remote_code: bool = False,
                  revision: str | None = None) -> None:

@@ -45,6 +45,7 @@ import numpy as np
 from dora.errors import CacheError
 from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.kd.align import AlignStats, TokenizerPair, VocabMap, aligned_arrays
+from dora.pipeline.models.loading import ModelKind
 from dora.pipeline.progress import note, warn
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
     from dora.cache import LabelCache
 
 Forward = Callable[["torch.Tensor"], "torch.Tensor"]
-"""Logits (B, L, V) of the student for decoder labels (B, L), on the batch's inputs."""
+"""Logits (B, L, V) of the student for labels (B, L), on the batch's inputs: position t's logits
+predict label t (a seq2seq decoder's, or a decoder-only model's after the prompt)."""
 
 TOPK_COLUMNS = ("target_ids", "topk_ids", "topk_logprobs")
 
@@ -505,10 +507,48 @@ def seq2seq_forward(model: Any, batch: dict[str, torch.Tensor]) -> Forward:
     return forward
 
 
-def training_loss(objective: Objective, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """What one training step computes: one forward pass of the student (``seq2seq_forward``),
-    then the objective's loss on its logits."""
-    forward = seq2seq_forward(model, batch)
+def causal_forward(model: Any, batch: dict[str, torch.Tensor]) -> Forward:
+    """A decoder-only student's forward pass on prompt + labels, with logits aligned to the labels
+    exactly as ``seq2seq_forward`` gives them, so every objective works unchanged.
+
+    The batch holds prompts right-padded (``input_ids``, ``attention_mask``), as for an encoder.
+    Each prompt is moved to the right edge of its block (padding on the left), the labels follow
+    it, and positions count real tokens only; the logits at the last prompt token and at every
+    label but the last predict the labels. Only those positions' logits are computed
+    (``logits_to_keep``), so a large vocabulary costs memory for the labels, not the prompt.
+    """
+    import torch
+
+    from dora.pipeline.data.encoding import IGNORE
+
+    prompt, mask = batch["input_ids"], batch["attention_mask"]
+    width = prompt.shape[1]
+    shift = width - mask.sum(-1)  # (B,) padding of each prompt
+    index = (torch.arange(width, device=prompt.device).unsqueeze(0) - shift.unsqueeze(1)) % width
+    left_ids, left_mask = prompt.gather(1, index), mask.gather(1, index)
+
+    def forward(labels: torch.Tensor) -> torch.Tensor:
+        real = labels != IGNORE
+        ids = torch.cat([left_ids, torch.where(real, labels, torch.zeros_like(labels))], dim=1)
+        attention = torch.cat([left_mask, real.to(left_mask.dtype)], dim=1)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                    logits_to_keep=labels.shape[1] + 1)
+        return out.logits[:, :-1].float()
+
+    return forward
+
+
+def student_forward(kind: ModelKind) -> Callable[[Any, dict[str, torch.Tensor]], Forward]:
+    """``seq2seq_forward`` or ``causal_forward`` for a student of that kind."""
+    return seq2seq_forward if kind == "seq2seq" else causal_forward
+
+
+def training_loss(objective: Objective, model: Any, batch: dict[str, torch.Tensor],
+                  kind: ModelKind = "seq2seq") -> torch.Tensor:
+    """What one training step computes: one forward pass of the student (``seq2seq_forward`` or
+    ``causal_forward``), then the objective's loss on its logits."""
+    forward = student_forward(kind)(model, batch)
     return objective.loss(forward(batch["labels"]), batch, forward)
 
 

@@ -22,13 +22,23 @@ def _check_local(name: str) -> None:
     """A name that is clearly a path must exist: say so instead of asking the hub for it."""
     looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
     if looks_local and not Path(name).expanduser().exists():
-        raise ModelError(f"{name}: no such model directory; check the path (hub ids look like org/name)")
+        what = "GGUF file" if name.lower().endswith(".gguf") else "model directory"
+        raise ModelError(f"{name}: no such {what}; check the path (hub ids look like org/name)")
+
+
+def local(name: str) -> str:
+    """What to load for a model option: a GGUF's converted checkpoint (``dora.pipeline.models.gguf``),
+    else the name itself; a clearly local name that does not exist is refused."""
+    from dora.pipeline.models.gguf import resolve
+
+    _check_local(name)
+    return resolve(name)
 
 
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    _check_local(name)
+    name = local(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError, HTTP errors...
@@ -44,7 +54,7 @@ def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code:
 def load_config(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
-    _check_local(name)
+    name = local(name)
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as e:
@@ -69,6 +79,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    name = local(name)
     kind = kind_of(load_config(name, revision=revision, trust_remote_code=trust_remote_code))
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     try:
@@ -80,7 +91,13 @@ def load_model(
 
 
 def weights_sha256(name: str) -> str | None:
-    """sha256 over the safetensors files of a local model directory (None for a hub id)."""
+    """sha256 over the safetensors files of a local model directory, or of a GGUF file (None for
+    a hub id)."""
+    from dora.pipeline.models.gguf import find, sha256_of
+
+    found = find(name)
+    if found is not None:
+        return sha256_of(found)
     root = Path(name)
     files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
     if not files:
