@@ -248,7 +248,7 @@ def teacher_label_cmd(
     finetune: Annotated[bool, typer.Option(help="Fine-tune the teacher first (--no-finetune: it already is).", rich_help_panel=TRAIN)] = True,
     teacher_out: Annotated[Path | None, typer.Option(help="Where the fine-tuned teacher goes (default: <out>.teacher).", rich_help_panel=OUT)] = None,
     top_k: Annotated[int, typer.Option(help="Token log-probabilities stored per generated token.", rich_help_panel=OUT)] = 20,
-    engine: Annotated[str, typer.Option(help="Labeling engine: transformers, vllm (decoder-only teachers), or auto (vLLM when installed and it serves the teacher).", rich_help_panel=ENGINE)] = "transformers",
+    engine: Annotated[str, typer.Option(help="Labeling engine: transformers, vllm (decoder-only teachers), ctranslate2 (seq2seq teachers), or auto (vLLM for a decoder-only teacher it serves, CTranslate2 for a seq2seq one, when installed).", rich_help_panel=ENGINE)] = "transformers",
     temperature: Annotated[float, typer.Option(help="Sampling temperature for pseudo-labels (0: greedy, as in the paper).", rich_help_panel=ENGINE)] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when --temperature > 0.", rich_help_panel=ENGINE)] = 1.0,
     tensor_parallel_size: Annotated[int, typer.Option(help="vLLM: GPUs per teacher replica (tensor parallel).", rich_help_panel=ENGINE)] = 1,

@@ -205,3 +205,51 @@ def starts_like_json_object(path: Path, keys: Iterable[str], *, lines: bool = Fa
     return isinstance(loaded, dict) and all(k in loaded for k in keys)
 
 
+
+
+def stored(root: Path, digest: str, record_name: str, build: Callable[[Path], dict[str, Any]], *,
+           what: str) -> tuple[Path, bool]:
+    """A directory ``root/digest`` made once by ``build`` and kept: content-addressed storage for
+    things derived from a file (a converted model). Returns (the directory, whether this call made it).
+
+    ``build(tmp)`` fills a fresh temporary sibling and returns the record written into it last as
+    ``record_name`` (with ``sha256: digest``); the sibling is then renamed into place, so a
+    directory with that record is complete. A failure removes the sibling; another process that
+    finished first wins. A directory there without the record is refused, never deleted: dora
+    cannot tell it made it."""
+    import shutil
+    import tempfile
+
+    from dora.errors import ModelError
+
+    target = root / digest
+    if _has_record(target, record_name, digest):
+        return target, False
+    if target.exists() or target.is_symlink():
+        raise ModelError(f"{target}: exists but is not a complete {what} (no {record_name} naming its sha256); "
+                         "delete that directory and rerun")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", dir=root))  # ours alone: removed on any failure
+    try:
+        record = build(tmp)
+        (tmp / record_name).write_text(json.dumps({**record, "sha256": digest}, indent=2) + "\n")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _has_record(target, record_name, digest):  # not another process finishing first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, True
+
+
+def _has_record(target: Path, record_name: str, digest: str) -> bool:
+    marker = target / record_name
+    if target.is_symlink() or not target.is_dir() or marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()[:1 << 16]).get("sha256") == digest
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False

@@ -34,8 +34,13 @@ def test_bad_engine_config_files(tmp_path, content, suffix, needle):
 
 
 def test_resolve_engine(monkeypatch):
+    from dora.pipeline.engines import ctranslate2_engine
+
     assert resolve_engine("transformers", "causal", "LlamaForCausalLM") == ("transformers", "requested")
+    monkeypatch.setattr(ctranslate2_engine, "available", lambda: False)
     assert resolve_engine("auto", "seq2seq", "T5ForConditionalGeneration")[0] == "transformers"
+    with pytest.raises(Exception, match="CTranslate2 is not installed"):
+        resolve_engine("ctranslate2", "seq2seq", "T5ForConditionalGeneration")
     monkeypatch.setattr(engines, "vllm_available", lambda: True)
     monkeypatch.setattr(engines, "vllm_serves", lambda arch: arch == "LlamaForCausalLM")
     assert resolve_engine("auto", "causal", "LlamaForCausalLM")[0] == "vllm"

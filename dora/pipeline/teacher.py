@@ -18,7 +18,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
@@ -61,7 +61,8 @@ class LabelingOptions:
     """How the pool is labeled: the engine, what it generates with, and what the cache stores."""
 
     engine: EngineName = "transformers"
-    """Labeling engine: transformers, vllm (decoder-only teachers), or auto (vLLM when it serves the teacher)."""
+    """Labeling engine: transformers, vllm (decoder-only teachers), ctranslate2 (seq2seq teachers), or
+    auto (vLLM for a decoder-only teacher it serves, CTranslate2 for a seq2seq one, when installed)."""
     top_k: int = 20
     """Top-k token log-probabilities stored per generated token."""
     label_batch_size: int = 32
@@ -96,8 +97,8 @@ class LabelingOptions:
         positive_ints(self, "top_k", "label_batch_size", "shard_size", "tensor_parallel_size", "pipeline_parallel_size")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.engine not in ("transformers", "vllm", "auto"):
-            raise ConfigError(f"--engine must be transformers, vllm or auto, got {self.engine!r}")
+        if self.engine not in get_args(EngineName):
+            raise ConfigError(f"--engine must be transformers, vllm, ctranslate2 or auto, got {self.engine!r}")
         if self.max_model_len is not None:
             positive_ints(self, "max_model_len")
         check_number(self.temperature, "--temperature", low=0, high=100, hint="0 is greedy (the paper's setting)")

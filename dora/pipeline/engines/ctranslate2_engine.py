@@ -1,0 +1,258 @@
+"""The CTranslate2 labeling engine: T5-like (seq2seq) teachers on a fast inference engine.
+
+vLLM serves no T5, so without this engine a T5 teacher labels through Hugging Face ``generate``.
+CTranslate2 runs the same model, converted once per teacher into its own format in
+``$DORA_HOME/ctranslate2/<sha256 of the weights>/``. Two things the converter gets wrong or
+hides are handled here:
+
+* with transformers 5.x, its T5 converter reads ``tie_word_embeddings`` (which T5 configs now
+  always set) to decide whether the decoder output is scaled by ``d_model ** -0.5``, instead of
+  ``scale_decoder_outputs``: a T5 v1.1 / Flan-T5 converts without error but every log-probability
+  is off by several nats while the greedy ids stay the same. The converter here reads the model
+  with ``tie_word_embeddings = scale_decoder_outputs``;
+* after converting, the first-step logits of a few prompts are compared with transformers', and
+  a conversion that differs by more than 1e-3 is refused in one line and not kept.
+
+Decoding is greedy with ``min_decoding_length=0`` (the default of 1 masks EOS at the first step),
+and ``return_logits_vocab`` gives the raw logits of every step, from which the top-k, the chosen
+token's log-probability and the tail mass at each KD temperature are computed exactly as the
+transformers engine computes them. ``label_logprobs`` come from ``score_batch``.
+
+Not yet: quantised compute types (``int8`` changes labels; it needs the agreement check the issue
+asks for), sampling, tensor parallelism (CUDA and MPI only). Only ``float32`` is accepted.
+
+Example::
+
+    dora teacher-label --task fever --teacher ./t5-teacher --train gold.jsonl --pool pool.jsonl \\
+        --out cache/fever --engine ctranslate2 --engine-arg intra_threads=8
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dora.errors import ConfigError, ModelError
+from dora.pipeline.engines.generation import Generated, tail_logprobs
+from dora.pipeline.engines.settings import EngineSettings
+from dora.pipeline.models.loading import ModelKind, load_model, local, weights_sha256
+
+RECORD = "dora_ctranslate2.json"
+CHECK_TOLERANCE = 1e-3
+"""Largest |logit difference| to transformers accepted after conversion (float32 gives about 1e-5)."""
+CHECK_TEXTS = ("a", "The quick brown fox jumps over the lazy dog.", "1 2 3")
+INSTALL_HINT = "install it with `pip install 'dora-distill[ctranslate2]'`, or use --engine transformers"
+ARGS = ("compute_type", "intra_threads", "inter_threads", "device")
+"""``--engine-arg`` keys this engine reads."""
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ctranslate2") is not None
+
+
+class CTranslate2Engine:
+    name = "ctranslate2"
+
+    @classmethod
+    def start(cls, teacher_path: str, tokenizer: Any, kind: ModelKind, settings: EngineSettings, *,
+              revision: str | None = None, trust_remote_code: bool = False, model: Any = None) -> CTranslate2Engine:
+        """Convert the teacher (once) and load it; ``model`` (the fine-tuning copy) serves the check."""
+        if kind != "seq2seq":
+            raise ConfigError("--engine ctranslate2 labels seq2seq (T5-like) teachers; use --engine vllm or "
+                              "transformers for decoder-only ones")
+        if not available():
+            raise ConfigError(f"--engine ctranslate2: CTranslate2 is not installed; {INSTALL_HINT}")
+        unknown = sorted(set(settings.engine_args) - set(ARGS))
+        if unknown:
+            raise ConfigError(f"--engine-arg {unknown[0]}: not a CTranslate2 setting dora passes on (it takes "
+                              f"{', '.join(ARGS)})")
+        compute_type = str(settings.engine_args.get("compute_type", "float32"))
+        if compute_type != "float32":
+            raise ConfigError(f"--engine-arg compute_type={compute_type}: only float32 for now (quantised types change "
+                              "labels, and dora does not yet measure by how much); drop it")
+        if settings.temperature > 0:
+            raise ConfigError("--engine ctranslate2 decodes greedily for now; drop --temperature or use "
+                              "--engine transformers to sample")
+        converted = convert(local(teacher_path), tokenizer, revision=revision, trust_remote_code=trust_remote_code,
+                            model=model)
+        return cls(converted, tokenizer, settings, compute_type=compute_type)
+
+    def __init__(self, model_dir: Path, tokenizer: Any, settings: EngineSettings, *, compute_type: str) -> None:
+        import ctranslate2
+
+        self.version = ctranslate2.__version__
+        self.s, self.tokenizer, self.model_dir = settings, tokenizer, model_dir
+        args = settings.engine_args
+        self.device = str(args.get("device", "cuda" if ctranslate2.get_cuda_device_count() else "cpu"))
+        self.translator = ctranslate2.Translator(
+            str(model_dir), device=self.device, compute_type=compute_type,
+            intra_threads=int(args.get("intra_threads", 0)), inter_threads=int(args.get("inter_threads", 1)))
+        self.compute_type = compute_type
+
+    def label(self, prompts: Sequence[list[int]], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
+        s = self.s
+        out: list[Generated] = []
+        # One call per batch: the full-vocabulary logits of every step are held until the call returns.
+        for start in range(0, len(prompts), s.batch_size):
+            batch = [self._tokens(p) for p in prompts[start : start + s.batch_size]]
+            results = self.translator.translate_batch(
+                batch, beam_size=1, max_decoding_length=s.max_new_tokens, min_decoding_length=0,
+                return_end_token=True, return_logits_vocab=True, max_input_length=0)
+            out += self._generated(results)
+            if on_batch:
+                on_batch(len(batch))
+        return out
+
+    def _tokens(self, ids: Sequence[int]) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(list(ids))
+
+    def _generated(self, results: Sequence[Any]) -> list[Generated]:
+        """A batch's hypotheses with their top-k, chosen log-probabilities and tails: one
+        log-softmax over every step of the batch at once (per-row work costs more than the math)."""
+        import torch
+
+        ids = [np.asarray(self.tokenizer.convert_tokens_to_ids(r.hypotheses[0]), np.int32) for r in results]
+        steps = [np.asarray(step, np.float32) for r in results for step in r.logits[0]]
+        if not steps:
+            k, t = self.s.top_k, len(self.s.kd_temperatures)
+            return [Generated(ids=i, topk_ids=np.zeros((0, k), np.int32), topk_logprobs=np.zeros((0, k), np.float32),
+                              seq_logprob=0.0, tail_logprobs=np.zeros((0, t), np.float32)) for i in ids]
+        logits = torch.from_numpy(np.stack(steps))
+        logp = torch.log_softmax(logits, dim=-1)
+        top = logp.topk(self.s.top_k, dim=-1)
+        chosen = logp.gather(-1, torch.from_numpy(np.concatenate(ids).astype(np.int64)).unsqueeze(-1)).squeeze(-1)
+        tails = tail_logprobs(logits, top.indices, self.s.kd_temperatures).numpy() if self.s.kd_temperatures else None
+        top_ids, top_lp, chosen_np = top.indices.int().numpy(), top.values.numpy(), chosen.numpy()
+        out, at = [], 0
+        for i in ids:
+            rows = slice(at, at + len(i))
+            out.append(Generated(ids=i, topk_ids=top_ids[rows], topk_logprobs=top_lp[rows],
+                                 seq_logprob=float(chosen_np[rows].sum()),
+                                 tail_logprobs=tails[rows] if tails is not None else None))
+            at += len(i)
+        return out
+
+    def score(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> np.ndarray:
+        """Log-probability of each continuation (EOS last, which ``score_batch`` adds itself)."""
+        eos = self.tokenizer.eos_token_id
+        out = np.zeros((len(prompts), len(continuations)), np.float32)
+        sources = [self._tokens(p) for p in prompts]
+        for c, cont in enumerate(continuations):
+            body = self._tokens(cont[:-1] if cont and cont[-1] == eos else cont)
+            scored = self.translator.score_batch(sources, [body] * len(sources), max_batch_size=self.s.batch_size,
+                                                 max_input_length=0)
+            out[:, c] = [sum(r.log_probs) for r in scored]
+        return out
+
+    def settings(self) -> dict[str, Any]:
+        return {"device": self.device, "compute_type": self.compute_type, "batch_size": self.s.batch_size,
+                "converted": self.model_dir.name}
+
+    def device_count(self) -> int:
+        return 1
+
+
+def convert(model_dir: str, tokenizer: Any, *, revision: str | None = None, trust_remote_code: bool = False,
+            model: Any = None) -> Path:
+    """The CTranslate2 conversion of the checkpoint at ``model_dir`` (made once, checked against
+    transformers, kept in ``$DORA_HOME/ctranslate2/<weights sha256>``)."""
+    from dora.pipeline.models.gguf import dora_home
+    from dora.pipeline.progress import console
+
+    digest = weights_sha256(model_dir)
+    if digest is None:
+        raise ModelError(f"{model_dir}: --engine ctranslate2 converts a local safetensors checkpoint; download the "
+                         "teacher and pass its directory")
+    root = dora_home() / "ctranslate2"
+    target = root / digest
+    if _complete(target, digest):
+        return target
+    if target.exists() or target.is_symlink():
+        raise ModelError(f"{target}: exists but is not a complete conversion (no {RECORD}); delete it and rerun")
+    console.print(f"ctranslate2: converting {model_dir} (once) to {target}")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", dir=root))
+    try:
+        _convert(model_dir, tmp / "model", trust_remote_code=trust_remote_code)
+        if model is None:
+            model, _ = load_model(model_dir, revision=revision, trust_remote_code=trust_remote_code)
+        worst = check(tmp / "model", model, tokenizer)
+        if worst > CHECK_TOLERANCE:
+            raise ModelError(f"{model_dir}: the CTranslate2 conversion's logits differ from transformers' by {worst:.3g} "
+                             f"(more than {CHECK_TOLERANCE:g}); not kept. Use --engine transformers for this teacher")
+        for item in (tmp / "model").iterdir():
+            item.rename(tmp / item.name)
+        (tmp / "model").rmdir()
+        (tmp / RECORD).write_text(json.dumps({"sha256": digest, "source": model_dir, "max_logit_difference": worst},
+                                             indent=2) + "\n")
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _complete(target, digest):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    console.print(f"ctranslate2: converted; logits within {worst:.1e} of transformers'")
+    return target
+
+
+def _convert(model_dir: str, out: Path, *, trust_remote_code: bool) -> None:
+    from ctranslate2.converters import TransformersConverter
+
+    class Converter(TransformersConverter):
+        def load_model(self, model_class: Any, path: str, **kwargs: Any) -> Any:
+            loaded = super().load_model(model_class, path, **kwargs)
+            config = loaded.config
+            if hasattr(config, "scale_decoder_outputs"):  # transformers 5.x T5: the scale is this, not the tie
+                config.tie_word_embeddings = config.scale_decoder_outputs
+            return loaded
+
+    try:
+        Converter(model_dir, trust_remote_code=trust_remote_code).convert(str(out), quantization=None, force=True)
+    except (ValueError, NotImplementedError, KeyError) as e:
+        raise ModelError(f"{model_dir}: CTranslate2 cannot convert this model ({str(e).splitlines()[0][:200]}); use "
+                         "--engine transformers") from None
+
+
+def check(ct2_dir: Path, model: Any, tokenizer: Any) -> float:
+    """Largest |difference| between CTranslate2's and transformers' first-step logits on a few prompts."""
+    import ctranslate2
+    import torch
+
+    from dora.pipeline.data.encoding import decoder_inputs
+
+    translator = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type="float32")
+    prompts = [tokenizer(text)["input_ids"] for text in CHECK_TEXTS]
+    results = translator.translate_batch([tokenizer.convert_ids_to_tokens(p) for p in prompts], beam_size=1,
+                                         max_decoding_length=1, min_decoding_length=0, return_logits_vocab=True,
+                                         max_input_length=0)
+    model = model.float().cpu().eval()
+    worst = 0.0
+    with torch.no_grad():
+        for prompt, result in zip(prompts, results):
+            start = torch.zeros((1, 1), dtype=torch.long)
+            expected = model(input_ids=torch.tensor([prompt]),
+                             decoder_input_ids=decoder_inputs(model, start)).logits[0, 0]
+            got = torch.from_numpy(np.asarray(result.logits[0][0], np.float32))
+            worst = max(worst, float((got - expected[: len(got)]).abs().max()))
+    return worst
+
+
+def _complete(target: Path, digest: str) -> bool:
+    marker = target / RECORD
+    if target.is_symlink() or not target.is_dir() or marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()[:1 << 16]).get("sha256") == digest
+    except (OSError, ValueError, AttributeError):
+        return False
