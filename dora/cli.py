@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dora import __version__
+from dora.errors import first_line
 from dora.pipeline.kd.objectives import kd_loss_help
 from dora.pipeline.progress import quiet_libraries
 
@@ -134,11 +135,11 @@ def _environment_error(e: Exception) -> str | None:
         return _hub_error(e)
     if not isinstance(e, OSError):
         if module in _NETWORK_MODULES:
-            return f"cannot reach the server ({_detail(e)}); check the URL and the network"
+            return f"cannot reach the server ({first_line(e)}); check the URL and the network"
         return None
     names = [str(f) for f in (e.filename, e.filename2) if f is not None]
     where = " -> ".join(names) + ": " if names else ""
-    reason = e.strerror or _detail(e)
+    reason = e.strerror or first_line(e)
     code = errno.errorcode.get(e.errno or 0, "")
     if isinstance(e, IsADirectoryError):
         return f"{where}is a directory; a file was expected there, give the path of a file"
@@ -154,7 +155,7 @@ def _environment_error(e: Exception) -> str | None:
         return f"{where}{reason}; fix the permissions or choose a writable path, then rerun"
     if (isinstance(e, (ConnectionError, TimeoutError, socket.gaierror, socket.herror)) or code in _NETWORK_ERRNOS
             or module in _NETWORK_MODULES or module == "urllib"):
-        return (f"{where}cannot reach the server ({_detail(e)}); check the URL and the network, or set "
+        return (f"{where}cannot reach the server ({first_line(e)}); check the URL and the network, or set "
                 "HF_HUB_OFFLINE=1 to use only local files")
     if code in ("EMFILE", "ENFILE"):
         return f"{where}{reason}; too many open files: raise the limit (ulimit -n), then rerun"
@@ -165,15 +166,10 @@ def _environment_error(e: Exception) -> str | None:
     return f"{where}{reason}; check the path and the device it is on, then rerun"
 
 
-def _detail(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
-
 def _hub_error(e: Exception) -> str:
     """The Hugging Face Hub's errors, by class name (the hub is imported only when it was used)."""
     kinds = {k.__name__ for k in type(e).__mro__}
-    detail = _detail(e)
+    detail = first_line(e)
     if "OfflineModeIsEnabled" in kinds:
         return f"the Hugging Face Hub cannot be reached: HF_HUB_OFFLINE is set ({detail}); unset it, or give local paths"
     if "LocalEntryNotFoundError" in kinds:

@@ -6,6 +6,13 @@ Every message says what is wrong, where (file and row when there is one), and wh
 from __future__ import annotations
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line errors
+    that quote what a library said."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class DoraError(Exception):
     """Base class: a problem the user can fix. The CLI prints ``error: <message>`` and exits 2."""
 

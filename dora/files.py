@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from dora.errors import ConfigError, DoraError, InputError
+from dora.errors import ConfigError, DoraError, InputError, ModelError
 
 MAX_DOCUMENT_BYTES = 16 << 20
 """Largest JSON/YAML file dora parses: records, prices and settings are kilobytes, and a bound
@@ -217,11 +219,6 @@ def stored(root: Path, digest: str, record_name: str, build: Callable[[Path], di
     directory with that record is complete. A failure removes the sibling; another process that
     finished first wins. A directory there without the record is refused, never deleted: dora
     cannot tell it made it."""
-    import shutil
-    import tempfile
-
-    from dora.errors import ModelError
-
     target = root / digest
     if _has_record(target, record_name, digest):
         return target, False

