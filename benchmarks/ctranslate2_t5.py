@@ -10,15 +10,18 @@ tokens per second (greedy, up to 16 new tokens, top-20 per step kept by the dora
   (a) bare Hugging Face ``generate`` (same batches, no logits kept),
   (b) dora's transformers engine (``TransformersEngine.label``: raw logits, top-k, tails at T = 1, 2),
   (c) bare CTranslate2 ``translate_batch`` (float32, ``return_logits_vocab``),
-  (d) dora's CTranslate2 engine (``CTranslate2Engine.label``).
+  (d) dora's CTranslate2 engine (``CTranslate2Engine.label``),
+  (e) bare CTranslate2 in int8, (f) dora's CTranslate2 engine in int8 (``--compute-type int8``).
 
-Prints the median of the repeats and the ratios: dora's overhead (b)/(a) and (d)/(c) in seconds
-per token, and the speed-up (d) over (b). Needs ``ctranslate2``.
+Prints the median of the repeats and the ratios: dora's overhead (b)/(a), (d)/(c) and (f)/(e) in
+seconds per token, and the speed-ups over (b). Needs ``ctranslate2``. On random weights int8
+changes labels, so (e)/(f) measure speed only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -68,7 +71,8 @@ def main() -> None:
         save_model_dir(model, tok, Path(work) / "t5")
         hf_engine = TransformersEngine(model, tok, "seq2seq", settings)
         ct2_engine = CTranslate2Engine.start(str(Path(work) / "t5"), tok, "seq2seq", settings, model=model)
-        translator = ct2_engine.translator
+        int8_engine = CTranslate2Engine.start(str(Path(work) / "t5"), tok, "seq2seq",
+                                              dataclasses.replace(settings, compute_type="int8"))
         token_prompts = [tok.convert_ids_to_tokens(p) for p in prompts]
 
         def bare_hf() -> int:
@@ -82,7 +86,7 @@ def main() -> None:
                         n += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
             return n
 
-        def bare_ct2() -> int:
+        def bare_ct2(translator) -> int:
             n = 0
             for s in range(0, len(prompts), BATCH):
                 results = translator.translate_batch(token_prompts[s : s + BATCH], beam_size=1,
@@ -95,7 +99,10 @@ def main() -> None:
             return sum(len(g.ids) for g in e.label(prompts))  # type: ignore[attr-defined]
 
         runs = {"(a) bare HF generate": bare_hf, "(b) dora transformers": lambda: engine(hf_engine),
-                "(c) bare CTranslate2": bare_ct2, "(d) dora CTranslate2": lambda: engine(ct2_engine)}
+                "(c) bare CTranslate2": lambda: bare_ct2(ct2_engine.translator),
+                "(d) dora CTranslate2": lambda: engine(ct2_engine),
+                "(e) bare CTranslate2 int8": lambda: bare_ct2(int8_engine.translator),
+                "(f) dora CTranslate2 int8": lambda: engine(int8_engine)}
         speed: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):  # alternate, so drift on a noisy machine hits every column alike
             for name, run in runs.items():
@@ -109,9 +116,11 @@ def main() -> None:
     print(f"{'run':<26}{'tokens/s':>10}")
     for name, value in med.items():
         print(f"{name:<26}{value:>10.0f}")
-    a, b, c, d = med.values()
-    print(f"dora overhead over bare: transformers {a / b - 1:+.1%}, CTranslate2 {c / d - 1:+.1%}")
-    print(f"CTranslate2 engine vs transformers engine: {d / b:.2f}x; bare CTranslate2 vs bare HF: {c / a:.2f}x")
+    a, b, c, d, e, f = med.values()
+    print(f"dora overhead over bare: transformers {a / b - 1:+.1%}, CTranslate2 {c / d - 1:+.1%}, "
+          f"CTranslate2 int8 {e / f - 1:+.1%}")
+    print(f"CTranslate2 engine vs transformers engine: float32 {d / b:.2f}x, int8 {f / b:.2f}x; "
+          f"bare CTranslate2 vs bare HF: float32 {c / a:.2f}x, int8 {e / a:.2f}x")
 
 
 if __name__ == "__main__":

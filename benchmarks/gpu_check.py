@@ -4,7 +4,8 @@
 
 Run by hand on a machine with a GPU and dora installed (`pip install -e .`); never in CI.
 Checks that (1) the transformers engine labels the same greedy pseudo-labels on the GPU in
-float32 as on the CPU, with top-k log-probabilities within 1e-3; (2) the student trains with
+float32 as on the CPU, with top-k log-probabilities within 1e-3, and so does the CTranslate2
+engine on the GPU in float32 when it is installed; (2) the student trains with
 bf16 autocast where the device supports it, and the run record names the GPU; and prints
 throughput of each stage on the GPU.
 """
@@ -69,6 +70,19 @@ def main() -> int:
                                    batch_size=32, max_new_tokens=16, k=20, device=torch.device(device))
     same_ids = all(a.ids.tolist() == b.ids.tolist() for a, b in zip(outs["cpu"], outs["cuda"]))
     max_diff = max(float(np.abs(a.topk_logprobs - b.topk_logprobs).max()) for a, b in zip(outs["cpu"], outs["cuda"]))
+    ct2_same, ct2_diff = None, None
+    import importlib.util
+
+    if importlib.util.find_spec("ctranslate2") is not None:
+        from dora.pipeline.engines.ctranslate2_engine import CTranslate2Engine
+        from dora.pipeline.engines.settings import EngineSettings
+
+        engine = CTranslate2Engine.start(str(work / "cache.teacher"), teacher_tok, "seq2seq", EngineSettings(
+            top_k=20, max_source_length=256, max_new_tokens=16, batch_size=32, dtype="float32", compute_type="float32",
+            engine_args={"device": "cuda"}))
+        got = engine.label(encode_prompts(teacher_tok, texts, 256))
+        ct2_same = all(a.ids.tolist() == b.ids.tolist() for a, b in zip(outs["cpu"], got))
+        ct2_diff = max(float(np.abs(a.topk_logprobs - b.topk_logprobs).max()) for a, b in zip(outs["cpu"], got))
 
     # (2) The student on the GPU, bf16 where supported.
     start = time.perf_counter()
@@ -82,12 +96,16 @@ def main() -> int:
     print(f"{'check':<52} result")
     print(f"{'greedy ids equal, GPU fp32 vs CPU (64 rows)':<52} {same_ids}")
     print(f"{'max |top-k logprob diff|, GPU vs CPU':<52} {max_diff:.2e}")
+    if ct2_same is not None:
+        print(f"{'CTranslate2 GPU fp32 greedy ids equal CPU transformers':<52} {ct2_same}")
+        print(f"{'max |top-k logprob diff|, CTranslate2 GPU vs CPU':<52} {ct2_diff:.2e}")
     print(f"{'run record names the GPU':<52} {'cpu' not in rec['cost']['device']} ({rec['cost']['device']})")
     print(f"{'teacher fine-tune steps/s':<52} {100 / ft['wall_seconds']:.2f}")
     print(f"{'labeling generated tokens/s':<52} {lab['tokens'] / lab['wall_seconds']:.0f}")
     print(f"{'student steps/s (incl. evaluation)':<52} {rec['steps'] / seconds:.2f}")
     print(f"{'student train steps/s (loop only)':<52} {rec['steps_per_second']:.2f}")
     ok = same_ids and max_diff < 1e-3 and "cpu" not in rec["cost"]["device"]
+    ok = ok and (ct2_same is None or (ct2_same and ct2_diff < 1e-3))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

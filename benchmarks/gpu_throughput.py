@@ -9,6 +9,9 @@ Random weights (speed does not depend on them), sizes of the paper's family:
   engine, bf16, k = 20, 16 new tokens): generated tokens/s against two ceilings, the compute
   one (peak FLOP/s over 2 FLOPs per decoder parameter per token) and the memory one (each
   decoding step reads the decoder's weights once per batch);
+* the same teacher through ``--engine ctranslate2`` when CTranslate2 is installed (its default
+  on a GPU with bf16: bfloat16, after the agreement check against float32 on 64 rows), with the
+  speed-up over the transformers engine and the agreement;
 * student: T5-v1_1-small's shape (d_model 512, 8+8 layers, d_ff 1024, 6 heads, vocab 32128,
   77M parameters) trains on that cache with the top-k KD loss through ``dora train-student``:
   tokens/s and model FLOP utilisation (6 FLOPs per parameter per token, encoder parameters
@@ -94,6 +97,16 @@ def main() -> int:
                                                score_labels=False))
     lab = labeled.costs["labeling"]
     gen_tps = lab["tokens"] / lab["wall_seconds"]
+    ct2_tps, agreement = None, None
+    import importlib.util
+
+    if importlib.util.find_spec("ctranslate2") is not None:
+        ct2 = teacher_label(TeacherLabelConfig(task="fever", teacher=str(work / "teacher"), finetune=False,
+                                               pool=work / "pool.jsonl", out=work / "cache-ct2", top_k=20,
+                                               max_new_tokens=16, label_batch_size=256, engine="ctranslate2",
+                                               score_labels=False))
+        ct2_tps = ct2.costs["labeling"]["tokens"] / ct2.costs["labeling"]["wall_seconds"]
+        agreement = ct2.manifest.generation.engine.get("agreement")
 
     start = time.perf_counter()
     result = train_student(TrainStudentConfig(task="fever", student=str(work / "student"), cache=work / "cache",
@@ -119,6 +132,12 @@ def main() -> int:
         # Each decoding step reads the decoder weights (bf16) once for a whole batch of 256 rows.
         ceiling_m = bandwidth / (2 * t_dec) * 256
         print(f"{'':<58} {'':>12}  memory ceiling at batch 256 {ceiling_m:,.0f} tok/s ({gen_tps / ceiling_m:.1%})")
+    if ct2_tps is not None:
+        print(f"{'same teacher, --engine ctranslate2 (default type), gen tok/s':<58} {ct2_tps:>12.0f}  "
+              f"{ct2_tps / gen_tps:.2f}x the transformers engine (both include engine start)")
+        if agreement:
+            print(f"{'':<58} {'':>12}  {agreement['compute_type']} vs float32: labels equal "
+                  f"{agreement['labels_equal']:.1%}, mean |delta logprob| {agreement['mean_abs_logprob_difference']:.2g}")
     print(f"{'student 77M (T5-v1_1-small shape) KD training, tokens/s':<58} {tokens_per_s:>12.0f}  "
           + (f"MFU {flops_per_s / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else "peak unknown"))
     print(f"{'student steps/s (batch ' + str(args.batch_size) + ')':<58} {rec['steps_per_second']:>12.2f}  "

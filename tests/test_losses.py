@@ -167,6 +167,19 @@ def test_stored_tail_matches_the_definition():
     assert torch.isinf(full).all() and (full < 0).all()
 
 
+def test_stored_tail_keeps_its_precision_when_it_underflows_float32():
+    # A top-1 logit 5 to 200 nats above 999 equal others: the tail is 999 * exp(-gap) / (1 + ...),
+    # far below what 1 - top-k mass (or a float32 exp beside the top logit) can represent.
+    gap = torch.tensor([5.0, 30.0, 90.0, 200.0], dtype=torch.float64)
+    logits = torch.zeros(4, 1000, dtype=torch.float64)
+    logits[:, 0] = gap
+    for t in (1.0, 2.0):
+        g = gap / t
+        expected = torch.log(torch.tensor(999.0, dtype=torch.float64)) - g - torch.log1p(999 * torch.exp(-g))
+        got = tail_logprobs(logits.float(), torch.zeros(4, 1, dtype=torch.long), [t])[:, 0].double()
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6), (t, got, expected)
+
+
 def test_log1mexp_is_accurate_at_both_ends():
     x = torch.tensor([-1e-12, -1e-3, -0.5, -0.7, -5.0, -50.0, float("-inf")], dtype=torch.float64)
     expected = torch.tensor([float(torch.log(torch.tensor(1e-12, dtype=torch.float64))), -6.908255, -0.932752,

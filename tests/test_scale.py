@@ -228,6 +228,46 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(t5_dir, tmp_path
     assert sum(len(v) for v in by_pid.values()) == finetune["invocations"] + labeling["invocations"]
 
 
+def test_ctranslate2_labeling_killed_at_random_moments_resumes_to_the_same_cache(cache_dir, tmp_path):
+    """SIGKILL `dora teacher-label --engine ctranslate2` while it labels, rerun after each: the
+    result equals an uninterrupted CTranslate2 run row for row, with every row counted once."""
+    pytest.importorskip("ctranslate2")
+    rows = fever_rows()
+    write_jsonl(tmp_path / "pool.jsonl", [{"id": r["id"], "source": r["source"]} for r in rows[:600]])
+    teacher = cache_dir.with_name(cache_dir.name + ".teacher")
+    args = ["teacher-label", "--task", "fever", "--teacher", str(teacher), "--no-finetune", "--engine", "ctranslate2",
+            "--pool", str(tmp_path / "pool.jsonl"), "--top-k", "4", "--shard-size", "4", "--max-new-tokens", "8",
+            "--label-batch-size", "2"]
+    done = subprocess.run([sys.executable, "-m", "dora", *args, "--out", str(tmp_path / "reference")],
+                          capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "killed"
+    rng = random.Random(11)
+    kills, listed = 0, []
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-m", "dora", *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=ENV)
+        while proc.poll() is None and _phase(out, proc.pid) != "label":
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.05, 0.35))  # the engine's start, or some shards in
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        listed.append(len(LabelCache.open(out, require_complete=False).manifest.shards))
+        if listed[-1] == 150 or kills == 4:
+            break
+    assert kills >= 3 and any(0 < n < 150 for n in listed), listed  # kills landed mid-labeling
+    done = subprocess.run([sys.executable, "-m", "dora", *args, "--out", str(out)], capture_output=True, text=True,
+                          env=ENV)
+    assert done.returncode == 0, done.stderr
+    _same_rows(out, tmp_path / "reference")
+    assert LabelCache.open(out).verify_checksums() == []
+    assert [p.name for p in [*out.iterdir(), *(out / "shards").iterdir()] if p.name.startswith(".")] == []
+    labeling = LabelCache.open(out).manifest.costs["labeling"]
+    assert (labeling["examples"], labeling["steps"]) == (600, 150) and labeling["invocations"] >= kills + 1
+
+
 def done_pid(entries: list[dict]) -> int:
     """The pid of the invocation that finished (status done and the latest start)."""
     return max((e for e in entries if e["status"] == "done"), key=lambda e: e["t0"])["pid"]
@@ -263,6 +303,33 @@ def test_ray_labeled_cache_equals_the_single_process_cache(cache_dir, t5_dir, da
     assert got["generation"]["engine"]["ray_workers"] == 2
     assert [(s["index"], s["rows"]) for s in got["shards"]] == [(s["index"], s["rows"]) for s in want["shards"]]
     assert got["costs"]["labeling"]["device_count"] == 2
+
+
+def test_ray_workers_label_with_ctranslate2_as_one_process_does(cache_dir, data_dir, tmp_path):
+    """Two Ray workers, each converting (or finding) the teacher's CTranslate2 copy and labeling
+    whole shards: the same cache as one process with the same engine."""
+    pytest.importorskip("ray")
+    pytest.importorskip("ctranslate2")
+    import ray
+
+    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+
+    def label(out: Path, **ray_options) -> None:
+        teacher_label(TeacherLabelConfig(
+            task="fever", teacher=str(cache_dir.with_name(cache_dir.name + ".teacher")), finetune=False,
+            pool=data_dir / "pool.jsonl", out=out, engine="ctranslate2", top_k=8, shard_size=16, max_new_tokens=12,
+            label_batch_size=7, fields=Fields(), **ray_options))
+
+    label(tmp_path / "one")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        label(tmp_path / "ray", ray="local", ray_workers=2)
+    finally:
+        ray.shutdown()
+    _same_rows(tmp_path / "ray", tmp_path / "one", logprob_tol=1e-5)
+    got = LabelCache.open(tmp_path / "ray").manifest
+    assert got.generation.backend == "ctranslate2" and got.generation.engine["ray_workers"] == 2
+    assert got.costs["labeling"]["device_count"] == 2
 
 
 # --- several processes (gloo) --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -29,8 +30,11 @@ from dora.errors import ConfigError
 from dora.pipeline.checks import as_paths, check_number, positive_ints
 from dora.pipeline.config import Optimisation, TaskInputs
 from dora.pipeline.costs.ledger import Devices, Ledger
+from dora.pipeline.data.encoding import encode_prompts
 from dora.pipeline.data.inputs import Example, read_examples
 from dora.pipeline.data.pool import Pool
+from dora.pipeline.engines import ctranslate2_engine
+from dora.pipeline.engines.ctranslate2_engine import AGREEMENT_WARNING, COMPUTE_TYPES
 from dora.pipeline.engines.labeling import LabelSpec
 from dora.pipeline.engines.ray_label import RayLabeling, require_ray
 from dora.pipeline.engines.registry import kd_temperatures_for, resolve_engine
@@ -67,6 +71,14 @@ class LabelingOptions:
     """Top-k token log-probabilities stored per generated token."""
     label_batch_size: int = 32
     """Pool rows per generation batch."""
+    label_batch_tokens: int | None = None
+    """Also cap each generation batch at this many padded positions, rows x (longest prompt +
+    max_new_tokens), so batches of long prompts shrink (transformers and CTranslate2; vLLM schedules
+    by tokens itself: --engine-arg max_num_batched_tokens=N)."""
+    compute_type: str | None = None
+    """CTranslate2: float32, bfloat16, float16, int8, int8_float32, int8_float16 or int8_bfloat16
+    (default float32 on CPU, bfloat16 on a GPU that has it). A type other than float32 is first
+    compared with float32 on the pool's first rows; the agreement is printed and recorded."""
     shard_size: int = 4096
     """Pool rows per cache shard (shard i holds rows [i*size, (i+1)*size))."""
     dtype: Dtype = "float32"
@@ -101,6 +113,16 @@ class LabelingOptions:
             raise ConfigError(f"--engine must be transformers, vllm, ctranslate2 or auto, got {self.engine!r}")
         if self.max_model_len is not None:
             positive_ints(self, "max_model_len")
+        if self.label_batch_tokens is not None:
+            positive_ints(self, "label_batch_tokens")
+            if self.engine == "vllm":
+                raise ConfigError("--label-batch-tokens: vLLM schedules its batches by tokens itself; use "
+                                  "--engine-arg max_num_batched_tokens=N")
+        if self.compute_type is not None:
+            if self.engine not in ("ctranslate2", "auto"):
+                raise ConfigError(f"--compute-type is CTranslate2's; with --engine {self.engine} use --dtype")
+            if self.compute_type not in COMPUTE_TYPES:
+                raise ConfigError(f"--compute-type must be one of {', '.join(COMPUTE_TYPES)}; got {self.compute_type!r}")
         check_number(self.temperature, "--temperature", low=0, high=100, hint="0 is greedy (the paper's setting)")
         check_number(self.top_p, "--top-p", low=0, low_open=True, high=1)
         check_number(self.gpu_memory_utilization, "--gpu-memory-utilization", low=0, low_open=True, high=1)
@@ -220,12 +242,13 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     check_dtype(config.dtype, base, config.teacher)
     kind = kind_of(base)  # fine-tuning changes weights, not the architecture or vocabulary
     engine_name, why = resolve_engine(config.engine, kind, architecture_of(base))  # fails now, not after fine-tuning
+    precision = _precision(config, engine_name)
     temperatures, note = kd_temperatures_for(engine_name, config.kd_temperatures)
     if config.ray is not None:
         require_ray()
     rank, world = process_rank()
     plan = _Plan(task=task, train=train, pool=pool, base=base, kind=kind, engine=engine_name, why=why,
-                 temperatures=temperatures, note=note, rank=rank, world=world)
+                 precision=precision, temperatures=temperatures, note=note, rank=rank, world=world)
     created = not config.out.exists()
     try:
         return _label(config, plan)
@@ -233,6 +256,18 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
         if rank == 0 and created and config.out.is_dir() and not (config.out / MANIFEST).exists():
             shutil.rmtree(config.out, ignore_errors=True)  # made by this run, and nothing was labeled into it
         raise
+
+
+def _precision(config: TeacherLabelConfig, engine: str) -> str:
+    """--dtype; for CTranslate2 its compute type (--compute-type, else --dtype when not float32,
+    else the device's default), checked against what it supports here."""
+    if engine != "ctranslate2":
+        if config.compute_type is not None:
+            raise ConfigError(f"--compute-type is CTranslate2's, and --engine {config.engine} chose {engine}; use --dtype")
+        return config.dtype
+    ctranslate2_engine.check_options(config.engine_args, config.tensor_parallel_size, config.pipeline_parallel_size)
+    requested = config.compute_type or (config.dtype if config.dtype != "float32" else None)
+    return ctranslate2_engine.compute_type_for(requested, ctranslate2_engine.device_of(config.engine_args))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,6 +283,8 @@ class _Plan:
     engine: str
     why: str
     """Why this engine (printed)."""
+    precision: str
+    """What the teacher computes in while labeling: --dtype, or CTranslate2's compute type."""
     temperatures: tuple[float, ...]
     note: str | None
     rank: int
@@ -284,12 +321,14 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
             spec = LabelSpec(teacher_path=teacher_path, revision=revision, trust_remote_code=config.trust_remote_code,
                              kind=plan.kind, engine=plan.engine,
                              settings=dataclasses.replace(EngineSettings.from_config(config),
-                                                          kd_temperatures=plan.temperatures),
+                                                          kd_temperatures=plan.temperatures,
+                                                          compute_type=plan.precision if plan.engine == "ctranslate2" else None),
                              source_prefix=plan.task.source_prefix, max_target_length=config.max_target_length,
                              id_type=manifest.generation.id_type, label_set=tuple(label_set))  # type: ignore[arg-type]
             console.print(f"labeling engine: {plan.engine} ({plan.why})" + (f" on Ray ({config.ray})" if config.ray else ""))
             if plan.note:
                 note_(plan.note)
+            agreement = _compare_precision(config, plan, spec, tokenizer, model)
             cluster = None
             if config.ray is not None:
                 model = None  # the workers load the saved teacher; free this process's GPU memory for them
@@ -299,7 +338,7 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
                 labeler = None if cluster is not None else spec.labeler(tokenizer, model=model)
                 del model
                 writer = _open_cache(config, plan, ledger, run, cluster, labeler, costs, teacher_path, tokenizer,
-                                     label_set, lock)
+                                     label_set, lock, agreement)
                 # 5. Label shard by shard: each shard is written and listed before it counts.
                 _label_shards(config, plan.pool, writer, run, cluster, labeler)
             finally:
@@ -344,7 +383,7 @@ def _already_complete(config: TeacherLabelConfig, done: Manifest, ledger: Ledger
 
 def _open_cache(config: TeacherLabelConfig, plan: _Plan, ledger: Ledger, run: Any, cluster: Any, labeler: Any,
                 costs: dict[str, Any], teacher_path: str, tokenizer: Any, label_set: list[str],
-                lock: CacheLock | None) -> CacheWriter:
+                lock: CacheLock | None, agreement: dict[str, Any] | None) -> CacheWriter:
     """Open (or continue) the cache with the started engine's description; count earlier
     invocations' shards once in the ledger."""
     if cluster is not None:
@@ -353,6 +392,8 @@ def _open_cache(config: TeacherLabelConfig, plan: _Plan, ledger: Ledger, run: An
     else:
         described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
         run.set_devices(Devices.here(per_process=labeler.engine.device_count()))
+    if agreement is not None:
+        described = (described[0], described[1], {**described[2], "agreement": agreement})
     manifest = _new_manifest(config, plan, teacher_path, tokenizer, described, label_set or None)
 
     def ledgers(current: Manifest) -> dict[str, Any]:  # written with every manifest update
@@ -369,6 +410,32 @@ def _open_cache(config: TeacherLabelConfig, plan: _Plan, ledger: Ledger, run: An
         console.print(f"cache: {manifest.num_shards - missing} of {manifest.num_shards} shards already "
                       f"complete in {config.out}; labeling the rest")
     return writer
+
+
+def _compare_precision(config: TeacherLabelConfig, plan: _Plan, spec: LabelSpec, tokenizer: Any,
+                       model: Any) -> dict[str, Any] | None:
+    """A CTranslate2 compute type other than float32 is never silent: label the pool's first rows
+    in both, print how much they agree, and return it for the manifest."""
+    if plan.engine != "ctranslate2" or plan.precision == "float32":
+        return None
+    rows = list(itertools.islice((ex for _, shard in plan.pool.shards(config.shard_size, range(plan.pool.rows))
+                                  for ex in shard), ctranslate2_engine.AGREEMENT_ROWS))
+    prompts = encode_prompts(tokenizer, [plan.task.source_prefix + ex.source for ex in rows], config.max_source_length)
+    engine = ctranslate2_engine.CTranslate2Engine.start(spec.teacher_path, tokenizer, plan.kind, spec.settings,  # type: ignore[arg-type]
+                                                        revision=spec.revision,
+                                                        trust_remote_code=spec.trust_remote_code, model=model)
+    agreement = engine.compare_precision(prompts)
+    del engine
+    if agreement is None:
+        return None
+    line = (f"ctranslate2 {plan.precision} against float32 on the pool's first {agreement['rows']} rows: labels equal "
+            f"on {agreement['labels_equal']:.1%}, chosen tokens' log-probabilities differ by "
+            f"{agreement['mean_abs_logprob_difference']:.3g} on average (largest {agreement['max_abs_logprob_difference']:.3g})")
+    if agreement["labels_equal"] < AGREEMENT_WARNING:
+        note_(line + f"; below {AGREEMENT_WARNING:.0%}: consider --compute-type float32")
+    else:
+        console.print(line)
+    return agreement
 
 
 def _label_shards(config: TeacherLabelConfig, pool: Pool, writer: CacheWriter, run: Any, cluster: Any,
@@ -417,7 +484,7 @@ def _new_manifest(config: TeacherLabelConfig, plan: _Plan, teacher_path: str, to
             max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
             do_sample=config.temperature > 0, temperature=config.temperature,
             top_p=config.top_p if config.temperature > 0 else 1.0,
-            seed=config.seed if config.temperature > 0 else None, dtype=config.dtype, engine=engine_settings,
+            seed=config.seed if config.temperature > 0 else None, dtype=plan.precision, engine=engine_settings,
             label_set=label_set, kd_temperatures=list(temperatures),
             id_type=id_type_for(int(model_config.vocab_size)),
         ),

@@ -14,21 +14,31 @@ hides are handled here:
   a conversion that differs by more than 1e-3 is refused in one line and not kept.
 
 Decoding is greedy with ``min_decoding_length=0`` (the default of 1 masks EOS at the first step),
-and ``return_logits_vocab`` gives the raw logits of every step, from which the top-k, the chosen
-token's log-probability and the tail mass at each KD temperature are computed exactly as the
-transformers engine computes them. ``label_logprobs`` come from ``score_batch``.
+or samples (``--temperature``, ``--top-p``, seeded before the translator starts, which is what makes
+CTranslate2's sampling repeatable). ``return_logits_vocab`` gives the raw logits of every step
+(before any sampling temperature), from which the top-k, the chosen token's log-probability and
+the tail mass at each KD temperature are computed exactly as the transformers engine computes
+them. ``label_logprobs`` come from ``score_batch``.
 
-Not yet: quantised compute types (``int8`` changes labels; it needs the agreement check the issue
-asks for), sampling, tensor parallelism (CUDA and MPI only). Only ``float32`` is accepted.
+Compute types (``--compute-type``): float32 by default on CPU, bfloat16 on a GPU that has it. Any
+other type is never silent: before labeling, the first ``AGREEMENT_ROWS`` pool rows are labeled
+greedily in float32 and in that type, and the agreement (share of identical labels, mean and
+largest |difference| of the chosen tokens' log-probabilities where both decoded the same prefix)
+is printed and recorded in the manifest under ``generation.engine.agreement``.
+
+Not here: tensor parallelism. CTranslate2's runs one process per GPU under ``mpirun``, each
+making the same calls; dora's labeling loop writes from one process, so ``--tensor-parallel-size``
+is refused with the alternatives (Ray data parallelism, a bigger GPU).
 
 Example::
 
     dora teacher-label --task fever --teacher ./t5-teacher --train gold.jsonl --pool pool.jsonl \\
-        --out cache/fever --engine ctranslate2 --engine-arg intra_threads=8
+        --out cache/fever --engine ctranslate2 --compute-type int8 --engine-arg intra_threads=8
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -39,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from dora.errors import ConfigError, ModelError, first_line
-from dora.pipeline.engines.generation import Generated, tail_logprobs
+from dora.pipeline.engines.generation import Generated, plan_batches, tails_and_normaliser
 from dora.pipeline.engines.settings import EngineSettings
 from dora.pipeline.models.loading import ModelKind, load_model, local, weights_sha256
 
@@ -48,14 +58,70 @@ CHECK_TOLERANCE = 1e-3
 """Largest |logit difference| to transformers accepted after conversion (float32 gives about 1e-5)."""
 CHECK_TEXTS = ("a", "The quick brown fox jumps over the lazy dog.", "1 2 3")
 INSTALL_HINT = "install it with `pip install 'dora-distill[ctranslate2]'`, or use --engine transformers"
-ARGS = ("compute_type", "intra_threads", "inter_threads", "device")
+ARGS = ("intra_threads", "inter_threads", "device")
 """``--engine-arg`` keys this engine reads."""
+COMPUTE_TYPES = ("float32", "bfloat16", "float16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
+AGREEMENT_ROWS = 64
+"""Pool rows labeled in float32 and in a reduced compute type to measure what it changes."""
+AGREEMENT_WARNING = 0.95
+"""Below this share of identical labels, teacher-label warns about the compute type."""
 
 
 def available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("ctranslate2") is not None
+
+
+def check_options(engine_args: dict[str, Any], tensor_parallel_size: int, pipeline_parallel_size: int) -> None:
+    """Refuse what this engine does not do, before any work."""
+    unknown = sorted(set(engine_args) - set(ARGS))
+    if "compute_type" in unknown:
+        raise ConfigError("--engine-arg compute_type: use --compute-type (dora measures what a reduced type changes)")
+    if unknown:
+        raise ConfigError(f"--engine-arg {unknown[0]}: not a CTranslate2 setting dora passes on (it takes "
+                          f"{', '.join(ARGS)})")
+    if tensor_parallel_size > 1 or pipeline_parallel_size > 1:
+        raise ConfigError("--engine ctranslate2 runs each teacher on one device: its tensor parallelism needs one "
+                          "MPI process per GPU making identical calls, which dora's labeling loop does not do. "
+                          "Use --ray with one worker per GPU (data parallel), or --engine transformers")
+
+
+def device_of(engine_args: dict[str, Any]) -> str:
+    import ctranslate2
+
+    return str(engine_args.get("device", "cuda" if ctranslate2.get_cuda_device_count() else "cpu"))
+
+
+def compute_type_for(requested: str | None, device: str) -> str:
+    """``requested``, checked against what CTranslate2 supports on ``device``; by default float32
+    on CPU and bfloat16 on a GPU that has it."""
+    import ctranslate2
+
+    supported = set(ctranslate2.get_supported_compute_types(device))
+    if requested is None:
+        return "bfloat16" if device == "cuda" and "bfloat16" in supported else "float32"
+    if requested not in supported:
+        raise ConfigError(f"--compute-type {requested}: CTranslate2 {ctranslate2.__version__} does not support it on "
+                          f"{device} (it does: {', '.join(sorted(supported))})")
+    return requested
+
+
+def agreement(reference: Sequence[Generated], other: Sequence[Generated]) -> dict[str, Any]:
+    """How far ``other`` is from ``reference`` (the same prompts, greedy): the share of identical
+    generated ids, and |difference| of the top-1 log-probability at each step where both had
+    decoded the same prefix (every step of an identical row, up to the first difference of another)."""
+    same, deltas = 0, []
+    for a, b in zip(reference, other, strict=True):
+        n = min(len(a.ids), len(b.ids))
+        differ = np.flatnonzero(a.ids[:n] != b.ids[:n])
+        steps = int(differ[0]) + 1 if len(differ) else n
+        same += int(len(differ) == 0 and len(a.ids) == len(b.ids))
+        deltas.append(np.abs(a.topk_logprobs[:steps, 0].astype(np.float64) - b.topk_logprobs[:steps, 0]))
+    d = np.concatenate(deltas) if deltas else np.zeros(0)
+    return {"rows": len(reference), "labels_equal": same / max(len(reference), 1),
+            "mean_abs_logprob_difference": float(d.mean()) if d.size else 0.0,
+            "max_abs_logprob_difference": float(d.max()) if d.size else 0.0}
 
 
 class CTranslate2Engine:
@@ -70,17 +136,9 @@ class CTranslate2Engine:
                               "transformers for decoder-only ones")
         if not available():
             raise ConfigError(f"--engine ctranslate2: CTranslate2 is not installed; {INSTALL_HINT}")
-        unknown = sorted(set(settings.engine_args) - set(ARGS))
-        if unknown:
-            raise ConfigError(f"--engine-arg {unknown[0]}: not a CTranslate2 setting dora passes on (it takes "
-                              f"{', '.join(ARGS)})")
-        compute_type = str(settings.engine_args.get("compute_type", "float32"))
-        if compute_type != "float32":
-            raise ConfigError(f"--engine-arg compute_type={compute_type}: only float32 for now (quantised types change "
-                              "labels, and dora does not yet measure by how much); drop it")
-        if settings.temperature > 0:
-            raise ConfigError("--engine ctranslate2 decodes greedily for now; drop --temperature or use "
-                              "--engine transformers to sample")
+        check_options(settings.engine_args, settings.tensor_parallel_size, settings.pipeline_parallel_size)
+        device = device_of(settings.engine_args)
+        compute_type = compute_type_for(settings.compute_type, device)
         converted = convert(local(teacher_path), tokenizer, revision=revision, trust_remote_code=trust_remote_code,
                             model=model)
         return cls(converted, tokenizer, settings, compute_type=compute_type)
@@ -91,30 +149,38 @@ class CTranslate2Engine:
         self.version = ctranslate2.__version__
         self.s, self.tokenizer, self.model_dir = settings, tokenizer, model_dir
         args = settings.engine_args
-        self.device = str(args.get("device", "cuda" if ctranslate2.get_cuda_device_count() else "cpu"))
+        self.device = device_of(settings.engine_args)
+        if settings.temperature > 0:  # CTranslate2's workers seed their samplers when the translator starts
+            ctranslate2.set_random_seed(settings.seed)
         self.translator = ctranslate2.Translator(
             str(model_dir), device=self.device, compute_type=compute_type,
             intra_threads=int(args.get("intra_threads", 0)), inter_threads=int(args.get("inter_threads", 1)))
         self.compute_type = compute_type
+        self.agreement: dict[str, Any] | None = None
 
     def label(self, prompts: Sequence[list[int]], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
-        s = self.s
-        out: list[Generated] = []
+        return self._label(prompts, self.s, on_batch)
+
+    def _label(self, prompts: Sequence[list[int]], s: EngineSettings,
+               on_batch: Callable[[int], None] | None = None) -> list[Generated]:
+        sampling = ({"sampling_topk": 0, "sampling_topp": s.top_p, "sampling_temperature": s.temperature}
+                    if s.temperature > 0 else {})
+        out: list[Generated | None] = [None] * len(prompts)
         # One call per batch: the full-vocabulary logits of every step are held until the call returns.
-        for start in range(0, len(prompts), s.batch_size):
-            batch = [self._tokens(p) for p in prompts[start : start + s.batch_size]]
+        for batch in plan_batches([len(p) for p in prompts], s.batch_size, s.max_new_tokens, s.batch_tokens):
             results = self.translator.translate_batch(
-                batch, beam_size=1, max_decoding_length=s.max_new_tokens, min_decoding_length=0,
-                return_end_token=True, return_logits_vocab=True, max_input_length=0)
-            out += self._generated(results)
+                [self._tokens(prompts[i]) for i in batch], beam_size=1, max_decoding_length=s.max_new_tokens,
+                min_decoding_length=0, return_end_token=True, return_logits_vocab=True, max_input_length=0, **sampling)
+            for i, g in zip(batch, self._generated(results, s)):
+                out[i] = g
             if on_batch:
                 on_batch(len(batch))
-        return out
+        return out  # type: ignore[return-value]
 
     def _tokens(self, ids: Sequence[int]) -> list[str]:
         return self.tokenizer.convert_ids_to_tokens(list(ids))
 
-    def _generated(self, results: Sequence[Any]) -> list[Generated]:
+    def _generated(self, results: Sequence[Any], s: EngineSettings) -> list[Generated]:
         """A batch's hypotheses with their top-k, chosen log-probabilities and tails: one
         log-softmax over every step of the batch at once (per-row work costs more than the math)."""
         import torch
@@ -122,15 +188,15 @@ class CTranslate2Engine:
         ids = [np.asarray(self.tokenizer.convert_tokens_to_ids(r.hypotheses[0]), np.int32) for r in results]
         steps = [np.asarray(step, np.float32) for r in results for step in r.logits[0]]
         if not steps:
-            k, t = self.s.top_k, len(self.s.kd_temperatures)
+            k, t = s.top_k, len(s.kd_temperatures)
             return [Generated(ids=i, topk_ids=np.zeros((0, k), np.int32), topk_logprobs=np.zeros((0, k), np.float32),
                               seq_logprob=0.0, tail_logprobs=np.zeros((0, t), np.float32)) for i in ids]
         logits = torch.from_numpy(np.stack(steps))
-        logp = torch.log_softmax(logits, dim=-1)
-        top = logp.topk(self.s.top_k, dim=-1)
-        chosen = logp.gather(-1, torch.from_numpy(np.concatenate(ids).astype(np.int64)).unsqueeze(-1)).squeeze(-1)
-        tails = tail_logprobs(logits, top.indices, self.s.kd_temperatures).numpy() if self.s.kd_temperatures else None
-        top_ids, top_lp, chosen_np = top.indices.int().numpy(), top.values.numpy(), chosen.numpy()
+        top = logits.topk(s.top_k, dim=-1)  # log-probabilities are logits - norm: no V-sized copy
+        tails_t, norm = tails_and_normaliser(logits, top.indices, s.kd_temperatures)
+        chosen = logits.gather(-1, torch.from_numpy(np.concatenate(ids).astype(np.int64)).unsqueeze(-1)) - norm
+        tails = tails_t.numpy() if s.kd_temperatures else None
+        top_ids, top_lp, chosen_np = top.indices.int().numpy(), (top.values - norm).numpy(), chosen.squeeze(-1).numpy()
         out, at = [], 0
         for i in ids:
             rows = slice(at, at + len(i))
@@ -154,7 +220,22 @@ class CTranslate2Engine:
 
     def settings(self) -> dict[str, Any]:
         return {"device": self.device, "compute_type": self.compute_type, "batch_size": self.s.batch_size,
-                "converted": self.model_dir.name}
+                "batch_tokens": self.s.batch_tokens, "converted": self.model_dir.name,
+                **({"agreement": self.agreement} if self.agreement else {})}
+
+    def compare_precision(self, prompts: Sequence[list[int]]) -> dict[str, Any] | None:
+        """Label ``prompts`` greedily in float32 and in this engine's compute type, and say how much
+        they differ (recorded in ``settings()``); None in float32."""
+        if self.compute_type == "float32":
+            return None
+        greedy = dataclasses.replace(self.s, temperature=0.0, kd_temperatures=())
+        low = self._label(prompts, greedy)
+        reference = CTranslate2Engine(self.model_dir, self.tokenizer, greedy, compute_type="float32")
+        ref = reference._label(prompts, greedy)
+        del reference  # a float32 copy of the teacher: held only for the sample
+        self.agreement = agreement(ref, low) | {"compute_type": self.compute_type, "reference": "float32",
+                                                "device": self.device}
+        return self.agreement
 
     def device_count(self) -> int:
         return 1

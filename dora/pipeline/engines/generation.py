@@ -35,20 +35,67 @@ class Generated:
 def tail_logprobs(logits: torch.Tensor, topk_ids: torch.Tensor, temperatures: Sequence[float]) -> torch.Tensor:
     """Log of the probability mass outside ``topk_ids`` under ``softmax(logits / T)``, for each T.
 
-    Computed over the complement directly (logsumexp of the other ids minus logsumexp of all),
-    so a tiny tail keeps its precision; -inf when the top-k is the whole vocabulary.
+    The tail is summed over the complement directly (never ``1 - top-k mass``), so a tiny tail keeps
+    its precision: one ``exp`` buffer per T, its total summed, the top-k entries zeroed in place, the
+    rest summed. Rows whose tail underflows float32 there (below 1e-30 of the total) are recomputed
+    with a logsumexp over the complement alone. -inf when the top-k is the whole vocabulary.
 
     Args:
         logits: (..., V) raw logits; topk_ids: (..., k); temperatures: n values.
     Returns:
         (..., n) float32.
     """
+    return tails_and_normaliser(logits, topk_ids, temperatures)[0]
+
+
+def tails_and_normaliser(logits: torch.Tensor, topk_ids: torch.Tensor,
+                         temperatures: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``tail_logprobs``, ``logsumexp(logits)`` of shape (..., 1)): the normaliser at T = 1 comes
+    from the same pass when 1 is among the temperatures, so log-probabilities cost no extra pass."""
     z = logits.float()
-    out = []
+    ids = topk_ids.long()
+    top = z.amax(-1, keepdim=True)
+    shifted = z - top  # max at 0: exp never overflows and the total is >= 1
+    buf = torch.empty_like(shifted)
+    out, norm = [], None
     for t in temperatures:
-        zt = z / t
-        out.append(torch.logsumexp(zt.scatter(-1, topk_ids.long(), float("-inf")), dim=-1) - torch.logsumexp(zt, dim=-1))
-    return torch.stack(out, dim=-1)
+        if t == 1.0:
+            torch.exp(shifted, out=buf)
+        else:
+            torch.mul(shifted, 1.0 / t, out=buf).exp_()
+        total = buf.sum(-1)
+        if t == 1.0:
+            norm = top + total.log().unsqueeze(-1)
+        tail = buf.scatter_(-1, ids, 0.0).sum(-1)
+        lp = tail.log() - total.log()
+        lost = tail < total * 1e-30  # underflowed terms: redo those rows exactly
+        if lost.any():
+            zt = shifted[lost] / t
+            lp[lost] = torch.logsumexp(zt.scatter(-1, ids[lost], float("-inf")), -1) - torch.logsumexp(zt, -1)
+        out.append(lp)
+    if norm is None:
+        norm = torch.logsumexp(z, dim=-1, keepdim=True)
+    tails = torch.stack(out, dim=-1) if out else z.new_zeros((*z.shape[:-1], 0))
+    return tails, norm
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, max_new_tokens: int,
+                 batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices of each generation batch: longest prompt first (less padding), at most ``batch_size``
+    rows, and with ``batch_tokens`` at most that many padded positions, rows x (longest prompt +
+    ``max_new_tokens``), so batches of long prompts shrink. A prompt over the limit alone is a
+    batch of one."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        current = batches[-1] if batches else None
+        width = lengths[current[0]] + max_new_tokens if current else 0  # the first row is the batch's longest
+        if (current is None or len(current) >= batch_size
+                or (batch_tokens is not None and (len(current) + 1) * width > batch_tokens)):
+            batches.append([i])
+        else:
+            current.append(i)
+    return batches
 
 
 def pick_device() -> torch.device:
@@ -84,23 +131,22 @@ def hf_generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     kd_temperatures: Sequence[float] = (),
+    batch_tokens: int | None = None,
 ) -> list[Generated]:
     """Decode every prompt (token ids, see ``encode_prompts``), greedy unless ``temperature`` > 0;
     with ``k`` also keep the top-k log-probs per generated token, and with ``kd_temperatures`` the
     log tail mass outside that top-k at each of those temperatures (``tail_logprobs``).
 
-    Prompts are batched longest first (less padding) and results returned in input order.
+    Prompts are batched by ``plan_batches`` (longest first, at most ``batch_size`` rows and
+    ``batch_tokens`` padded positions) and results returned in input order.
     """
     device = device or next(model.parameters()).device
     model.eval()
     config = _generation_config(model, tokenizer, max_new_tokens, temperature, top_p)
     eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    encoded = prompts
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[Generated | None] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = [encoded[i] for i in idx]
+    for idx in plan_batches([len(p) for p in prompts], batch_size, max_new_tokens, batch_tokens):
+        batch = [prompts[i] for i in idx]
         left = kind == "causal"  # decoder-only models continue from the right edge
         input_ids = pad(batch, pad_id, left=left).to(device)
         mask = pad([[1] * len(b) for b in batch], 0, left=left).to(device)

@@ -39,6 +39,10 @@ class EngineSettings:
     engine_args: dict[str, Any] = field(default_factory=dict)
     kd_temperatures: tuple[float, ...] = (1.0, 2.0)
     """Temperatures at which each generated token's tail mass (outside the top-k) is stored."""
+    batch_tokens: int | None = None
+    """Also cap each batch at this many padded positions (transformers and CTranslate2 engines)."""
+    compute_type: str | None = None
+    """CTranslate2's compute type (None: its default for the device)."""
 
     def __post_init__(self) -> None:  # library callers too: NaN passes every ``x < 0`` test
         check_number(self.temperature, "temperature", low=0, high=100, hint="0 is greedy")
@@ -50,8 +54,9 @@ class EngineSettings:
     @classmethod
     def from_config(cls, config: Any) -> EngineSettings:
         """The engine's view of a stage config: same field names, ``label_batch_size`` as batch size."""
-        names = {f.name for f in fields(cls)} - {"batch_size", "kd_temperatures"}
-        return cls(**{n: getattr(config, n) for n in names}, batch_size=config.label_batch_size)
+        names = {f.name for f in fields(cls)} - {"batch_size", "kd_temperatures", "batch_tokens"}
+        return cls(**{n: getattr(config, n) for n in names}, batch_size=config.label_batch_size,
+                   batch_tokens=config.label_batch_tokens)
 
 
 class Engine(Protocol):
