@@ -434,6 +434,54 @@ def report_cmd(
     _run(stage, options)
 
 
+@app.command("sweep")
+def sweep_cmd(
+    task: TaskOpt,
+    teacher: Annotated[str, typer.Option(help="Base teacher, fine-tuned at each budget on that budget's gold labels.", rich_help_panel=MODEL)],
+    student: Annotated[str, typer.Option(help="Student trained at every point (both strategies start from it).", rich_help_panel=MODEL)],
+    train: Annotated[Path, typer.Option(help="Gold labeled examples each budget's labels are drawn from.", rich_help_panel=DATA)],
+    pool: Annotated[Path, typer.Option(help="Unlabeled inputs the teachers label.", rich_help_panel=DATA)],
+    dev: Annotated[Path, typer.Option(help="Labeled examples that pick each student's best checkpoint.", rich_help_panel=DATA)],
+    test: Annotated[Path, typer.Option(help="Labeled examples every point is scored on.", rich_help_panel=DATA)],
+    budgets: Annotated[str, typer.Option(help="Gold label counts, comma-separated, e.g. 50,100,200.", rich_help_panel=DATA)],
+    out: Annotated[Path, typer.Option(help="The sweep's directory (new, empty, or an earlier sweep to continue).", rich_help_panel=OUT)],
+    seeds: Annotated[int, typer.Option(help="Seeds per budget (each its own draw of gold labels).", rich_help_panel=TRAIN)] = 1,
+    teacher_epochs: Annotated[float, typer.Option(help="Teacher fine-tuning epochs at each budget.", rich_help_panel=TRAIN)] = 3.0,
+    student_epochs: Annotated[float, typer.Option(help="Distill student epochs over the pool (annotate students see as many examples).", rich_help_panel=TRAIN)] = 3.0,
+    max_steps: MaxStepsOpt = None,
+    learning_rate: LrOpt = 3e-4,
+    teacher_learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate of the teacher's fine-tuning (default: --learning-rate).", rich_help_panel=TRAIN)] = None,
+    batch_size: BatchOpt = 16,
+    top_k: Annotated[int, typer.Option(help="Token log-probabilities each cache stores per generated token.", rich_help_panel=OUT)] = 20,
+    engine: Annotated[str, typer.Option(help="Labeling engine (as teacher-label --engine).", rich_help_panel=ENGINE)] = "transformers",
+    label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch.", rich_help_panel=ENGINE)] = 32,
+    max_source_length: SrcLenOpt = 256,
+    max_target_length: TgtLenOpt = 64,
+    max_new_tokens: NewTokOpt = 64,
+    metric: MetricOpt = None,
+    prefix: PrefixOpt = None,
+    source_field: SourceFieldOpt = "source",
+    target_field: TargetFieldOpt = "target",
+    id_field: IdFieldOpt = "id",
+    revision: RevisionOpt = None,
+    trust_remote_code: RemoteCodeOpt = False,
+) -> None:
+    """Pilot runs for dora forecast: annotate and distill at each label budget and seed, each point a run directory; a rerun skips finished points.
+
+    [bold]Example[/]: dora sweep --task fever --teacher ./t5-large --student ./t5-small --train gold.jsonl --pool pool.jsonl --dev dev.jsonl --test test.jsonl --budgets 50,100,200 --out sweep/
+
+    Then: dora forecast sweep/ --budget 60 --gpu-hour-usd 2.49
+    """
+    options = locals()  # the command's options, by name
+    from dora.pipeline.sweep import SweepConfig, run_sweep
+
+    def stage() -> Any:
+        return run_sweep(_config(SweepConfig, {**options, "budgets": _ints(budgets, "--budgets")}))
+
+    result = _run(stage, options)
+    typer.echo(f"sweep: {len(result['points'])} points in {result['out']}; next: dora forecast {result['out']} --budget USD")
+
+
 @app.command("forecast")
 def forecast_cmd(
     runs: Annotated[list[Path], typer.Argument(help="A dora sweep directory, or run directories of dora train-student (both strategies, two or more budgets each).")],
@@ -736,6 +784,7 @@ def cache_filter_cmd(
     min_length: Annotated[int | None, typer.Option(min=0, help="Keep pseudo-labels of at least this many tokens.")] = None,
     max_length: Annotated[int | None, typer.Option(min=0, help="Keep pseudo-labels of at most this many tokens.")] = None,
     gold: Annotated[Path | None, typer.Option(help="Labeled file (ids matching the cache's): keep rows whose pseudo-label equals the gold one.")] = None,
+    exclude: Annotated[Path | None, typer.Option(help="File of rows to drop by id (JSONL, CSV or Parquet), e.g. an annotation queue from `dora cache select` whose gold labels you train on with --train.")] = None,
     verify: VerifyOpt = True,
     id_field: IdFieldOpt = "id",
     source_field: SourceFieldOpt = "source",
@@ -744,6 +793,8 @@ def cache_filter_cmd(
     """Write a new cache with the rows that pass every criterion; its manifest records the lineage.
 
     [bold]Example[/]: dora cache filter caches/fever caches/fever-confident --min-seq-logprob -1.5
+
+    [bold]With a labeled queue[/]: dora cache filter caches/fever caches/fever-rest --exclude queue.jsonl, then train-student --cache caches/fever-rest --train queue.jsonl
     """
     options = locals()  # the command's options, by name
     from dora.cache.transform import filter_cache
@@ -755,8 +806,15 @@ def cache_filter_cmd(
 
             fields = Fields(source=source_field, target=target_field, id=id_field)
             references = {e.id: e.target or "" for e in read_examples(gold, fields=fields, require_target=True)}
+        dropped = None
+        if exclude is not None:
+            from dora.pipeline.data.inputs import Fields, read_examples
+
+            dropped = {e.id for e in read_examples(exclude, fields=Fields(source=source_field, target=target_field,
+                                                                          id=id_field), require_target=False)}
         return filter_cache(cache, out, min_seq_logprob=min_seq_logprob, max_entropy=max_entropy,
-                            min_length=min_length, max_length=max_length, gold=references, verify=verify)
+                            min_length=min_length, max_length=max_length, gold=references, exclude=dropped,
+                            verify=verify)
 
     manifest = _run(run, options)
     f = manifest.lineage["filter"]
@@ -779,7 +837,7 @@ def cache_select_cmd(
     [bold]Example[/]: dora cache select caches/fever --budget 25 --out queue.jsonl  (then fill in `target` and pass it as --train)
     """
     options = locals()  # the command's options, by name
-    from dora.cache.select import select
+    from dora.pipeline.select import select
 
     result = _run(lambda: select(cache, out, by=by, n=n, budget_usd=budget, annotation_usd=annotation_usd,  # type: ignore[arg-type]
                                  verify=verify, overwrite=overwrite), options)
@@ -817,6 +875,16 @@ def _floats(raw: str | None, option: str) -> tuple[float, ...] | None:
     if not all(math.isfinite(v) for v in values):  # float() reads "nan" and "inf" too
         raise ConfigError(f"{option} {raw!r}: every number must be finite, e.g. 1,2")
     return values
+
+
+def _ints(raw: str, option: str) -> tuple[int, ...]:
+    """``"50,100"`` -> (50, 100); a clear error for anything else."""
+    from dora.errors import ConfigError
+
+    try:
+        return tuple(int(x) for x in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {raw!r} is not a comma-separated list of whole numbers, e.g. 50,100,200") from None
 
 
 def _version(value: bool) -> None:

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dora.cache import LabelCache
-from dora.cache.select import doubt_scores, labels_for
 from dora.cli import app
 from dora.pipeline.forecast import Curve, bootstrap, crossing, fit_curve
+from dora.pipeline.select import doubt_scores, labels_for
 
 runner = CliRunner()
 
@@ -124,3 +124,57 @@ def test_a_cache_without_label_scores_ranks_by_entropy(cache_dir, data_dir, tmp_
     assert result.exit_code == 0 and "by entropy" in result.output
     queue = [json.loads(line) for line in (tmp_path / "q.jsonl").read_text().splitlines()]
     assert "label_margin" not in queue[0] and queue[0]["mean_entropy"] >= queue[-1]["mean_entropy"]
+
+
+# --- sweep, then forecast ------------------------------------------------------------------------
+
+def test_a_sweep_of_tiny_budgets_resumes_and_feeds_the_forecast(t5_dir, data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["sweep", "--task", "fever", "--teacher", str(t5_dir), "--student", str(t5_dir),
+            "--train", str(data_dir / "train.jsonl"), "--pool", str(data_dir / "pool.jsonl"),
+            "--dev", str(data_dir / "dev.jsonl"), "--test", str(data_dir / "test.jsonl"), "--out", str(sweep),
+            "--max-steps", "4", "--batch-size", "4", "--top-k", "4", "--max-new-tokens", "4", "--max-target-length", "4"]
+    result = runner.invoke(app, [*args, "--budgets", "8,16"])
+    assert result.exit_code == 0, result.output
+    points = json.loads((sweep / "sweep.json").read_text())["points"]
+    assert [(p["strategy"], p["gold_labels"]) for p in points] == [("annotate", 8), ("distill", 8), ("annotate", 16),
+                                                                   ("distill", 16)]
+    gold8, gold16 = ((sweep / "data" / f"gold-{n}-seed0.jsonl").read_text().splitlines() for n in (8, 16))
+    assert gold16[:8] == gold8  # a smaller budget's labels are a subset of a larger one's
+    run = json.loads((sweep / "distill-16-seed0" / "run.json").read_text())
+    assert run["upstream_costs"]["teacher_finetune"]["gold_labels"] == 16
+    assert run["upstream_costs"]["teacher_finetune"]["steps"] == 4
+
+    # A third budget: the four finished points are skipped, two run.
+    result = runner.invoke(app, [*args, "--budgets", "8,16,24"])
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.output.split()).count("finished earlier") == 4
+    assert len(json.loads((sweep / "sweep.json").read_text())["points"]) == 6
+
+    out = tmp_path / "forecast"
+    result = runner.invoke(app, ["forecast", str(sweep), "--budget", "2.5", "--gpu-hour-usd", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    forecast = json.loads((out / "forecast.json").read_text())
+    assert set(forecast["strategies"]) == {"annotate", "distill"}
+    for s in forecast["strategies"].values():
+        assert len(s["points"]) == 3 and s["low"] is None  # three points fit exactly: no interval claimed
+        bt = s["backtest"]
+        assert bt["error"] == pytest.approx(bt["predicted"] - bt["measured"])
+    assert "no interval" in forecast["recommendation"] and (out / "forecast.png").read_bytes()[:4] == b"\x89PNG"
+    # Far beyond the measured dollars: refused unless asked.
+    result = runner.invoke(app, ["forecast", str(sweep), "--budget", "500", "--gpu-hour-usd", "2", "--out", str(out)])
+    assert result.exit_code == 2 and "--extrapolate" in result.output
+    result = runner.invoke(app, ["forecast", str(sweep), "--budget", "500", "--gpu-hour-usd", "2", "--out", str(out),
+                                 "--extrapolate"])
+    assert result.exit_code == 0 and json.loads((out / "forecast.json").read_text())["extrapolated"] is True
+
+
+def test_a_queue_drops_out_of_the_cache_for_its_gold_labels(cache_dir, tmp_path):
+    queue = tmp_path / "queue.jsonl"
+    assert runner.invoke(app, ["cache", "select", str(cache_dir), "--out", str(queue), "--n", "5"]).exit_code == 0
+    result = runner.invoke(app, ["cache", "filter", str(cache_dir), str(tmp_path / "rest"), "--exclude", str(queue)])
+    assert result.exit_code == 0 and "kept 35 of 40 rows" in result.output, result.output
+    queued = {json.loads(line)["id"] for line in queue.read_text().splitlines()}
+    rest = LabelCache.open(tmp_path / "rest")
+    assert not queued & set(rest.read().column("id").to_pylist())
+    assert rest.manifest.lineage["filter"]["criteria"] == {"excluded_ids": 5}

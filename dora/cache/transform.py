@@ -127,12 +127,14 @@ def filter_cache(
     min_length: int | None = None,
     max_length: int | None = None,
     gold: dict[str, str] | None = None,
+    exclude: set[str] | None = None,
     verify: bool = True,
 ) -> Manifest:
     """Keep the rows that pass every given criterion; shards keep their row ranges (with gaps).
 
     gold: {id: gold target}; a row is kept when its pseudo-label equals its gold label (rows
     without gold are kept), as distil-whisper keeps pseudo-labels that agree with references.
+    exclude: ids to drop (say, an annotation queue's rows, which gold labels replace).
     verify: check each shard's sha256 as it is read (``--no-verify`` skips it).
     """
     cache = LabelCache.open(src, verify=verify)
@@ -159,16 +161,19 @@ def filter_cache(
             if gold is not None:
                 ids, targets = table.column("id").to_pylist(), table.column("target").to_pylist()
                 keep &= np.array([i not in gold or gold[i].strip() == t.strip() for i, t in zip(ids, targets)])
+            if exclude:
+                keep &= np.array([i not in exclude for i in table.column("id").to_pylist()], bool)
             total += table.num_rows
             kept += int(keep.sum())
             yield entry.index, table.filter(pa.array(keep))
 
     criteria = {k2: v for k2, v in {"min_seq_logprob": min_seq_logprob, "max_entropy": max_entropy,
                                     "min_length": min_length, "max_length": max_length,
-                                    "gold_agreement": gold is not None}.items() if v not in (None, False)}
+                                    "gold_agreement": gold is not None,
+                                    "excluded_ids": len(exclude) if exclude else None}.items() if v not in (None, False)}
     if not criteria:
         raise CacheError("give at least one criterion: --min-seq-logprob, --max-entropy, --min-length, "
-                         "--max-length or --gold")
+                         "--max-length, --gold or --exclude")
     with _Output(out):
         manifest = _write(out, cache.manifest, tables(), cache)
         lineage = {"filter": {"source": str(cache.root), "criteria": criteria, "kept": kept, "of": total},

@@ -145,7 +145,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         annotate = train_student(TrainStudentConfig(
             student=str(student_base), train=gold, dev=paths["dev"], test=paths["test"],
             out=root / "runs" / f"annotate{suffix}",
-            epochs=annotate_epochs, eval_every=_eval_every(n, annotate_epochs), **common))
+            epochs=annotate_epochs, eval_every=evaluations_every(n, annotate_epochs), **common))
 
         console.rule(f"distill: the teacher learns from the same {n} gold labels and labels the pool")
         labeled = teacher_label(TeacherLabelConfig(
@@ -154,7 +154,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         distill = train_student(TrainStudentConfig(
             student=str(student_base), cache=root / f"cache{suffix}", dev=paths["dev"], test=paths["test"],
             out=root / "runs" / f"distill{suffix}", epochs=sizes.student_epochs,
-            eval_every=_eval_every(sizes.pool, sizes.student_epochs), **common))
+            eval_every=evaluations_every(sizes.pool, sizes.student_epochs), **common))
         rows += _summary(n, annotate, labeled, distill)
         runs += [annotate.out, distill.out]
 
@@ -180,8 +180,8 @@ def _claim(root: Path) -> None:
     (root / DEMO_MARKER).write_text("written by `dora demo`: it may rewrite everything in this directory\n")
 
 
-def _eval_every(rows: int, epochs: float, batch_size: int = 16, evaluations: int = 4) -> int:
-    """Evaluate about four times per run (each evaluation decodes the whole test split)."""
+def evaluations_every(rows: int, epochs: float, batch_size: int = 16, evaluations: int = 4) -> int:
+    """Steps between evaluations for about four per run (each decodes the whole dev split)."""
     return max(1, int(-(-rows // batch_size) * epochs) // evaluations)
 
 

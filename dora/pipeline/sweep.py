@@ -1,0 +1,218 @@
+"""``dora sweep``: both strategies on your data at several label budgets, as pilot runs for ``dora forecast``.
+
+At each budget (a number of gold labels) and seed:
+
+* annotate: the student trains on that many gold labels, for as many examples as the distill
+  student sees (equal student compute, as the demo and the paper compare);
+* distill: the teacher is fine-tuned on the same labels and labels the pool, then the student
+  trains on that cache.
+
+A seed draws its gold labels as the first N of a seeded shuffle of ``--train``, so a smaller
+budget's labels are a subset of a larger one's (a smaller budget's teacher is fine-tuned on a
+subset of the larger's gold). Each teacher differs (its gold differs), so each labels the pool
+itself; the pool is never relabeled for a point that has its cache. Every point is a run
+directory (``annotate-<N>-seed<S>``, ``distill-<N>-seed<S>``) with the cost record of every
+stage; the teachers and caches live in ``teachers/`` and ``caches/``. A rerun skips finished
+points and continues unfinished ones where they stopped (the stages resume on their own).
+
+Example::
+
+    dora sweep --task fever --teacher ./t5-large --student ./t5-small --train gold.jsonl \\
+        --pool pool.jsonl --dev dev.jsonl --test test.jsonl --budgets 50,100,200 --out sweep/
+    dora forecast sweep/ --budget 60 --gpu-hour-usd 2.49
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from dora.cache import LabelCache
+from dora.errors import ConfigError
+from dora.pipeline.checks import check_number, positive_ints
+from dora.pipeline.config import TaskInputs
+from dora.pipeline.data.inputs import read_examples
+from dora.pipeline.data.pool import Pool
+from dora.pipeline.demo import evaluations_every
+from dora.pipeline.progress import console
+from dora.pipeline.student import TrainStudentConfig, train_student
+from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+
+MARKER = ".dora-sweep"
+"""Written first into a sweep's directory: a rerun may continue there; nothing else is written over."""
+MAX_SEEDS = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig(TaskInputs):
+    """What ``dora sweep`` runs: the task's files and models, the budgets and seeds, and how long
+    each model trains."""
+
+    SECTIONS: ClassVar[tuple[type, ...]] = (TaskInputs,)
+
+    teacher: str
+    """Base teacher (fine-tuned at each budget on that budget's gold labels)."""
+    student: str
+    """Student to train at each point (the same starting weights for both strategies)."""
+    train: Path
+    """Gold labeled examples to draw each budget's labels from."""
+    pool: Path
+    """Unlabeled inputs the teachers label."""
+    dev: Path
+    """Labeled examples that pick each student's best checkpoint."""
+    test: Path
+    """Labeled examples each point is scored on (what forecast fits)."""
+    out: Path
+    """The sweep's directory (new, empty, or an earlier sweep to continue)."""
+    budgets: tuple[int, ...]
+    """Gold label counts, e.g. (50, 100, 200)."""
+    seeds: int = 1
+    """Seeds per budget (each its own draw of gold labels and training order)."""
+    teacher_epochs: float = 3.0
+    """Teacher fine-tuning epochs at each budget."""
+    student_epochs: float = 3.0
+    """Distill student epochs over the pool; the annotate student sees as many examples."""
+    max_steps: int | None = None
+    """Cap every training run at this many steps (quick pilots and tests)."""
+    learning_rate: float = 3e-4
+    """Peak learning rate of the students (and of the teacher unless ``teacher_learning_rate``)."""
+    teacher_learning_rate: float | None = None
+    """Peak learning rate of the teacher's fine-tuning (default: ``learning_rate``)."""
+    batch_size: int = 16
+    """Training batch size for the teacher and the students."""
+    top_k: int = 20
+    """Top-k log-probabilities the caches store."""
+    engine: str = "transformers"
+    """Labeling engine (as ``teacher-label --engine``)."""
+    label_batch_size: int = 32
+    """Pool rows per generation batch."""
+
+    def __post_init__(self) -> None:
+        for section in self.SECTIONS:
+            section.__post_init__(self)  # type: ignore[arg-type]
+        for name in ("train", "pool", "dev", "test", "out"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, "budgets", tuple(self.budgets))
+        if not self.budgets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.budgets):
+            raise ConfigError(f"--budgets must be positive numbers of gold labels such as 50,100,200; got {self.budgets}")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ConfigError(f"--budgets {','.join(map(str, self.budgets))}: each budget once")
+        object.__setattr__(self, "budgets", tuple(sorted(self.budgets)))
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= MAX_SEEDS:
+            raise ConfigError(f"--seeds must be 1 to {MAX_SEEDS}, got {self.seeds!r}")
+        positive_ints(self, "top_k", "batch_size", "label_batch_size")
+        if self.max_steps is not None:
+            positive_ints(self, "max_steps")
+        for name in ("teacher_epochs", "student_epochs"):
+            check_number(getattr(self, name), f"--{name.replace('_', '-')}", low=0, low_open=True, high=1e4)
+        for name in ("learning_rate", "teacher_learning_rate"):
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), f"--{name.replace('_', '-')}", low=0, high=1, low_open=True,
+                             high_open=True)
+        root = self.out
+        if (root.exists() or root.is_symlink()) and not root.is_dir():
+            raise ConfigError(f"--out {root} is not a directory; give a new directory for the sweep")
+        if root.is_dir() and not (root / MARKER).is_file() and any(root.iterdir()):
+            raise ConfigError(f"--out {root} holds files a sweep did not write; give a new or empty directory")
+
+
+def run_sweep(config: SweepConfig) -> dict[str, Any]:
+    """Run (or continue) every point; returns and writes ``sweep.json``: the points with their runs and scores."""
+    from dora.pipeline.report import RunRecord
+
+    # 1. Read every input first: a bad row or a budget larger than the gold fails before any training.
+    gold = read_examples(config.train, fields=config.fields, require_target=True)
+    if config.budgets[-1] > len(gold):
+        raise ConfigError(f"--budgets {config.budgets[-1]}: {config.train} has {len(gold)} labeled rows; use budgets "
+                          "up to that")
+    pool_rows = Pool.scan(config.pool, fields=config.fields).rows
+    for split in (config.dev, config.test):
+        read_examples(split, fields=config.fields, require_target=True)
+    root = config.out
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("written by `dora sweep`: a rerun continues the sweep in this directory\n")
+
+    points = [(n, seed, strategy) for n in config.budgets for seed in range(config.seeds)
+              for strategy in ("annotate", "distill")]
+    done: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for i, (n, seed, strategy) in enumerate(points, 1):
+        run_dir = root / f"{strategy}-{n}-seed{seed}"
+        where = f"[{i}/{len(points)}] {strategy}, {n} gold labels, seed {seed}"
+        if (run_dir / "metrics.json").is_file() and (run_dir / "run.json").is_file():
+            console.print(f"{where}: finished earlier")
+        else:
+            console.rule(where)
+            labels = _gold_file(config, gold, n, seed)
+            if strategy == "annotate":
+                _annotate(config, labels, run_dir, seed, pool_rows, n)
+            else:
+                _distill(config, labels, run_dir, seed, n)
+        record = RunRecord.load(run_dir)
+        done.append({"strategy": strategy, "gold_labels": n, "seed": seed, "run": run_dir.name,
+                     "score": record.score, "metric": record.metric})
+        console.print(f"{where}: {record.metric} {record.score if record.score is not None else '-'}"
+                      f" ({time.perf_counter() - start:.0f} s into the sweep)")
+        _write_summary(config, done)
+    return {"points": done, "out": str(root)}
+
+
+def _gold_file(config: SweepConfig, gold: list[Any], n: int, seed: int) -> Path:
+    """The first ``n`` of the gold rows in seed ``seed``'s order, in the user's column names."""
+    order = list(range(len(gold)))
+    random.Random(seed).shuffle(order)
+    f = config.fields
+    path = config.out / "data" / f"gold-{n}-seed{seed}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({f.id: gold[i].id, f.source: gold[i].source, f.target: gold[i].target},
+                                       ensure_ascii=False) + "\n" for i in order[:n]), encoding="utf-8")
+    return path
+
+
+def _common(config: SweepConfig, seed: int) -> dict[str, Any]:
+    return dict(task=config.task, metric=config.metric, prefix=config.prefix, fields=config.fields,
+                max_source_length=config.max_source_length, max_target_length=config.max_target_length,
+                max_new_tokens=config.max_new_tokens, revision=config.revision,
+                trust_remote_code=config.trust_remote_code, learning_rate=config.learning_rate,
+                batch_size=config.batch_size, seed=seed, max_steps=config.max_steps)
+
+
+def _annotate(config: SweepConfig, labels: Path, run_dir: Path, seed: int, pool_rows: int, n: int) -> None:
+    # Equal student compute: as many examples seen as the distill student (epochs over the pool).
+    epochs = config.student_epochs * pool_rows / n
+    train_student(TrainStudentConfig(student=config.student, train=labels, dev=config.dev, test=config.test,
+                                     out=run_dir, epochs=epochs, eval_every=_every(config, n, epochs),
+                                     **_common(config, seed)))
+
+
+def _distill(config: SweepConfig, labels: Path, run_dir: Path, seed: int, n: int) -> None:
+    cache = config.out / "caches" / f"cache-{n}-seed{seed}"
+    teacher_label(TeacherLabelConfig(teacher=config.teacher, train=labels, pool=config.pool, out=cache,
+                                     teacher_out=config.out / "teachers" / f"teacher-{n}-seed{seed}",
+                                     epochs=config.teacher_epochs, top_k=config.top_k, engine=config.engine,  # type: ignore[arg-type]
+                                     label_batch_size=config.label_batch_size,
+                                     **{**_common(config, seed),
+                                        "learning_rate": config.teacher_learning_rate or config.learning_rate}))
+    pool_rows = LabelCache.open(cache).manifest.rows
+    train_student(TrainStudentConfig(student=config.student, cache=cache, dev=config.dev, test=config.test,
+                                     out=run_dir, epochs=config.student_epochs,
+                                     eval_every=_every(config, pool_rows, config.student_epochs), **_common(config, seed)))
+
+
+def _every(config: SweepConfig, rows: int, epochs: float) -> int:
+    """About four dev evaluations per student run, however many epochs it has."""
+    if config.max_steps is not None:
+        return max(1, config.max_steps // 4)
+    return evaluations_every(rows, epochs, config.batch_size)
+
+
+def _write_summary(config: SweepConfig, points: list[dict[str, Any]]) -> None:
+    summary = {"task": config.task, "teacher": config.teacher, "student": config.student,
+               "budgets": list(config.budgets), "seeds": config.seeds, "points": points}
+    tmp = config.out / ".sweep.json.tmp"  # inside the sweep's own directory, which it marked as its own
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(config.out / "sweep.json")
