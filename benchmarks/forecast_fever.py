@@ -46,6 +46,7 @@ def main() -> None:
     from dora.pipeline.make_student import MakeStudentConfig, make_student
     from dora.pipeline.pretrained_demo import smollm2_gguf
     from dora.pipeline.progress import quiet_libraries
+    from dora.pipeline.report import RunRecord
     from dora.pipeline.select import select
     from dora.pipeline.student import TrainStudentConfig, train_student
     from dora.pipeline.sweep import SweepConfig, run_sweep
@@ -89,11 +90,12 @@ def main() -> None:
         if not (rest / "manifest.json").exists():
             filter_cache(cache, rest, exclude=set(picked))
         for seed in range(args.select_seeds):
-            run = train_student(TrainStudentConfig(
-                student=str(student), cache=rest, train=gold_file, dev=data["dev"], test=data["test"],
-                out=root / "select" / f"{condition.split()[0]}-seed{seed}", epochs=2, learning_rate=3e-4, seed=seed,
-                **common))
-            rows[condition].append((run.metrics["test"] or {}).get("accuracy", 0.0))
+            out = root / "select" / f"{condition.split()[0]}-seed{seed}"
+            if not (out / "metrics.json").is_file():  # a rerun reuses finished runs
+                train_student(TrainStudentConfig(
+                    student=str(student), cache=rest, train=gold_file, dev=data["dev"], test=data["test"], out=out,
+                    epochs=2, learning_rate=3e-4, seed=seed, **common))
+            rows[condition].append(RunRecord.load(out).score or 0.0)  # strict test accuracy
 
     print("\nsweep points (test accuracy, 200 claims):")
     for p in sweep["points"]:

@@ -707,12 +707,28 @@ def cache_info_cmd(
         ("shards", result["shards"]), ("bytes on disk", result["bytes_on_disk"]),
         ("bytes per token", result["bytes_per_token"]),
         ("seq logprob mean ± std", f"{lp['mean']:.3f} ± {lp['std']:.3f}" if lp["mean"] is not None else "-"),
-        ("labeling cost", labeling.get("device_hours", "-") if isinstance(labeling := result["costs"].get("labeling"), dict) else "-"),
+        ("off-label pseudo-labels", _off_label_text(result["off_label"])),
+        ("fine-tuning cost", _device_hours(result["costs"].get("teacher_finetune"))),
+        ("labeling cost", _device_hours(result["costs"].get("labeling"))),
         ("pool fingerprint", result["fingerprints"]["pool"][:16] + "..."),
         ("tokenizer fingerprint", result["fingerprints"]["teacher_tokenizer"][:16] + "..."),
     ]:
         table.add_row(key, escape(str(value)))
     console.print(table)
+
+
+def _device_hours(cost: Any) -> str:
+    """A stage's recorded cost with its units, from a manifest anyone may have written."""
+    if not isinstance(cost, dict) or not isinstance(cost.get("device_hours"), (int, float)):
+        return "-"
+    return f"{cost['device_hours']:.4g} device-hours on {cost.get('device', '?')}, {cost.get('wall_seconds', 0):.0f} s"
+
+
+def _off_label_text(off: dict[str, Any] | None) -> str:
+    if off is None:
+        return "- (no closed label set)"
+    seen = ", ".join(f"{x['label']!r} x{x['rows']}" for x in off["most_common"])
+    return f"{off['share']:.1%} ({off['rows']} of {off['of']}" + (f"; most common {seen})" if seen else ")")
 
 
 @cache_app.command("verify")

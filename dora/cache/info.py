@@ -10,6 +10,30 @@ import pyarrow.compute as pc
 
 from dora.cache.reader import LabelCache
 
+OFF_LABEL_WARNING = 0.05
+"""Above this share of pseudo-labels outside a closed task's label set, teacher-label warns."""
+
+
+def off_labels(cache: LabelCache) -> dict[str, Any] | None:
+    """For a closed-label task: how many pseudo-labels are none of its labels (stripped, exact), and
+    the most common of them; None when the task has no label set."""
+    m = cache.manifest
+    labels = m.task.get("labels") or m.generation.label_set
+    if not labels:
+        return None
+    allowed = {str(x).strip() for x in labels}
+    counts: dict[str, int] = {}
+    rows = 0
+    for table in cache.iter_tables(["target"]):
+        for target in table.column("target").to_pylist():
+            rows += 1
+            if target.strip() not in allowed:
+                counts[target] = counts.get(target, 0) + 1
+    off = sum(counts.values())
+    common = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    return {"rows": off, "of": rows, "share": off / rows if rows else 0.0, "labels": sorted(allowed),
+            "most_common": [{"label": label[:80], "rows": n} for label, n in common]}
+
 
 def info(root: str | Path) -> dict[str, Any]:
     cache = LabelCache.open(root, require_complete=False)
@@ -36,6 +60,7 @@ def info(root: str | Path) -> dict[str, Any]:
         "bytes_per_token": round(shard_bytes / tokens, 2) if tokens else None,
         "seq_logprob": {"mean": float(lp.mean()) if len(lp) else None, "std": float(lp.std()) if len(lp) else None,
                         "min": float(lp.min()) if len(lp) else None, "max": float(lp.max()) if len(lp) else None},
+        "off_label": off_labels(cache),
         "costs": m.costs, "stats": m.stats, "lineage": m.lineage,
         "fingerprints": {"pool": m.pool.fingerprint, "teacher_tokenizer": m.teacher.tokenizer_fingerprint,
                          "teacher_weights": m.teacher.weights_sha256},

@@ -23,8 +23,10 @@ from typing import Any, ClassVar, Literal, get_args
 
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
+from dora.cache.info import OFF_LABEL_WARNING, off_labels
 from dora.cache.lock import CacheLock
 from dora.cache.manifest import MANIFEST, write_manifest
+from dora.cache.reader import LabelCache
 from dora.cache.schema import id_type_for
 from dora.errors import ConfigError
 from dora.pipeline.checks import as_paths, check_number, positive_ints
@@ -350,8 +352,16 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
         stats = {"tokens": sum(e.tokens for e in writer.manifest.shards), "seconds": labeling["wall_seconds"],
                  "device": labeling["device"], "device_count": labeling["device_count"],
                  "device_hours": labeling["device_hours"]}
+        off = off_labels(LabelCache.open(config.out, require_complete=False, verify=False))  # this run's own shards
+        if off is not None:
+            stats["off_label"] = {k: off[k] for k in ("rows", "of", "share", "most_common")}
         final = writer.finish(stats=stats)
         console.print(f"cache: {final.rows} rows, {stats['tokens']} tokens in {len(final.shards)} shard(s) -> {config.out}")
+        if off is not None and off["share"] > OFF_LABEL_WARNING:
+            seen = ", ".join(repr(x["label"]) for x in off["most_common"])
+            note_(f"{off['share']:.1%} of the pseudo-labels ({off['rows']} of {off['of']}) are none of the task's labels "
+                  f"({', '.join(off['labels'])}), most often {seen}: a student learns them too. Fine-tune the teacher "
+                  "longer, or drop them with `dora cache filter`")
         return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=final.costs)
 
 

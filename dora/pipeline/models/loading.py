@@ -20,7 +20,10 @@ def _hub_hint(name: str) -> str:
 
 def _check_local(name: str) -> None:
     """A name that is clearly a path must exist: say so instead of asking the hub for it."""
-    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    first = name.split("/", 1)[0]
+    # A path by its look, or by its first part being a directory here (models/t5-typo, not org/name).
+    looks_local = (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+                   or ("/" in name and first not in ("", ".", "..") and Path(first).is_dir()))
     if looks_local and not Path(name).expanduser().exists():
         what = "GGUF file" if name.lower().endswith(".gguf") else "model directory"
         raise ModelError(f"{name}: no such {what}; check the path (hub ids look like org/name)")

@@ -101,6 +101,8 @@ def get_task(name: str, *, metric: str | None = None, prefix: str | None = None)
 
     For the six paper tasks ``metric`` must be None or the task's own metric.
     """
+    if name not in TASKS and name.lower() in TASKS:  # --task FEVER is FEVER: recorded as the catalog spells it
+        name = name.lower()
     if name in TASKS:
         task = TASKS[name]
         if metric is not None and metric != task.metric:
