@@ -800,7 +800,7 @@ def cache_filter_cmd(
     min_length: Annotated[int | None, typer.Option(min=0, help="Keep pseudo-labels of at least this many tokens.")] = None,
     max_length: Annotated[int | None, typer.Option(min=0, help="Keep pseudo-labels of at most this many tokens.")] = None,
     gold: Annotated[Path | None, typer.Option(help="Labeled file (ids matching the cache's): keep rows whose pseudo-label equals the gold one.")] = None,
-    exclude: Annotated[Path | None, typer.Option(help="File of rows to drop by id (JSONL, CSV or Parquet), e.g. an annotation queue from `dora cache select` whose gold labels you train on with --train.")] = None,
+    exclude: Annotated[Path | None, typer.Option(help="File of rows to drop by id (JSONL, CSV or Parquet, with id and source columns), e.g. an annotation queue from `dora cache select` whose gold labels you train on with --train.")] = None,
     verify: VerifyOpt = True,
     id_field: IdFieldOpt = "id",
     source_field: SourceFieldOpt = "source",

@@ -127,6 +127,7 @@ def test_int8_is_compared_with_float32_first_and_the_agreement_recorded(cache_di
     (["--engine", "ctranslate2", "--compute-type", "int4"], "--compute-type must be one of"),
     (["--engine", "ctranslate2", "--compute-type", "float16"], "does not support it on cpu"),
     (["--engine", "ctranslate2", "--engine-arg", "compute_type=int8"], "use --compute-type"),
+    (["--engine", "ctranslate2", "--engine-arg", "device=gpu"], "CTranslate2 cannot use it here"),
     (["--engine", "ctranslate2", "--tensor-parallel-size", "2"], "one MPI process per GPU"),
     (["--engine", "auto", "--tensor-parallel-size", "2"], "one MPI process per GPU"),
     (["--engine", "vllm", "--label-batch-tokens", "100"], "max_num_batched_tokens"),

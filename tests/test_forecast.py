@@ -49,11 +49,12 @@ def test_crossing_is_where_the_curves_meet():
     from dora.pipeline.forecast import Strategy
 
     def strategy(curve: Curve) -> Strategy:
-        return Strategy(name="x", dollars=[], scores=[], runs=[], curve=curve, curves=[])
+        return Strategy(name="x", dollars=[], scores=[], runs=[], labels=[], curve=curve, curves=[])
 
     a, b = strategy(Curve(0.9, 1.0, 0.5)), strategy(Curve(0.7, 0.2, 0.5))  # equal where 0.2 = 0.8 x^-0.5: x = 16
     assert crossing(a, b, 1, 1000) == pytest.approx(16.0, rel=1e-3)
     assert crossing(a, b, 20, 1000) is None
+    assert crossing(a, strategy(Curve(0.9, 1.0, 0.5)), 1, 10) == 1.0  # equal everywhere: they meet at once
 
 
 # --- cache select --------------------------------------------------------------------------------
@@ -145,6 +146,9 @@ def test_a_sweep_of_tiny_budgets_resumes_and_feeds_the_forecast(t5_dir, data_dir
     assert run["upstream_costs"]["teacher_finetune"]["gold_labels"] == 16
     assert run["upstream_costs"]["teacher_finetune"]["steps"] == 4
 
+    # Other settings may not reuse these points; a third budget may: the four finished points are skipped, two run.
+    result = runner.invoke(app, [*args, "--budgets", "8,16", "--learning-rate", "1e-3"])
+    assert result.exit_code == 2 and "other learning_rate" in " ".join(result.output.split())
     # A third budget: the four finished points are skipped, two run.
     result = runner.invoke(app, [*args, "--budgets", "8,16,24"])
     assert result.exit_code == 0, result.output
@@ -160,10 +164,13 @@ def test_a_sweep_of_tiny_budgets_resumes_and_feeds_the_forecast(t5_dir, data_dir
         assert len(s["points"]) == 3 and s["low"] is None  # three points fit exactly: no interval claimed
         bt = s["backtest"]
         assert bt["error"] == pytest.approx(bt["predicted"] - bt["measured"])
+        assert (bt["fitted_up_to_labels"], bt["predicted_labels"]) == (16, 24)
     assert "no interval" in forecast["recommendation"] and (out / "forecast.png").read_bytes()[:4] == b"\x89PNG"
     # Far beyond the measured dollars: refused unless asked.
     result = runner.invoke(app, ["forecast", str(sweep), "--budget", "500", "--gpu-hour-usd", "2", "--out", str(out)])
     assert result.exit_code == 2 and "--extrapolate" in result.output
+    result = runner.invoke(app, ["forecast", str(sweep), "--budget", "2.5", "--out", str(out)])  # CPU time unpriced
+    assert result.exit_code == 2 and "a price is missing" in result.output
     result = runner.invoke(app, ["forecast", str(sweep), "--budget", "500", "--gpu-hour-usd", "2", "--out", str(out),
                                  "--extrapolate"])
     assert result.exit_code == 0 and json.loads((out / "forecast.json").read_text())["extrapolated"] is True

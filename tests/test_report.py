@@ -140,9 +140,9 @@ def test_budget_from_measured_rates_when_no_run_is_recorded(tmp_path):
     assert hours == pytest.approx([4.0, 5.0, 2.0])
     spent = 11.0 * 2.5
     assert distill["lines"][3]["quantity"] == int((1000 - spent) / 0.129)  # nq: the paper's 0.129 per label
-    # The mixed strategy: those labels chosen by the teacher's doubt, at exactly their price.
+    # The mixed strategy: exactly those labels, chosen by the teacher's doubt.
     bought = distill["lines"][3]["quantity"]
-    assert distill["note"].endswith(f"dora cache select CACHE --budget {bought * 0.129:.2f} --out queue.jsonl")
+    assert distill["note"].endswith(f"dora cache select CACHE --n {bought} --out queue.jsonl")
     partial = runner.invoke(app, ["budget", "--task", "nq", "--budget", "10", "--finetune-hours", "4"])
     assert partial.exit_code == 2 and "need all three" in partial.output
 

@@ -161,7 +161,7 @@ def filter_cache(
             if gold is not None:
                 ids, targets = table.column("id").to_pylist(), table.column("target").to_pylist()
                 keep &= np.array([i not in gold or gold[i].strip() == t.strip() for i, t in zip(ids, targets)])
-            if exclude:
+            if exclude is not None:
                 keep &= np.array([i not in exclude for i in table.column("id").to_pylist()], bool)
             total += table.num_rows
             kept += int(keep.sum())
@@ -170,7 +170,8 @@ def filter_cache(
     criteria = {k2: v for k2, v in {"min_seq_logprob": min_seq_logprob, "max_entropy": max_entropy,
                                     "min_length": min_length, "max_length": max_length,
                                     "gold_agreement": gold is not None,
-                                    "excluded_ids": len(exclude) if exclude else None}.items() if v not in (None, False)}
+                                    "excluded_ids": len(exclude) if exclude is not None else None}.items()
+                if v is not None and v is not False}  # 0 excluded ids is still a criterion
     if not criteria:
         raise CacheError("give at least one criterion: --min-seq-logprob, --max-entropy, --min-length, "
                          "--max-length, --gold or --exclude")

@@ -117,8 +117,8 @@ def budget(*, budget_usd: float, labels_owned: int, prices: Prices, reference: P
         bought = _labels_for(left, per_label)
         lines.append(prices.labels(bought, "more gold labels with what is left"))
         # The labels bought beside distilling go where the teacher doubts most: the mixed strategy.
-        choose = (f"choose those {bought:,} labels where the teacher doubts most: dora cache select CACHE --budget "
-                  f"{bought * per_label:.2f} --out queue.jsonl" if bought else "")
+        choose = (f"choose those {bought:,} labels where the teacher doubts most: dora cache select CACHE --n "
+                  f"{bought} --out queue.jsonl" if bought else "")
         plans.append(Plan(name=name, labels_bought=bought, lines=lines, fits=left >= 0,
                           note=choose if left >= 0 else f"needs {compute - budget_usd:,.2f} USD more than the budget"))
     return plans

@@ -8,12 +8,13 @@ point to get wrong and never fails to converge. Intervals come from a bootstrap:
 refitted to the fit plus resampled residuals (a residual bootstrap, scaled for the three fitted
 parameters; over synthetic curves its 90% intervals cover the truth 79-87% of the time, see
 ``tests/test_forecast.py``), so more points than three are needed for an interval. The forecast predicts each strategy at ``--budget``, the difference with its interval,
-the budget where the curves cross if they do within the measured range, and a backtest: fit
-without the largest budget, predict it, and compare with what was measured there.
+the smallest budget where the curves cross (from the cheapest run to the extrapolation limit), and
+a backtest: fit without the largest label budget (all its seeds), predict it, and compare with
+what was measured there.
 
-It refuses to extrapolate past ``max_extrapolation`` times the largest measured budget (or below
-the smallest divided by it) unless asked: a power law fitted on pilot runs says little about a
-budget ten times larger.
+It refuses to extrapolate past ``max_extrapolation`` times any strategy's largest measured budget
+(or below its smallest divided by it) unless asked: a power law fitted on pilot runs says little
+about a budget ten times larger.
 
 Example::
 
@@ -92,6 +93,9 @@ class Strategy:
     dollars: list[float]
     scores: list[float]
     runs: list[str]
+    labels: list[int]
+    """Each run's gold label count: what a budget is (seeds of one budget differ in dollars by
+    their measured compute, so dollars alone would split them)."""
     curve: Curve
     curves: list[Curve] = field(repr=False)
 
@@ -113,7 +117,7 @@ class ForecastConfig:
     """Run directories of ``dora train-student`` (or a sweep directory holding them)."""
     budget: float
     """The budget to forecast at, in dollars."""
-    out: Path = Path("forecast")
+    out: Path = Path("dora-forecast")
     """Where forecast.json and forecast.png go."""
     level: float = 0.9
     """Central interval level of the bootstrap."""
@@ -170,49 +174,56 @@ def strategies(config: ForecastConfig) -> tuple[dict[str, Strategy], str, str]:
                           "forecast one task at a time")
     prices = Prices.resolve(records[0].task, gpu_hour_usd=config.gpu_hour_usd, annotation_usd=config.annotation_usd,
                             prices_file=config.prices_file)
-    points: dict[str, list[tuple[float, float, str]]] = {}
+    points: dict[str, list[tuple[float, float, str, int]]] = {}
     for r in records:
-        usd = total(r.lines(prices))
+        lines = r.lines(prices)
+        usd = total(lines)
         if usd is None:
-            raise ConfigError(f"{r.path}: its compute ran on a device with no price; give --gpu-hour-usd or --prices")
+            missing = "; ".join(line.source for line in lines if line.usd is None)
+            raise ConfigError(f"{r.path}: a price is missing ({missing}); give --gpu-hour-usd or --prices for compute, "
+                              "--annotation-usd for labels")
         if r.score is None:
             raise ConfigError(f"{r.path}: has no score (it ran without --test or --dev); rerun it with --test")
-        points.setdefault(r.strategy, []).append((usd, r.score, str(r.path)))
+        points.setdefault(r.strategy, []).append((usd, r.score, str(r.path), r.gold_labels))
     fitted = {}
     for name, pts in sorted(points.items()):
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        if len(set(xs)) < 2:
-            raise ConfigError(f"strategy {name}: runs at {len(set(xs))} budget(s); a learning curve needs two or more "
-                              "(dora sweep --budgets 50,100,200)")
-        fitted[name] = Strategy(name=name, dollars=xs, scores=ys, runs=[p[2] for p in pts], curve=fit_curve(xs, ys),
+        xs, ys, budgets = [p[0] for p in pts], [p[1] for p in pts], {p[3] for p in pts}
+        if len(budgets) < 2:
+            raise ConfigError(f"strategy {name}: runs at {len(budgets)} label budget(s); a learning curve needs two or "
+                              "more (dora sweep --budgets 50,100,200)")
+        fitted[name] = Strategy(name=name, dollars=xs, scores=ys, runs=[p[2] for p in pts], labels=[p[3] for p in pts],
+                                curve=fit_curve(xs, ys),
                                 curves=bootstrap(xs, ys, samples=config.samples, seed=config.seed))
     return fitted, records[0].task, records[0].metric
 
 
 def backtest(s: Strategy) -> dict[str, Any] | None:
-    """Fit without the largest budget, predict it: the error a forecast of one budget step has."""
-    budgets = sorted(set(s.dollars))
+    """Fit without the largest label budget (all its seeds), predict it: the error a forecast of one
+    budget step has. None with fewer than three budgets."""
+    budgets = sorted(set(s.labels))
     if len(budgets) < 3:
         return None
-    largest = budgets[-1]
-    keep = [i for i, x in enumerate(s.dollars) if x < largest]
-    curve = fit_curve([s.dollars[i] for i in keep], [s.scores[i] for i in keep])
-    measured = float(np.mean([y for x, y in zip(s.dollars, s.scores) if x == largest]))
-    predicted = float(curve(largest))
-    return {"fitted_up_to_usd": budgets[-2], "predicted_at_usd": largest, "predicted": predicted,
-            "measured": measured, "error": predicted - measured}
+    kept = [i for i, n in enumerate(s.labels) if n < budgets[-1]]
+    held = [i for i, n in enumerate(s.labels) if n == budgets[-1]]
+    curve = fit_curve([s.dollars[i] for i in kept], [s.scores[i] for i in kept])
+    at = float(np.mean([s.dollars[i] for i in held]))
+    measured = float(np.mean([s.scores[i] for i in held]))
+    predicted = float(curve(at))
+    return {"fitted_up_to_labels": budgets[-2], "fitted_up_to_usd": max(s.dollars[i] for i in kept),
+            "predicted_labels": budgets[-1], "predicted_at_usd": at, "predicted": predicted, "measured": measured,
+            "error": predicted - measured}
 
 
 def crossing(a: Strategy, b: Strategy, low: float, high: float) -> float | None:
-    """The smallest budget in [low, high] where the two fitted curves cross, if any."""
+    """The smallest budget in [low, high] where the two fitted curves meet, if they do."""
     grid = np.geomspace(low, high, 2000)
     d = a.curve(grid) - b.curve(grid)
-    flips = np.flatnonzero(np.sign(d[:-1]) * np.sign(d[1:]) < 0)
-    if not len(flips):
+    meets = np.flatnonzero(np.sign(d[:-1]) * np.sign(d[1:]) <= 0)  # a sign change, or an exact zero
+    if not len(meets):
         return None
-    i = int(flips[0])
+    i = int(meets[0])
     x0, x1, d0, d1 = grid[i], grid[i + 1], d[i], d[i + 1]
-    return float(x0 + (x1 - x0) * d0 / (d0 - d1))
+    return float(x0) if d0 == d1 else float(x0 + (x1 - x0) * d0 / (d0 - d1))
 
 
 def forecast(config: ForecastConfig) -> dict[str, Any]:
@@ -223,12 +234,15 @@ def forecast(config: ForecastConfig) -> dict[str, Any]:
     fitted, task, metric = strategies(config)
     measured = [x for s in fitted.values() for x in s.dollars]
     low, high = min(measured), max(measured)
-    outside = config.budget > high * config.max_extrapolation or config.budget < low / config.max_extrapolation
+    f = config.max_extrapolation
+    beyond = [(s.name, min(s.dollars), max(s.dollars)) for s in fitted.values()
+              if not min(s.dollars) / f <= config.budget <= max(s.dollars) * f]  # each strategy's own range
+    outside = bool(beyond)
     if outside and not config.extrapolate:
-        raise ConfigError(f"--budget {config.budget:g}: outside {low / config.max_extrapolation:.4g} to "
-                          f"{high * config.max_extrapolation:.4g} dollars ({config.max_extrapolation:g}x the measured "
-                          f"range, {low:.4g} to {high:.4g}); a curve fitted on these points says little there. Sweep "
-                          "larger budgets, or pass --extrapolate to forecast anyway")
+        name, lo, hi = beyond[0]
+        raise ConfigError(f"--budget {config.budget:g}: outside {lo / f:.4g} to {hi * f:.4g} dollars for {name} "
+                          f"({f:g}x its measured range, {lo:.4g} to {hi:.4g}); a curve fitted on these points says "
+                          "little there. Sweep budgets nearer yours, or pass --extrapolate to forecast anyway")
     level = config.level
     predictions = {}
     for name, s in fitted.items():
@@ -320,8 +334,9 @@ def describe(result: dict[str, Any]) -> list[str]:
         line = f"{name}: {p['predicted']:.3f} {result['metric']} at ${result['budget_usd']:,.2f} ({interval}; {len(p['points'])} runs)"
         bt = p["backtest"]
         if bt:
-            line += (f"; backtest: fitted up to ${bt['fitted_up_to_usd']:,.2f}, predicted {bt['predicted']:.3f} at "
-                     f"${bt['predicted_at_usd']:,.2f}, measured {bt['measured']:.3f} (error {bt['error']:+.3f})")
+            line += (f"; backtest: fitted up to {bt['fitted_up_to_labels']} labels, predicted {bt['predicted']:.3f} at "
+                     f"{bt['predicted_labels']} (${bt['predicted_at_usd']:,.2f}), measured {bt['measured']:.3f} "
+                     f"(error {bt['error']:+.3f})")
         lines.append(line)
     if "recommendation" in result:
         lines.append(result["recommendation"][0].upper() + result["recommendation"][1:])

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,11 +86,11 @@ def _tail_mass(table: Any, k: int, at_one: int | None) -> np.ndarray:
 
 def labels_for(budget_usd: float, per_label_usd: float) -> int:
     """How many labels ``budget_usd`` pays for at ``per_label_usd``: n * price <= budget, exactly
-    (in cents' thousandths, so 1.29 at 0.129 is 10, not 9 from float rounding)."""
-    budget, price = round(budget_usd * 100_000), round(per_label_usd * 100_000)
+    (in decimal, as the numbers were written, so 1.29 at 0.129 is 10, not 9 from float rounding)."""
+    budget, price = Decimal(repr(float(budget_usd))), Decimal(repr(float(per_label_usd)))
     if price <= 0:
         raise ConfigError("the label price is 0: give --n instead of --budget")
-    return budget // price
+    return int(budget // price)
 
 
 def select(cache_path: str | Path, out: str | Path, *, by: Doubt = "auto", n: int | None = None,

@@ -133,6 +133,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     for split in (config.dev, config.test):
         read_examples(split, fields=config.fields, require_target=True)
     root = config.out
+    _check_same_settings(config)
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).write_text("written by `dora sweep`: a rerun continues the sweep in this directory\n")
 
@@ -210,9 +211,35 @@ def _every(config: SweepConfig, rows: int, epochs: float) -> int:
     return evaluations_every(rows, epochs, config.batch_size)
 
 
+def _settings(config: SweepConfig) -> dict[str, Any]:
+    """What every point of a sweep must share (budgets and seeds may grow between reruns)."""
+    names = ("task", "metric", "prefix", "teacher", "student", "train", "pool", "dev", "test", "teacher_epochs",
+             "student_epochs", "max_steps", "learning_rate", "teacher_learning_rate", "batch_size", "top_k", "engine",
+             "max_source_length", "max_target_length", "max_new_tokens", "revision")
+    return {n: str(getattr(config, n)) for n in names} | {"fields": str(config.fields)}
+
+
+def _check_same_settings(config: SweepConfig) -> None:
+    """A rerun continues a sweep only with its settings: finished points are reused as they are."""
+    summary = config.out / "sweep.json"
+    if not summary.is_file():
+        return
+    try:
+        before = json.loads(summary.read_text()[: 1 << 24]).get("settings")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if not isinstance(before, dict):
+        raise ConfigError(f"{summary}: not a sweep record dora can read; give a new --out")
+    changed = sorted(k for k, v in _settings(config).items() if before.get(k) != v)
+    if changed:
+        raise ConfigError(f"--out {config.out} holds a sweep made with other {', '.join(changed)}; its finished points "
+                          "would be reused as they are. Use a new --out, or the same settings (only --budgets and "
+                          "--seeds may change)")
+
+
 def _write_summary(config: SweepConfig, points: list[dict[str, Any]]) -> None:
     summary = {"task": config.task, "teacher": config.teacher, "student": config.student,
-               "budgets": list(config.budgets), "seeds": config.seeds, "points": points}
+               "budgets": list(config.budgets), "seeds": config.seeds, "settings": _settings(config), "points": points}
     tmp = config.out / ".sweep.json.tmp"  # inside the sweep's own directory, which it marked as its own
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(config.out / "sweep.json")

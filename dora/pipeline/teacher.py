@@ -331,6 +331,9 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
             if plan.note:
                 note_(plan.note)
             agreement = _compare_precision(config, plan, spec, tokenizer, model)
+            if agreement is not None:  # converted and checked: CTranslate2 labels from its own copy
+                model = None
+                free_accelerator_memory()
             cluster = None
             if config.ray is not None:
                 model = None  # the workers load the saved teacher; free this process's GPU memory for them

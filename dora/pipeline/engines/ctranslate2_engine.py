@@ -98,7 +98,11 @@ def compute_type_for(requested: str | None, device: str) -> str:
     on CPU and bfloat16 on a GPU that has it."""
     import ctranslate2
 
-    supported = set(ctranslate2.get_supported_compute_types(device))
+    try:
+        supported = set(ctranslate2.get_supported_compute_types(device))
+    except (RuntimeError, ValueError) as e:  # no CUDA here, or a device name CTranslate2 does not know
+        raise ConfigError(f"--engine-arg device={device}: CTranslate2 cannot use it here ({first_line(e)}); use cpu or "
+                          "cuda on a machine with a GPU") from None
     if requested is None:
         return "bfloat16" if device == "cuda" and "bfloat16" in supported else "float32"
     if requested not in supported:
@@ -156,7 +160,6 @@ class CTranslate2Engine:
             str(model_dir), device=self.device, compute_type=compute_type,
             intra_threads=int(args.get("intra_threads", 0)), inter_threads=int(args.get("inter_threads", 1)))
         self.compute_type = compute_type
-        self.agreement: dict[str, Any] | None = None
 
     def label(self, prompts: Sequence[list[int]], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
         return self._label(prompts, self.s, on_batch)
@@ -220,12 +223,11 @@ class CTranslate2Engine:
 
     def settings(self) -> dict[str, Any]:
         return {"device": self.device, "compute_type": self.compute_type, "batch_size": self.s.batch_size,
-                "batch_tokens": self.s.batch_tokens, "converted": self.model_dir.name,
-                **({"agreement": self.agreement} if self.agreement else {})}
+                "batch_tokens": self.s.batch_tokens, "converted": self.model_dir.name}
 
     def compare_precision(self, prompts: Sequence[list[int]]) -> dict[str, Any] | None:
         """Label ``prompts`` greedily in float32 and in this engine's compute type, and say how much
-        they differ (recorded in ``settings()``); None in float32."""
+        they differ; None in float32."""
         if self.compute_type == "float32":
             return None
         greedy = dataclasses.replace(self.s, temperature=0.0, kd_temperatures=())
@@ -233,9 +235,7 @@ class CTranslate2Engine:
         reference = CTranslate2Engine(self.model_dir, self.tokenizer, greedy, compute_type="float32")
         ref = reference._label(prompts, greedy)
         del reference  # a float32 copy of the teacher: held only for the sample
-        self.agreement = agreement(ref, low) | {"compute_type": self.compute_type, "reference": "float32",
-                                                "device": self.device}
-        return self.agreement
+        return agreement(ref, low) | {"compute_type": self.compute_type, "reference": "float32", "device": self.device}
 
     def device_count(self) -> int:
         return 1
