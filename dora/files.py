@@ -193,6 +193,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.absolute() == b.absolute()
 
 
+def png_marked(path: Path, marker: str) -> bool:
+    """Whether the PNG at ``path`` carries ``marker`` in a text chunk near its start (dora writes one
+    into every plot, ``savefig(metadata={"Software": marker})``): how a rerun knows its own plot."""
+    try:
+        with open(path, "rb") as f:
+            return marker.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
 def starts_like_json_object(path: Path, keys: Iterable[str], *, lines: bool = False) -> bool:
     """Whether ``path`` holds a JSON object with every key in ``keys`` (its first line, for JSON Lines):
     how dora recognises files it wrote before. Reads at most ``MAX_DOCUMENT_BYTES``."""

@@ -30,25 +30,35 @@ from dora.cache.writer import parquet_options, shard_name
 from dora.errors import CacheError
 
 
-def mean_entropy(table: pa.Table, k: int, tail_column: int | None = None) -> np.ndarray:
-    """Per row: mean over generated tokens of the entropy (nats) of the stored top-k plus its tail bucket.
-
-    The tail's mass is the stored ``tail_logprobs`` at T = 1 when ``tail_column`` says where it is
-    (format 2), else one minus the top-k's (format 1).
-    """
+def token_tails(table: pa.Table, k: int, tail_column: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(top-k log-probabilities (tokens, k), the tail mass outside them (tokens,)) for every generated
+    token of ``table``, in order. The tail is the stored ``tail_logprobs`` at T = 1 when
+    ``tail_column`` says where it is (format 2), else one minus the top-k's (format 1)."""
     lp = table.column("topk_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
     lp = lp.astype(np.float64).reshape(-1, k)
-    p = np.exp(lp)
     if tail_column is not None:
         stored = table.column("tail_logprobs").combine_chunks().flatten()
         width = stored.type.list_size
         tail = np.exp(stored.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)[:, tail_column])
     else:
-        tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)
-    ent = -(p * lp).sum(-1) - np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
+        tail = np.clip(1.0 - np.exp(lp).sum(-1), 0.0, 1.0)
+    return lp, tail
+
+
+def per_row_mean(table: pa.Table, per_token: np.ndarray) -> np.ndarray:
+    """Per row: the mean of ``per_token`` over its generated tokens (0 for a row without any)."""
     lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return np.array([ent[a:b].mean() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
+    return np.array([per_token[a:b].mean() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def mean_entropy(table: pa.Table, k: int, tail_column: int | None = None) -> np.ndarray:
+    """Per row: mean over generated tokens of the entropy (nats) of the stored top-k plus its tail
+    bucket (``token_tails``)."""
+    lp, tail = token_tails(table, k, tail_column)
+    p = np.exp(lp)
+    ent = -(p * lp).sum(-1) - np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
+    return per_row_mean(table, ent)
 
 
 def _check_out(out: Path) -> None:

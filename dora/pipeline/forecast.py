@@ -33,14 +33,16 @@ from typing import Any
 import numpy as np
 
 from dora.errors import ConfigError
-from dora.files import check_output
+from dora.files import check_output, png_marked, starts_like_json_object, write_atomic
 from dora.pipeline.checks import check_number
 from dora.pipeline.costs.pricing import Prices, total
 
 EXPONENTS = np.geomspace(0.02, 4.0, 240)
 """The c grid: from almost flat (0.02) to steep (4)."""
-FILES = {"forecast.json": lambda p: _ours_json(p), "forecast.png": lambda p: _ours_png(p)}
 PNG_MARKER = "dora forecast"
+FILES = {"forecast.json": lambda p: starts_like_json_object(p, ("strategies", "budget_usd")),
+         "forecast.png": lambda p: png_marked(p, PNG_MARKER)}
+"""What forecast writes into --out, and how a rerun recognises its own copy of each."""
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,7 @@ def forecast(config: ForecastConfig) -> dict[str, Any]:
                f"${low:,.2f} and ${high * config.max_extrapolation:,.2f}")
             + (". Extrapolated beyond the measured range" if outside else "") + ".")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "forecast.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(out / "forecast.json", (json.dumps(result, indent=2) + "\n").encode())
     _plot(fitted, result, out / "forecast.png", level)
     return result
 
@@ -307,22 +309,6 @@ def _plot(fitted: dict[str, Strategy], result: dict[str, Any], path: Path, level
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": PNG_MARKER})
     plt.close(fig)
-
-
-def _ours_json(path: Path) -> bool:
-    try:
-        data = json.loads(path.read_text()[: 1 << 22])
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "strategies" in data and "budget_usd" in data
-
-
-def _ours_png(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return PNG_MARKER.encode() in f.read(4096)
-    except OSError:
-        return False
 
 
 def describe(result: dict[str, Any]) -> list[str]:

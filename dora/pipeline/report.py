@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError, InputError
-from dora.files import check_output, read_object
+from dora.files import check_output, png_marked, read_object
 from dora.pipeline.costs.pricing import Line, Prices, total
 from dora.pipeline.train.tracking import CURVES
 
@@ -233,8 +233,7 @@ PNG_MARKER = "dora report"
 
 
 def _our_png(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return PNG_MARKER.encode() in f.read(4096)
+    return png_marked(path, PNG_MARKER)
 
 
 def _our_csv(path: Path) -> bool:

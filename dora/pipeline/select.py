@@ -21,10 +21,9 @@ every score. ``n`` is given, or the number of labels ``--budget`` buys at the ta
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
-import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -32,8 +31,9 @@ from typing import Any, Literal
 import numpy as np
 
 from dora.cache.reader import LabelCache
-from dora.cache.transform import mean_entropy
+from dora.cache.transform import mean_entropy, per_row_mean, token_tails
 from dora.errors import CacheError, ConfigError
+from dora.files import check_output, write_atomic
 
 Doubt = Literal["auto", "margin", "entropy", "seq-logprob", "tail"]
 SCORES = {"margin": ("label_margin", 1), "entropy": ("mean_entropy", -1), "seq-logprob": ("seq_logprob", 1),
@@ -58,7 +58,7 @@ def doubt_scores(cache: LabelCache) -> dict[str, np.ndarray]:
         parts["teacher_label"] += table.column("target").to_pylist()
         parts["seq_logprob"].append(table.column("seq_logprob").to_numpy().astype(np.float64))
         parts["mean_entropy"].append(mean_entropy(table, k, at_one))
-        parts["tail_mass"].append(_tail_mass(table, k, at_one))
+        parts["tail_mass"].append(per_row_mean(table, token_tails(table, k, at_one)[1]))
         if labels:
             scores = np.array(table.column("label_logprobs").to_pylist(), np.float64).reshape(table.num_rows, len(labels))
             top2 = -np.sort(-scores, axis=1)[:, :2]
@@ -68,20 +68,6 @@ def doubt_scores(cache: LabelCache) -> dict[str, np.ndarray]:
     if labels:
         out["label_margin"] = np.concatenate(parts["label_margin"]) if parts["label_margin"] else np.zeros(0)
     return out
-
-
-def _tail_mass(table: Any, k: int, at_one: int | None) -> np.ndarray:
-    """Per row: mean over tokens of the probability outside the top-k at T = 1."""
-    lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
-    if at_one is not None:
-        stored = table.column("tail_logprobs").combine_chunks().flatten()
-        width = stored.type.list_size
-        tail = np.exp(stored.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)[:, at_one])
-    else:
-        lp = table.column("topk_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-        tail = np.clip(1.0 - np.exp(lp.astype(np.float64)).reshape(-1, k).sum(-1), 0.0, 1.0)
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return np.array([tail[a:b].mean() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 def labels_for(budget_usd: float, per_label_usd: float) -> int:
@@ -97,7 +83,6 @@ def select(cache_path: str | Path, out: str | Path, *, by: Doubt = "auto", n: in
            budget_usd: float | None = None, annotation_usd: float | None = None, verify: bool = True,
            overwrite: bool = False) -> dict[str, Any]:
     """Write the annotation queue; returns {"rows", "by", "n", "price", "out"}."""
-    from dora.files import check_output
     from dora.pipeline.costs.pricing import Prices
 
     out = Path(out)
@@ -139,19 +124,13 @@ def select(cache_path: str | Path, out: str | Path, *, by: Doubt = "auto", n: in
 
 
 def _write(out: Path, rows: list[dict[str, Any]]) -> None:
+    if out.suffix.lower() == ".csv":
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["id"])
+        writer.writeheader()
+        writer.writerows(rows)
+        data = text.getvalue()
+    else:
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)  # a name no one else has
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        if out.suffix.lower() == ".csv":
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(out, data.encode("utf-8"))

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from dora.cache import LabelCache
 from dora.errors import ConfigError
+from dora.files import read_object, write_atomic
 from dora.pipeline.checks import check_number, positive_ints
 from dora.pipeline.config import TaskInputs
 from dora.pipeline.data.inputs import read_examples
@@ -224,10 +225,8 @@ def _check_same_settings(config: SweepConfig) -> None:
     summary = config.out / "sweep.json"
     if not summary.is_file():
         return
-    try:
-        before = json.loads(summary.read_text()[: 1 << 24]).get("settings")
-    except (OSError, ValueError, AttributeError):
-        before = None
+    before = read_object(summary, expected="a sweep record (a JSON object)",
+                         fix=f"give a new --out; {config.out} was not written by this version of dora sweep").get("settings")
     if not isinstance(before, dict):
         raise ConfigError(f"{summary}: not a sweep record dora can read; give a new --out")
     changed = sorted(k for k, v in _settings(config).items() if before.get(k) != v)
@@ -240,6 +239,4 @@ def _check_same_settings(config: SweepConfig) -> None:
 def _write_summary(config: SweepConfig, points: list[dict[str, Any]]) -> None:
     summary = {"task": config.task, "teacher": config.teacher, "student": config.student,
                "budgets": list(config.budgets), "seeds": config.seeds, "settings": _settings(config), "points": points}
-    tmp = config.out / ".sweep.json.tmp"  # inside the sweep's own directory, which it marked as its own
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(config.out / "sweep.json")
+    write_atomic(config.out / "sweep.json", (json.dumps(summary, indent=2) + "\n").encode())

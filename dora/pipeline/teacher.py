@@ -32,12 +32,11 @@ from dora.errors import ConfigError
 from dora.pipeline.checks import as_paths, check_number, positive_ints
 from dora.pipeline.config import Optimisation, TaskInputs
 from dora.pipeline.costs.ledger import Devices, Ledger
-from dora.pipeline.data.encoding import encode_prompts
 from dora.pipeline.data.inputs import Example, read_examples
 from dora.pipeline.data.pool import Pool
 from dora.pipeline.engines import ctranslate2_engine
 from dora.pipeline.engines.ctranslate2_engine import AGREEMENT_WARNING, COMPUTE_TYPES
-from dora.pipeline.engines.labeling import LabelSpec
+from dora.pipeline.engines.labeling import LabelSpec, pool_prompts
 from dora.pipeline.engines.ray_label import RayLabeling, require_ray
 from dora.pipeline.engines.registry import kd_temperatures_for, resolve_engine
 from dora.pipeline.engines.settings import EngineName, EngineSettings
@@ -330,17 +329,18 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
             console.print(f"labeling engine: {plan.engine} ({plan.why})" + (f" on Ray ({config.ray})" if config.ray else ""))
             if plan.note:
                 note_(plan.note)
-            agreement = _compare_precision(config, plan, spec, tokenizer, model)
-            if agreement is not None:  # converted and checked: CTranslate2 labels from its own copy
+            agreement, engine = _compare_precision(config, plan, spec, tokenizer, model)
+            if engine is not None:  # converted and checked: CTranslate2 labels from its own copy
                 model = None
                 free_accelerator_memory()
             cluster = None
             if config.ray is not None:
-                model = None  # the workers load the saved teacher; free this process's GPU memory for them
+                model = engine = None  # the workers load the saved teacher; free this process's memory for them
                 free_accelerator_memory()
                 cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers)
             try:
-                labeler = None if cluster is not None else spec.labeler(tokenizer, model=model)
+                labeler = None if cluster is not None else spec.labeler(tokenizer, model=model, engine=engine)
+                del engine
                 del model
                 writer = _open_cache(config, plan, ledger, run, cluster, labeler, costs, teacher_path, tokenizer,
                                      label_set, lock, agreement)
@@ -426,21 +426,22 @@ def _open_cache(config: TeacherLabelConfig, plan: _Plan, ledger: Ledger, run: An
 
 
 def _compare_precision(config: TeacherLabelConfig, plan: _Plan, spec: LabelSpec, tokenizer: Any,
-                       model: Any) -> dict[str, Any] | None:
+                       model: Any) -> tuple[dict[str, Any] | None, Any]:
     """A CTranslate2 compute type other than float32 is never silent: label the pool's first rows
-    in both, print how much they agree, and return it for the manifest."""
+    in both, print how much they agree. Returns (the agreement for the manifest, the started engine,
+    which then labels the pool); (None, None) when there is nothing to compare."""
     if plan.engine != "ctranslate2" or plan.precision == "float32":
-        return None
-    rows = list(itertools.islice((ex for _, shard in plan.pool.shards(config.shard_size, range(plan.pool.rows))
-                                  for ex in shard), ctranslate2_engine.AGREEMENT_ROWS))
-    prompts = encode_prompts(tokenizer, [plan.task.source_prefix + ex.source for ex in rows], config.max_source_length)
+        return None, None
+    shards = range(-(-plan.pool.rows // config.shard_size))
+    rows = list(itertools.islice((ex for _, shard in plan.pool.shards(config.shard_size, shards) for ex in shard),
+                                 ctranslate2_engine.AGREEMENT_ROWS))
     engine = ctranslate2_engine.CTranslate2Engine.start(spec.teacher_path, tokenizer, plan.kind, spec.settings,  # type: ignore[arg-type]
                                                         revision=spec.revision,
                                                         trust_remote_code=spec.trust_remote_code, model=model)
-    agreement = engine.compare_precision(prompts)
-    del engine
+    agreement = engine.compare_precision(pool_prompts(tokenizer, rows, plan.task.source_prefix,
+                                                      config.max_source_length))
     if agreement is None:
-        return None
+        return None, engine
     line = (f"ctranslate2 {plan.precision} against float32 on the pool's first {agreement['rows']} rows: labels equal "
             f"on {agreement['labels_equal']:.1%}, chosen tokens' log-probabilities differ by "
             f"{agreement['mean_abs_logprob_difference']:.3g} on average (largest {agreement['max_abs_logprob_difference']:.3g})")
@@ -448,7 +449,7 @@ def _compare_precision(config: TeacherLabelConfig, plan: _Plan, spec: LabelSpec,
         note_(line + f"; below {AGREEMENT_WARNING:.0%}: consider --compute-type float32")
     else:
         console.print(line)
-    return agreement
+    return agreement, engine
 
 
 def _label_shards(config: TeacherLabelConfig, pool: Pool, writer: CacheWriter, run: Any, cluster: Any,

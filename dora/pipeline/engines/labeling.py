@@ -18,6 +18,11 @@ from dora.pipeline.engines.generation import Generated, decode
 from dora.pipeline.engines.settings import Engine, EngineSettings
 
 
+def pool_prompts(tokenizer: Any, rows: Sequence[Example], source_prefix: str, max_source_length: int) -> list[list[int]]:
+    """The token ids the teacher sees for pool rows: the task's prefix, then the source, cut to length."""
+    return encode_prompts(tokenizer, [source_prefix + ex.source for ex in rows], max_source_length)
+
+
 @dataclass(kw_only=True)
 class ShardLabeler:
     """An engine plus what turns pool rows into its prompts and its outputs into a shard."""
@@ -37,8 +42,7 @@ class ShardLabeler:
 
     def label(self, rows: list[Example], on_batch: Callable[[int], None] | None = None) -> tuple[pa.Table, int]:
         """(the shard's table, generated tokens) for ``rows``."""
-        prompts = encode_prompts(self.tokenizer, [self.source_prefix + ex.source for ex in rows],
-                                 self.max_source_length)
+        prompts = pool_prompts(self.tokenizer, rows, self.source_prefix, self.max_source_length)
         generated = self.engine.label(prompts, on_batch=on_batch)
         scores = self.engine.score(prompts, self.verbalisers) if self.verbalisers else None
         table = shard_table(rows, generated, self.tokenizer, self.top_k, scores, id_type=self.id_type,
@@ -102,15 +106,17 @@ class LabelSpec:
     id_type: IdType = "int32"
     label_set: tuple[str, ...] = ()
 
-    def labeler(self, tokenizer: Any = None, *, model: Any = None) -> ShardLabeler:
+    def labeler(self, tokenizer: Any = None, *, model: Any = None, engine: Engine | None = None) -> ShardLabeler:
+        """A labeler on ``engine``, or on one started here (on ``model`` when it is loaded already)."""
         from dora.pipeline.engines.registry import start_engine
         from dora.pipeline.models.loading import load_tokenizer
 
         if tokenizer is None:
             tokenizer = load_tokenizer(self.teacher_path, revision=self.revision,
                                        trust_remote_code=self.trust_remote_code)
-        engine = start_engine(self.engine, self.teacher_path, tokenizer, self.kind, self.settings,  # type: ignore[arg-type]
-                              revision=self.revision, trust_remote_code=self.trust_remote_code, model=model)
+        if engine is None:
+            engine = start_engine(self.engine, self.teacher_path, tokenizer, self.kind, self.settings,  # type: ignore[arg-type]
+                                  revision=self.revision, trust_remote_code=self.trust_remote_code, model=model)
         return ShardLabeler(engine=engine, tokenizer=tokenizer, source_prefix=self.source_prefix,
                             max_source_length=self.settings.max_source_length,
                             max_target_length=self.max_target_length, top_k=self.settings.top_k,
