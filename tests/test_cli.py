@@ -348,12 +348,13 @@ def test_demo_refuses_more_budgets_than_its_preset_has(args, most, tmp_path):
 
 
 def test_demo_quick_runs_both_strategies(tmp_path):
-    result = ok("demo", "--quick", "--budgets", "2", "--workdir", tmp_path / "demo")
+    result = ok("demo", "--quick", "--budgets", "2", "--seeds", "1", "--workdir", tmp_path / "demo")
     rows = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert [(r["strategy"], r["gold_labels"]) for r in rows] == [
-        ("annotate", 60), ("distill", 60), ("annotate", 120), ("distill", 120)]
+    assert [(r["strategy"], r["gold_labels"], r["seed"]) for r in rows] == [
+        ("annotate", 60, 0), ("distill", 60, 0), ("annotate", 120, 0), ("distill", 120, 0)]
     assert all(0 <= r["accuracy"] <= 1 and r["wall_seconds"] > 0 for r in rows)
     assert rows[0]["examples_seen"] == rows[1]["examples_seen"]  # equal student compute
+    assert result.stderr.count("verdict: At ") == 2 and "with one seed per strategy" in result.stderr
     assert "annotate" in result.output and "distill" in result.output
     for n in (60, 120):
         assert LabelCache.open(tmp_path / "demo" / f"cache-{n}").manifest.complete

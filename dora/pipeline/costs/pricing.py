@@ -35,6 +35,8 @@ MAX_PRICE_USD = 1e6
 that every sum of recorded quantities times prices stays a finite number."""
 
 # US dollars per label, the paper's estimates (Table 1).
+SMALL_CPU_HOUR_USD = 0.10
+"""About what a 2-vCPU cloud machine costs per hour: the demo prices its compute (CPU hours) at it."""
 PAPER_ANNOTATION_USD = {"wlp": 0.260, "stanceosaurus": 0.364, "fever": 0.129, "multipit_id": 0.200,
                         "multipit_gen": 0.371, "nq": 0.129}
 

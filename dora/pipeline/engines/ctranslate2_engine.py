@@ -42,6 +42,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,7 @@ def convert(model_dir: str, tokenizer: Any, *, revision: str | None = None, trus
     if target.exists() or target.is_symlink():
         raise ModelError(f"{target}: exists but is not a complete conversion (no {RECORD}); delete it and rerun")
     console.print(f"ctranslate2: converting {model_dir} (once) to {target}")
+    start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", dir=root))
     try:
@@ -283,7 +285,8 @@ def convert(model_dir: str, tokenizer: Any, *, revision: str | None = None, trus
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    console.print(f"ctranslate2: converted; logits within {worst:.1e} of transformers'")
+    console.print(f"ctranslate2: converted in {time.perf_counter() - start:.0f} s; logits within {worst:.1e} of "
+                  "transformers'")
     return target
 
 

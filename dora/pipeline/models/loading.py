@@ -31,11 +31,42 @@ def _check_local(name: str) -> None:
 
 def local(name: str) -> str:
     """What to load for a model option: a GGUF's converted checkpoint (``dora.pipeline.models.gguf``),
-    else the name itself; a clearly local name that does not exist is refused."""
+    else the name itself; a clearly local name that does not exist is refused, and a hub id with the
+    hub out of reach is looked up in the local cache only (see ``offline_unless_reachable``)."""
     from dora.pipeline.models.gguf import resolve
 
     _check_local(name)
+    if not Path(name).expanduser().exists():
+        offline_unless_reachable()
     return resolve(name)
+
+
+_HUB_PROBED: list[bool] = []  # once per process: whether the hub answered
+
+
+def offline_unless_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (``HF_ENDPOINT``) can be reached; if not, switch this process
+    to offline mode (``HF_HUB_OFFLINE=1``): hub ids then come from the local cache or fail at once,
+    instead of after the hub client's retries (about a minute with no network). One TCP connect,
+    once per process; skipped when offline mode is already on."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return False
+    if not _HUB_PROBED:
+        url = urlsplit(hub.ENDPOINT)
+        try:
+            socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+            _HUB_PROBED.append(True)
+        except OSError:
+            _HUB_PROBED.append(False)
+            os.environ["HF_HUB_OFFLINE"] = "1"  # for anything that reads it later (and child processes)
+            hub.HF_HUB_OFFLINE = True  # for the hub client, which read it at import
+    return _HUB_PROBED[0]
 
 
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:

@@ -31,6 +31,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 1000, kind: Liter
         tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
         tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=T5_SPECIALS,
                                                                unk_token="<unk>"))
+        tok.model = _canonical_unigram(tok)
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                            special_tokens=[("</s>", 1)])
         return T5Tokenizer(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
@@ -44,6 +45,31 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 1000, kind: Liter
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def _canonical_unigram(tok: Any) -> Any:
+    """The trained Unigram model with its scores rounded and its pieces in a fixed order.
+
+    The trainer sums scores in a thread- and hash-dependent order, so two runs on the same texts
+    differ in the last bits of a score, and pieces with near-equal scores swap ids; it also appends
+    the characters it must keep in hash order, each 1e-4 below the last (down to the lowest score). A model built on each run
+    then differs. Rounding to 1e-6, giving those characters (single characters within 0.01 of the
+    lowest score) their scores in character order, and ordering by (score, piece) makes the ids a function of the texts alone (the demo must give
+    the same numbers twice)."""
+    import json
+
+    from tokenizers import models
+
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    specials, pieces = vocab[: len(T5_SPECIALS)], vocab[len(T5_SPECIALS) :]
+    pieces = [[p, round(score, 6)] for p, score in pieces]
+    lowest = min((score for _, score in pieces), default=0.0)
+    kept = [i for i, (p, score) in enumerate(pieces) if len(p) == 1 and score < lowest + 0.01]
+    scores = sorted((pieces[i][1] for i in kept), reverse=True)
+    for i, char, score in zip(kept, sorted(pieces[i][0] for i in kept), scores):
+        pieces[i] = [char, score]
+    pieces.sort(key=lambda x: (-x[1], x[0]))
+    return models.Unigram([tuple(x) for x in specials + pieces], unk_id=T5_SPECIALS.index("<unk>"), byte_fallback=False)
 
 
 def tiny_t5(tokenizer: Any, *, d_model: int = 64, layers: int = 2, heads: int = 4, d_ff: int | None = None,

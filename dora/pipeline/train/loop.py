@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dora.errors import ConfigError, TrainingError
+from dora.errors import ConfigError, Interrupted, TrainingError
 from dora.pipeline.costs.ledger import Invocation
 from dora.pipeline.progress import console, progress_bar
 from dora.pipeline.train.batches import InMemory, TrainData
@@ -268,6 +268,7 @@ class _Run:
         self.base: dict[str, int] = {}  # the counts at the start of this invocation
         self.start_time = 0.0
         self.running, self.running_n = 0.0, 0  # the loss since the last one logged
+        self.stop = _Stop()  # set by train(): which signal asked it to stop
 
     def _prepare(self, model: Any) -> tuple[Any, Any, Any]:
         """The model (sharded under FSDP), AdamW and the linear warm-up/decay schedule."""
@@ -306,12 +307,26 @@ class _Run:
         self.start_time = time.perf_counter() - self.state["seconds"]
 
     def train(self) -> None:
-        """Run epochs, with a progress bar, until the last step or until early stopping."""
+        """Run epochs, with a progress bar, until the last step or until early stopping.
+
+        In a single process, Ctrl-C and SIGTERM stop training at the end of the step under way:
+        a checkpoint is saved there and :class:`Interrupted` says so (a second signal stops at
+        once). Under several processes a signal stops at once; the last periodic checkpoint is kept."""
         self.model.train()
-        with progress_bar(enabled=self.accelerator.is_main_process) as bar:
-            task = bar.add_task(self.job.description, total=self.steps, completed=self.state["step"], info="")
+        with _deferred_signals(self.world == 1) as stop, \
+                progress_bar(enabled=self.accelerator.is_main_process) as bar:
+            self.stop = stop
+            task = bar.add_task(self.job.description, total=self.steps, completed=self.state["step"], info="", unit="step")
             while self.state["step"] < self.steps and not self.state["stopped_early"]:
                 self._epoch(bar, task)
+
+    def _interrupt(self) -> Interrupted:
+        """Save a checkpoint at this step (between steps, so it is whole) and say where."""
+        self.save_checkpoint()
+        step, again = self.state["step"], "" if self.job.settings.resume else " without --no-resume"
+        return Interrupted(f"{self.job.description} stopped by {self.stop.signal} at step {step} of {self.steps}; "
+                           f"saved a checkpoint at that step in {self.checkpoints.last}: rerun the same command{again} "
+                           "to resume from it")
 
     def _epoch(self, bar: Any, task: Any) -> None:
         """The rest of the current epoch (all of it, unless resuming inside it); ends early at
@@ -331,6 +346,8 @@ class _Run:
             bar.update(task, completed=self.state["step"], info=f"loss {avg:.4f}")
             if self._after_step(avg):
                 return
+            if self.stop.signal:
+                raise self._interrupt()
 
     def _micro_batch(self, order: np.ndarray, b: int, last_micro: bool) -> None:
         """Forward and backward on this process's share of micro-batch ``b``; count what it saw."""
@@ -446,6 +463,39 @@ class _Run:
             best=state["best"], best_step=state["best_step"], history=state["history"],
             stopped_early=state["stopped_early"],
         )
+
+
+class _Stop:
+    """Which signal asked training to stop (empty: none yet)."""
+
+    signal = ""
+
+
+@contextlib.contextmanager
+def _deferred_signals(enabled: bool) -> Any:
+    """SIGINT and SIGTERM set ``stop.signal`` instead of interrupting mid-step; a second one
+    interrupts at once. Only where signals can be caught: the main thread of a single process."""
+    import signal
+    import threading
+
+    stop = _Stop()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(number: int, frame: Any) -> None:
+        if stop.signal:  # asked twice: stop now, as Ctrl-C always did
+            raise KeyboardInterrupt
+        stop.signal = signal.Signals(number).name
+        console.print(f"[yellow]{stop.signal}:[/] stopping after this step to save a checkpoint "
+                      "(send it again to stop at once)")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _diverged(description: str, loss: torch.Tensor, step: int) -> TrainingError:

@@ -1,0 +1,292 @@
+"""``dora predict``: a trained student (or teacher) on new, unlabeled data.
+
+The input is JSON Lines, CSV or Parquet; the output has every input column plus ``prediction``,
+in the format of ``--out``'s extension (Parquet to Parquet keeps the input's column types).
+Predictions are generated in chunks of ``--chunk-rows``; each finished chunk is kept in a hidden
+directory beside ``--out`` (``.<name>.dora-predict/``), so an interrupted run continues where it
+stopped when the same command is rerun. The output appears whole at the end (written to a
+temporary sibling, then renamed) and the chunk directory is removed.
+
+Examples::
+
+    dora predict --task fever --model runs/distill --data claims.jsonl --out claims.predicted.jsonl
+    dora predict --task fever --model runs/distill --data claims.parquet --out preds.parquet --chunk-rows 50000
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from dora.errors import ConfigError, InputError, Interrupted
+from dora.files import check_output, write_atomic
+from dora.pipeline.checks import as_paths, positive_ints
+from dora.pipeline.config import TaskInputs
+from dora.pipeline.data.inputs import FORMATS, iter_examples, iter_records, no_examples_error
+from dora.pipeline.progress import console, progress_bar, warn
+
+MARKER = "predict.json"
+"""The chunk directory's record: which model, data and settings its chunks belong to."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictConfig(TaskInputs):
+    """Predict ``data`` with ``model`` into ``out``."""
+
+    model: str
+    """Model directory (a train-student output, a fine-tuned teacher) or hub id."""
+    data: Path
+    """Inputs to predict: JSON Lines, CSV or Parquet with a source column (targets not needed)."""
+    out: Path
+    """Output file (.jsonl, .csv or .parquet): every input column plus the prediction column."""
+    prediction_field: str = "prediction"
+    """Name of the added column; an input that already has it is refused."""
+    batch_size: int = 32
+    """Generation batch size."""
+    chunk_rows: int = 4096
+    """Rows predicted between resumable saves."""
+    overwrite: bool = False
+    """Replace an existing ``out``, and discard the chunks of an earlier run with other settings."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        as_paths(self, "data", "out")
+        positive_ints(self, "batch_size", "chunk_rows")
+        if not self.prediction_field.strip():
+            raise ConfigError("--prediction-field must be a column name, got an empty string")
+        for option, path in (("--data", self.data), ("--out", self.out)):
+            if path.suffix.lower() not in FORMATS:
+                raise ConfigError(f"{option} {path}: unknown file type {path.suffix or '(no extension)'!r}; "
+                                  "use .jsonl, .csv or .parquet")
+        inputs: list[Path | None] = [self.data, Path(self.model) if Path(self.model).exists() else None]
+        check_output(self.out, option="--out", inputs=inputs, overwrite=self.overwrite)
+
+
+def chunk_dir(out: Path) -> Path:
+    """Where an unfinished ``dora predict --out OUT`` keeps its finished chunks."""
+    return out.with_name(f".{out.name}.dora-predict")
+
+
+def predict_file(config: PredictConfig) -> dict[str, Any]:
+    """Predict every row of ``config.data`` into ``config.out``; returns a summary."""
+    from dora.pipeline.engines.generation import pick_device
+    from dora.pipeline.evaluate import predict
+    from dora.pipeline.models.loading import load_model, load_tokenizer
+    from dora.pipeline.tasks.catalog import get_task
+
+    start = time.perf_counter()
+    task = get_task(config.task, metric=config.metric, prefix=config.prefix)
+    # 1. Every row is read and checked before the model loads: a bad row fails in seconds.
+    rows = _count_rows(config)
+    header = _columns(config.data)
+    if config.prediction_field in header:
+        raise InputError(config.data, f"already has a column {config.prediction_field!r}",
+                         fix="name the new column with --prediction-field, or drop that column")
+
+    # 2. Chunks an interrupted run finished are reused when they belong to this very run (each
+    #    checked now, so a damaged one fails before any work).
+    parts, chunks = _chunks(config, rows), -(-rows // config.chunk_rows)
+    kept = {i: _read_part(parts / _part(i), _chunk_len(config, rows, i)) for i in range(chunks)
+            if (parts / _part(i)).is_file()}
+    todo = [i for i in range(chunks) if i not in kept]
+    if kept:
+        console.print(f"predict: {len(kept)} of {chunks} chunks already done in {parts}; continuing")
+
+    # 3. The rest is predicted a chunk at a time, each chunk saved before it counts.
+    if todo:
+        tokenizer = load_tokenizer(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+        model, kind = load_model(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+        model.to(pick_device())
+        with progress_bar() as bar:
+            job = bar.add_task("predict", total=rows, completed=rows - sum(_chunk_len(config, rows, i) for i in todo),
+                               info="", unit="row")
+            examples = iter_examples(config.data, fields=config.fields, require_target=False)  # read once
+            for i in range(chunks):
+                sources = [ex.source for _, ex in islice(examples, config.chunk_rows)]
+                if i in kept:
+                    continue
+                try:
+                    preds = predict(model, tokenizer, kind, task, sources, batch_size=config.batch_size,
+                                    max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
+                                    on_batch=lambda n: bar.advance(job, n))
+                except KeyboardInterrupt:
+                    raise Interrupted(f"predict stopped: {len(kept)} of {chunks} chunks of {config.chunk_rows} rows "
+                                      f"are kept in {parts}; rerun the same command to predict the rest") from None
+                write_atomic(parts / _part(i), "".join(json.dumps(p, ensure_ascii=False) + "\n"
+                                                       for p in preds).encode())
+                kept[i] = preds
+
+    # 4. The output appears whole, then the chunks go.
+    predictions = [p for i in range(chunks) for p in kept[i]]
+    _write_output(config, predictions)
+    _remove_chunks(parts)
+    seconds = time.perf_counter() - start
+    console.print(f"predict: {rows:,} rows -> {config.out} ({seconds:.1f} s)")
+    return {"rows": rows, "out": str(config.out), "model": config.model, "data": str(config.data),
+            "prediction_field": config.prediction_field, "seconds": round(seconds, 3)}
+
+
+def _count_rows(config: PredictConfig) -> int:
+    rows = sum(1 for _ in iter_examples(config.data, fields=config.fields, require_target=False))
+    if rows == 0:
+        raise no_examples_error(config.data, config.fields)
+    return rows
+
+
+def _chunk_len(config: PredictConfig, rows: int, i: int) -> int:
+    return min(config.chunk_rows, rows - i * config.chunk_rows)
+
+
+def _part(i: int) -> str:
+    return f"part-{i:06d}.jsonl"
+
+
+def _identity(config: PredictConfig, rows: int) -> dict[str, Any]:
+    """What a chunk's predictions depend on: the model's files, the data's bytes and the settings."""
+    model = Path(config.model)
+    files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else []
+    stamp = [[str(p.relative_to(model)), p.stat().st_size, p.stat().st_mtime_ns] for p in files
+             if "checkpoints" not in p.parts]
+    digest = hashlib.sha256()
+    with open(config.data, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"model": str(config.model), "model_files": stamp, "revision": config.revision,
+            "data_sha256": digest.hexdigest(), "rows": rows, "task": config.task, "prefix": config.prefix,
+            "source_field": config.fields.source, "chunk_rows": config.chunk_rows,
+            "max_source_length": config.max_source_length, "max_new_tokens": config.max_new_tokens}
+
+
+def _chunks(config: PredictConfig, rows: int) -> Path:
+    """The chunk directory: an earlier run's when it was this run, else a new one. Another run's
+    chunks are refused (or, with --overwrite, discarded); a directory without dora's record is never touched."""
+    parts, identity = chunk_dir(config.out), _identity(config, rows)
+    marker = parts / MARKER
+    if parts.exists() or parts.is_symlink():
+        ours = parts.is_dir() and not parts.is_symlink() and marker.is_file() and not marker.is_symlink()
+        if not ours:
+            raise ConfigError(f"{parts} exists but was not written by dora predict; move it away, or choose another --out")
+        try:
+            with open(marker, "rb") as f:  # a record of ours is a few kB; a planted giant is not read whole
+                earlier = json.loads(f.read(1 << 20))
+        except (OSError, ValueError, RecursionError):
+            earlier = None
+        if earlier == identity:
+            return parts
+        if not config.overwrite:
+            raise ConfigError(f"{parts} holds the chunks of an earlier dora predict with another model, data or "
+                              "settings; rerun that command to finish it, or pass --overwrite to discard them")
+        _remove_chunks(parts)
+    parts.mkdir(parents=True, exist_ok=True)  # exists: ours, emptied of our files
+    write_atomic(marker, (json.dumps(identity, indent=2) + "\n").encode())
+    return parts
+
+
+def _remove_chunks(parts: Path) -> None:
+    """Delete the chunk directory's own files (its record and ``part-*.jsonl``), then the directory
+    if that emptied it: a file someone else put there is left, and said so."""
+    for path in parts.iterdir():
+        if path.name == MARKER or (path.name.startswith("part-") and path.suffix == ".jsonl"):
+            path.unlink()
+    try:
+        parts.rmdir()
+    except OSError:
+        warn(f"{parts} holds files dora predict did not write; they are left there")
+
+
+def _read_part(path: Path, rows: int) -> list[str]:
+    """A finished chunk's predictions; one damaged since it was written is refused, not misaligned."""
+    try:
+        if path.is_symlink():
+            raise OSError("a link")  # dora writes files there, never links
+        with open(path, "rb") as f:  # a chunk holds ``rows`` short strings; a planted giant is not read whole
+            preds = [json.loads(line) for line in f.read(rows * (1 << 16) + 1).decode("utf-8").splitlines()]
+    except (OSError, ValueError, RecursionError):
+        preds = []
+    if len(preds) != rows or not all(isinstance(p, str) for p in preds):
+        raise InputError(path, f"is not a finished chunk of {rows} predictions",
+                         fix="delete it and rerun the same command: that chunk is predicted again")
+    return preds
+
+
+def _columns(path: Path) -> list[str]:
+    """The input's column names (the union over rows for JSON Lines)."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), [])
+    names: dict[str, None] = {}
+    for _, record in iter_records(path):
+        names.update(dict.fromkeys(record))
+    return list(names)
+
+
+def _write_output(config: PredictConfig, predictions: list[str]) -> None:
+    """Every input row with its prediction, in ``out``'s format, written beside it and renamed into place."""
+    out, field = config.out, config.prediction_field
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        kind = FORMATS[out.suffix.lower()]
+        if kind == "parquet":
+            _write_parquet(config.data, tmp, field, predictions)
+        elif kind == "csv":
+            header = _columns(config.data) + [field]
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+                writer.writeheader()
+                for record, p in _with_predictions(config.data, predictions):
+                    writer.writerow({k: _cell(v) for k, v in record.items()} | {field: p})
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for record, p in _with_predictions(config.data, predictions):
+                    f.write(json.dumps(record | {field: p}, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _with_predictions(data: Path, predictions: list[str]) -> Iterator[tuple[dict[str, Any], str]]:
+    for (_, record), p in zip(iter_records(data), predictions, strict=True):
+        yield record, p
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: nested values (from JSON Lines or Parquet) as JSON, the rest as they are."""
+    return json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, (dict, list)) else value
+
+
+def _write_parquet(data: Path, tmp: Path, field: str, predictions: list[str]) -> None:
+    """Parquet out: from Parquet in, batch by batch with the input's column types; else from the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if data.suffix.lower() == ".parquet":
+        source = pq.ParquetFile(data)
+        schema = source.schema_arrow.append(pa.field(field, pa.string()))
+        done = 0
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in source.iter_batches(batch_size=65536):
+                column = pa.array(predictions[done : done + batch.num_rows], pa.string())
+                writer.write_batch(pa.RecordBatch.from_arrays([*batch.columns, column], schema=schema))
+                done += batch.num_rows
+        return
+    records = [record | {field: p} for record, p in _with_predictions(data, predictions)]
+    try:
+        table = pa.Table.from_pylist(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InputError(data, f"its rows cannot form one Parquet table ({str(e).splitlines()[0][:160]})",
+                         fix="give --out a .jsonl or .csv name instead") from None
+    pq.write_table(table, tmp)
