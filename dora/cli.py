@@ -11,6 +11,7 @@ heavy libraries are imported inside the commands so ``dora --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -36,6 +37,7 @@ class _Command(TyperCommand):
     refuses the repeat instead. Options that are lists (``--engine-arg``) repeat as documented."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        _plain_types(self.get_params(ctx))  # usage errors show the same names as help
         _refuse_repeats(ctx, self.get_params(ctx), args)
         return super().parse_args(ctx, args)
 
@@ -65,6 +67,27 @@ def _plain_types(params: list[Any]) -> None:
             p.get_usage_pieces = lambda ctx, shown=shown, p=p: [shown if p.required else f"[{shown}]"]
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM raises KeyboardInterrupt while a command runs (training defers both to the step's
+    end on its own); the handler before is restored after. Only the main thread can set it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _refuse_repeats(ctx: Any, params: list[Any], args: list[str]) -> None:
     options = [p for p in params if p.param_type_name == "option"]
     names = {name: p for p in options for name in (*p.opts, *p.secondary_opts)}
@@ -77,7 +100,7 @@ def _refuse_repeats(ctx: Any, params: list[Any], args: list[str]) -> None:
         name = token.split("=", 1)[0]
         option = names.get(name)
         if option is not None:
-            if not option.multiple and not option.count:
+            if not option.multiple and not option.count and not option.is_eager:  # --help --help is fine
                 if option.name in seen:
                     raise typer.BadParameter(f"given twice ({seen[option.name]}, then {token}); give each option "
                                              "once (only list options such as --engine-arg repeat)", ctx=ctx,
@@ -147,13 +170,15 @@ def _run(call: Callable[[], T], options: dict[str, Any] | None = None) -> T:
     directory where a file belongs, an unreachable host, the hub offline), and a JSON/YAML parser
     giving up on a file (RecursionError, Python's integer-digit limit) that a reader outside the
     CLI did not turn into a dora error. Anything else is a bug in dora, shown with its traceback.
+    SIGTERM (a scheduler's pre-emption) is taken as Ctrl-C, so each stage says what it kept.
     """
     from dora.errors import DoraError, Interrupted
 
     try:
         if options:
             _finite_floats(options)
-        return call()
+        with _sigterm_as_interrupt():
+            return call()
     except DoraError as e:  # an Interrupted says what its stage kept
         typer.echo(f"{'interrupted' if isinstance(e, Interrupted) else 'error'}: {_one_line(str(e))}", err=True)
         raise typer.Exit(e.exit_code) from None
@@ -313,7 +338,7 @@ def teacher_label_cmd(
     pool: Annotated[Path, typer.Option(help="Unlabeled inputs to label (JSON Lines, CSV or Parquet).", rich_help_panel=DATA)],
     out: Annotated[Path, typer.Option(help="Cache directory to create (or continue).", rich_help_panel=OUT)],
     train: Annotated[Path | None, typer.Option(help="Labeled examples to fine-tune the teacher on.", rich_help_panel=DATA)] = None,
-    dev: Annotated[Path | None, typer.Option(help="Labeled examples the teacher is scored on before it labels (printed, and recorded in the cache's manifest).", rich_help_panel=DATA)] = None,
+    dev: Annotated[Path | None, typer.Option(help="Labeled examples the teacher is scored on before it labels, by the labeling engine (printed, and recorded in the cache's manifest; not with --ray).", rich_help_panel=DATA)] = None,
     finetune: Annotated[bool, typer.Option(help="Fine-tune the teacher first (--no-finetune: it already is).", rich_help_panel=TRAIN)] = True,
     teacher_out: Annotated[Path | None, typer.Option(help="Where the fine-tuned teacher goes (default: <out>.teacher).", rich_help_panel=OUT)] = None,
     top_k: TopKOpt = 20,

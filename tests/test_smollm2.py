@@ -112,6 +112,10 @@ def test_the_pretrained_demo_runs_quick(smollm2_dir, tmp_path):
     assert [r["strategy"].split()[0] for r in rows] == ["teacher", "distill", "annotate"] * 2
     assert all(r["usd"] >= r["gold_labels"] * 0.129 for r in rows)
     assert (out / "report" / "report.png").is_file()
+    text = " ".join(result.output.split())  # a verdict per budget that says what each strategy bought
+    annotate_8 = next(r["gold_labels"] for r in rows if r["budget"] == 8 and r["strategy"].startswith("annotate"))
+    assert text.count("verdict: At ") == 2 and (f"verdict: At 8 gold labels plus distilling's compute (annotate "
+                                                f"spends that compute's price on labels: {annotate_8} in all)") in text
     made = json.loads((out / "models" / "student-2-layers" / "make_student.json").read_text())
     assert made["teacher_weights_sha256"] == gguf_models.sha256_of(smollm2_gguf())
     distill = json.loads((out / "runs" / "distill-8" / "run.json").read_text())

@@ -38,6 +38,7 @@ def vllm_cache(tmp_path_factory, llama_dir, data_dir) -> Path:
     """A LoRA-fine-tuned tiny Llama (merged) labels the pool through vLLM."""
     out = tmp_path_factory.mktemp("vllm") / "cache"
     dora("teacher-label", "--task", "fever", "--teacher", llama_dir, "--train", data_dir / "train.jsonl",
+         "--dev", data_dir / "dev.jsonl",
          "--pool", data_dir / "pool.jsonl", "--out", out, "--engine", "vllm", "--lora", "--lora-r", "8",
          "--max-steps", "30", "--learning-rate", "5e-3", "--shard-size", "16", *FAST)
     return out
@@ -73,6 +74,8 @@ def test_vllm_cache_passes_the_cache_checks(vllm_cache):
     assert m.generation.label_set == ["SUPPORTS", "REFUTES"]
     assert m.generation.kd_temperatures == [1.0]  # vLLM gives top-k log-probabilities: the tail is known at T = 1
     assert cache.verify_checksums() == []
+    dev = m.stats["teacher_dev"]  # scored by vLLM itself, before it labeled
+    assert dev["engine"] == "vllm" and dev["rows"] == 16 and 0 <= dev["scores"]["strict"]["accuracy"] <= 1
     tok = AutoTokenizer.from_pretrained(vllm_cache / "tokenizer")
     for row in _rows(vllm_cache):
         lp = np.array(row["topk_logprobs"], np.float32)

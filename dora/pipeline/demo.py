@@ -212,10 +212,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     return {"rows": rows, "verdicts": sentences}
 
 
-def verdict(gold_labels: int, rows: list[dict[str, Any]]) -> str:
-    """One sentence: which strategy scored higher at ``gold_labels`` and at what total cost, and
-    whether the gap between their mean scores is larger than the spread (highest minus lowest) of
-    either strategy's seeds. ``rows``: ``strategy``, ``accuracy``, ``total_usd`` per run."""
+def verdict(budget: int | str, rows: list[dict[str, Any]]) -> str:
+    """One sentence: which strategy scored higher at ``budget`` (a number of gold labels both
+    strategies bought, or a phrase that says what each bought) and at what total cost, and whether
+    the gap between their mean scores is larger than the spread (highest minus lowest) of either
+    strategy's seeds. ``rows``: ``strategy``, ``accuracy``, ``total_usd`` per run."""
+    at = f"At {budget} gold labels" if isinstance(budget, int) else f"At {budget}"
     by = {s: [r for r in rows if r["strategy"] == s] for s in ("annotate", "distill")}
     mean = {s: sum(r["accuracy"] for r in runs) / len(runs) for s, runs in by.items()}
     usd = {s: sum(r["total_usd"] for r in runs) / len(runs) for s, runs in by.items()}
@@ -228,9 +230,10 @@ def verdict(gold_labels: int, rows: list[dict[str, Any]]) -> str:
     digits = next((d for d in range(2, 7) if round(usd[winner], d) != round(usd[loser], d)), 2)
     cost = f"at {usd[winner]:,.{digits}f} USD in all against {usd[loser]:,.{digits}f}"
     if gap == 0:
-        head = f"At {gold_labels} gold labels both strategies scored {mean[winner]:.3f}, annotate {cost.replace('against', 'and distill')}"
+        head = (f"{at} both strategies scored {mean[winner]:.3f}, annotate at {usd['annotate']:,.{digits}f} USD in all "
+                f"and distill at {usd['distill']:,.{digits}f}")
     else:
-        head = f"At {gold_labels} gold labels {winner} scored higher: {scored}, {cost}"
+        head = f"{at} {winner} scored higher: {scored}, {cost}"
     if seeds < 2:
         return f"{head}; with one seed per strategy the spread between seeds is not measured, so the gap may be noise."
     widest = max(spread.values())

@@ -16,7 +16,6 @@ Examples::
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import time
@@ -26,11 +25,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from dora.cache.manifest import file_sha256
 from dora.errors import ConfigError, InputError, Interrupted
 from dora.files import check_output, write_atomic
 from dora.pipeline.checks import as_paths, positive_ints
 from dora.pipeline.config import TaskInputs
-from dora.pipeline.data.inputs import FORMATS, iter_examples, iter_records, no_examples_error
+from dora.pipeline.data.inputs import FORMATS, iter_records, iter_sources, no_examples_error
 from dora.pipeline.progress import console, progress_bar, warn
 
 MARKER = "predict.json"
@@ -93,9 +93,8 @@ def predict_file(config: PredictConfig) -> dict[str, Any]:
 
     # 2. Chunks an interrupted run finished are reused when they belong to this very run (each
     #    checked now, so a damaged one fails before any work).
-    parts, chunks = _chunks(config, rows), -(-rows // config.chunk_rows)
-    kept = {i: _read_part(parts / _part(i), _chunk_len(config, rows, i)) for i in range(chunks)
-            if (parts / _part(i)).is_file()}
+    parts, identity, chunks = chunk_dir(config.out), _identity(config, rows), -(-rows // config.chunk_rows)
+    kept = _kept_chunks(config, parts, identity, rows, chunks)
     todo = [i for i in range(chunks) if i not in kept]
     if kept:
         console.print(f"predict: {len(kept)} of {chunks} chunks already done in {parts}; continuing")
@@ -108,9 +107,9 @@ def predict_file(config: PredictConfig) -> dict[str, Any]:
         with progress_bar() as bar:
             job = bar.add_task("predict", total=rows, completed=rows - sum(_chunk_len(config, rows, i) for i in todo),
                                info="", unit="row")
-            examples = iter_examples(config.data, fields=config.fields, require_target=False)  # read once
+            texts = iter_sources(config.data, field=config.fields.source)  # read once
             for i in range(chunks):
-                sources = [ex.source for _, ex in islice(examples, config.chunk_rows)]
+                sources = list(islice(texts, config.chunk_rows))
                 if i in kept:
                     continue
                 try:
@@ -120,6 +119,9 @@ def predict_file(config: PredictConfig) -> dict[str, Any]:
                 except KeyboardInterrupt:
                     raise Interrupted(f"predict stopped: {len(kept)} of {chunks} chunks of {config.chunk_rows} rows "
                                       f"are kept in {parts}; rerun the same command to predict the rest") from None
+                if not (parts / MARKER).is_file():  # the first chunk of this run: the directory appears now
+                    parts.mkdir(parents=True, exist_ok=True)
+                    write_atomic(parts / MARKER, (json.dumps(identity, indent=2) + "\n").encode())
                 write_atomic(parts / _part(i), "".join(json.dumps(p, ensure_ascii=False) + "\n"
                                                        for p in preds).encode())
                 kept[i] = preds
@@ -127,7 +129,8 @@ def predict_file(config: PredictConfig) -> dict[str, Any]:
     # 4. The output appears whole, then the chunks go.
     predictions = [p for i in range(chunks) for p in kept[i]]
     _write_output(config, predictions)
-    _remove_chunks(parts)
+    if parts.is_dir():
+        _remove_chunks(parts)
     seconds = time.perf_counter() - start
     console.print(f"predict: {rows:,} rows -> {config.out} ({seconds:.1f} s)")
     return {"rows": rows, "out": str(config.out), "model": config.model, "data": str(config.data),
@@ -135,7 +138,7 @@ def predict_file(config: PredictConfig) -> dict[str, Any]:
 
 
 def _count_rows(config: PredictConfig) -> int:
-    rows = sum(1 for _ in iter_examples(config.data, fields=config.fields, require_target=False))
+    rows = sum(1 for _ in iter_sources(config.data, field=config.fields.source))
     if rows == 0:
         raise no_examples_error(config.data, config.fields)
     return rows
@@ -151,43 +154,54 @@ def _part(i: int) -> str:
 
 def _identity(config: PredictConfig, rows: int) -> dict[str, Any]:
     """What a chunk's predictions depend on: the model's files, the data's bytes and the settings."""
-    model = Path(config.model)
-    files = sorted(p for p in model.rglob("*") if p.is_file()) if model.is_dir() else []
-    stamp = [[str(p.relative_to(model)), p.stat().st_size, p.stat().st_mtime_ns] for p in files
-             if "checkpoints" not in p.parts]
-    digest = hashlib.sha256()
-    with open(config.data, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"model": str(config.model), "model_files": stamp, "revision": config.revision,
-            "data_sha256": digest.hexdigest(), "rows": rows, "task": config.task, "prefix": config.prefix,
+    return {"model": str(config.model), "model_files": _model_stamp(config.model), "revision": config.revision,
+            "data_sha256": file_sha256(config.data), "rows": rows, "task": config.task, "prefix": config.prefix,
             "source_field": config.fields.source, "chunk_rows": config.chunk_rows,
             "max_source_length": config.max_source_length, "max_new_tokens": config.max_new_tokens}
 
 
-def _chunks(config: PredictConfig, rows: int) -> Path:
-    """The chunk directory: an earlier run's when it was this run, else a new one. Another run's
-    chunks are refused (or, with --overwrite, discarded); a directory without dora's record is never touched."""
-    parts, identity = chunk_dir(config.out), _identity(config, rows)
+_MODEL_JSON = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "added_tokens.json", "vocab.json"}
+
+
+def _model_stamp(model: str) -> list[list[Any]]:
+    """Name, size and modification time of the files a model loads from (weights, config, tokenizer):
+    a retrained or replaced model does not continue another's chunks, and a scores file written
+    beside it later does not discard them. A hub id has none (its --revision identifies it)."""
+    path = Path(model)
+    if path.is_file():  # a GGUF
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and (
+            p.name in _MODEL_JSON or p.name.endswith((".safetensors", ".safetensors.index.json", ".model", ".txt"))))
+    else:
+        return []
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _kept_chunks(config: PredictConfig, parts: Path, identity: dict[str, Any], rows: int,
+                 chunks: int) -> dict[int, list[str]]:
+    """The predictions of the chunks an earlier, interrupted run of this very command finished, by
+    chunk number. Another run's chunks are refused (or, with --overwrite, discarded); a record
+    without chunks costs nothing to replace; a directory without dora's record is never touched."""
+    if not (parts.exists() or parts.is_symlink()):
+        return {}
     marker = parts / MARKER
-    if parts.exists() or parts.is_symlink():
-        ours = parts.is_dir() and not parts.is_symlink() and marker.is_file() and not marker.is_symlink()
-        if not ours:
-            raise ConfigError(f"{parts} exists but was not written by dora predict; move it away, or choose another --out")
-        try:
-            with open(marker, "rb") as f:  # a record of ours is a few kB; a planted giant is not read whole
-                earlier = json.loads(f.read(1 << 20))
-        except (OSError, ValueError, RecursionError):
-            earlier = None
-        if earlier == identity:
-            return parts
-        if not config.overwrite:
+    if not (parts.is_dir() and not parts.is_symlink() and marker.is_file() and not marker.is_symlink()):
+        raise ConfigError(f"{parts} exists but was not written by dora predict; move it away, or choose another --out")
+    try:
+        with open(marker, "rb") as f:  # a record of ours is a few kB; a planted giant is not read whole
+            earlier = json.loads(f.read(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        earlier = None
+    if earlier != identity:
+        if any(parts.glob("part-*.jsonl")) and not config.overwrite:
             raise ConfigError(f"{parts} holds the chunks of an earlier dora predict with another model, data or "
                               "settings; rerun that command to finish it, or pass --overwrite to discard them")
         _remove_chunks(parts)
-    parts.mkdir(parents=True, exist_ok=True)  # exists: ours, emptied of our files
-    write_atomic(marker, (json.dumps(identity, indent=2) + "\n").encode())
-    return parts
+        return {}
+    return {i: _read_part(parts / _part(i), _chunk_len(config, rows, i)) for i in range(chunks)
+            if (parts / _part(i)).exists() or (parts / _part(i)).is_symlink()}
 
 
 def _remove_chunks(parts: Path) -> None:
@@ -208,7 +222,8 @@ def _read_part(path: Path, rows: int) -> list[str]:
         if path.is_symlink():
             raise OSError("a link")  # dora writes files there, never links
         with open(path, "rb") as f:  # a chunk holds ``rows`` short strings; a planted giant is not read whole
-            preds = [json.loads(line) for line in f.read(rows * (1 << 16) + 1).decode("utf-8").splitlines()]
+            text = f.read(rows * (1 << 16) + 1).decode("utf-8")
+        preds = [json.loads(line) for line in text.split("\n") if line]  # not splitlines: U+2028 is text
     except (OSError, ValueError, RecursionError):
         preds = []
     if len(preds) != rows or not all(isinstance(p, str) for p in preds):
@@ -224,7 +239,7 @@ def _columns(path: Path) -> list[str]:
 
         return list(pq.ParquetFile(path).schema_arrow.names)
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # as the reader: Excel's byte-order mark
             return next(csv.reader(f), [])
     names: dict[str, None] = {}
     for _, record in iter_records(path):

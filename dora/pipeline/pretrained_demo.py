@@ -135,14 +135,16 @@ def run_pretrained_demo(root: Path, gguf: Path, *, quick: bool, budgets: int | N
         rows += _rows(n, extra, teacher_scores, labeled, distill, annotate, prices, label_usd, sizes.student_layers)
         runs += [annotate.out, distill.out]
 
-    _print_table(rows, sizes, _majority(paths["test"]))
+    label, majority = majority_class(paths["gold"], paths["test"])
+    _print_table(rows, sizes, label, majority)
     for n in counts:  # the teacher row, then distill, then annotate, per budget
         distill_row, annotate_row = [r for r in rows if r["budget"] == n][1:]
-        sentence = verdict(n, [{"strategy": "distill", "accuracy": distill_row["accuracy"], "total_usd": distill_row["usd"]},
-                               {"strategy": "annotate", "accuracy": annotate_row["accuracy"],
-                                "total_usd": annotate_row["usd"]}])
+        budget = (f"{n} gold labels plus distilling's compute (annotate spends that compute's price on labels: "
+                  f"{annotate_row['gold_labels']} in all)")
+        sentence = verdict(budget, [
+            {"strategy": "distill", "accuracy": distill_row["accuracy"], "total_usd": distill_row["usd"]},
+            {"strategy": "annotate", "accuracy": annotate_row["accuracy"], "total_usd": annotate_row["usd"]}])
         console.print(f"[bold]verdict:[/] {sentence}", soft_wrap=True)
-    label, majority = majority_class(paths["gold"], paths["test"])
     drawn = report(runs, lambda task: prices, root / "report", overwrite=True,
                    baseline=(f"majority class ({label})", majority))
     console.print(f"total {time.perf_counter() - start:.0f} s; compute priced at ${gpu_hour_usd}/device-hour "
@@ -211,14 +213,9 @@ def _rows(n: int, extra: int, teacher: dict[str, Any], labeled: Any, distill: An
     ]
 
 
-def _majority(path: Path) -> float:
-    targets = [json.loads(line)["target"] for line in path.read_text(encoding="utf-8").splitlines()]
-    return max(targets.count(t) for t in set(targets)) / len(targets)
-
-
-def _print_table(rows: list[dict[str, Any]], sizes: Sizes, majority: float) -> None:
+def _print_table(rows: list[dict[str, Any]], sizes: Sizes, label: str, majority: float) -> None:
     table = Table(title=f"FEVER, {sizes.test} held-out test claims (accuracy; students picked on {sizes.dev} dev "
-                        f"claims; the majority class scores {majority:.3f})")
+                        f"claims; the majority class, {label}, scores {majority:.3f})")
     for col in ("strategy", "gold labels", "accuracy", "USD", "seconds"):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for r in rows:

@@ -6,13 +6,14 @@ prints one plain line each time it crosses a tenth of its total (after its first
 a short evaluation prints only its end) and at least every 30 seconds (``DORA_PROGRESS_SECONDS``
 sets the interval)::
 
-    train student: step 40/76 (52%), 3.1 step/s, ETA 12s, loss 0.4321
+    train student: step 40/76 (53%), 3.1 step/s, ETA 12s, loss 0.4321
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from typing import Any
 
@@ -42,7 +43,7 @@ def progress_bar(*, enabled: bool = True) -> Any:
     On a terminal: description, bar, done/total, elapsed, remaining. Elsewhere: plain lines
     (:class:`LineProgress`). ``enabled=False`` on all but the first process of a multi-process run.
     """
-    if not console.is_terminal:
+    if not on_terminal():
         return LineProgress(enabled=enabled)
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -57,10 +58,23 @@ def progress_bar(*, enabled: bool = True) -> Any:
     )
 
 
+def on_terminal() -> bool:
+    """Whether stderr is a live terminal: a real TTY (``FORCE_COLOR``, common in CI, makes rich call
+    a log a terminal; a bar there is escape codes) that rich treats as interactive (``TTY_INTERACTIVE=0``
+    turns that off)."""
+    try:
+        tty = console.file.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        tty = False
+    return tty and console.is_interactive
+
+
 class LineProgress:
     """Progress as plain log lines: at each tenth of the total (once the display has run
     ``QUIET_START_SECONDS``), every ``seconds`` (default ``$DORA_PROGRESS_SECONDS`` or 30), and
-    once at the end if the last line was not there.
+    once at the end if the last line was not there. The interval holds while nothing advances too
+    (a step, a shard or an engine start longer than it): a timer thread prints the line then, so
+    a slow run is told from a hung one by its count.
 
     The rate and ETA count only this process's work (a resumed run starts its clock at the step
     it resumed from). Same calls as rich's ``Progress``, so a stage does not care which it has."""
@@ -69,30 +83,53 @@ class LineProgress:
         self.enabled = enabled
         self.seconds = _interval() if seconds is None else seconds
         self.tasks: list[dict[str, Any]] = []
+        self._lock = threading.Lock()  # the timer thread prints too
+        self._closed = threading.Event()
+        self._timer: threading.Thread | None = None
 
     def __enter__(self) -> LineProgress:
+        if self.enabled and self.seconds > 0:
+            self._timer = threading.Thread(target=self._tick, name="dora-progress", daemon=True)
+            self._timer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        if self._timer is not None:
+            self._timer.join()
         if exc[0] is None:  # a clean end: the final count, unless already printed
             for task in self.tasks:
                 if task["printed"] != task["completed"]:
                     self._print(task)
 
+    def _tick(self) -> None:
+        """Every few seconds: print each unfinished task whose last line is an interval old."""
+        while not self._closed.wait(min(max(self.seconds / 6, 0.05), 5.0)):
+            with self._lock:
+                now = time.monotonic()
+                for t in self.tasks:
+                    unfinished = t["total"] is None or t["completed"] < t["total"]
+                    if unfinished and now - t["last"] >= self.seconds:
+                        self._print(t)
+
     def add_task(self, description: str, *, total: float | None = None, completed: float = 0, info: str = "",
                  unit: str = "", **_: Any) -> int:
         now = time.monotonic()
-        self.tasks.append({"description": description, "total": total, "completed": completed, "info": info,
-                           "unit": unit, "start": now, "start_completed": completed, "last": now,
-                           "printed": completed, "tenth": self._tenth(total, completed)})
-        return len(self.tasks) - 1
+        with self._lock:
+            self.tasks.append({"description": description, "total": total, "completed": completed, "info": info,
+                               "unit": unit, "start": now, "start_completed": completed, "last": now,
+                               "printed": completed, "tenth": self._tenth(total, completed)})
+            return len(self.tasks) - 1
 
     def advance(self, task: int, advance: float = 1) -> None:
         self.update(task, advance=advance)
 
     def update(self, task: int, *, completed: float | None = None, advance: float | None = None,
                info: str | None = None, **_: Any) -> None:
-        t = self.tasks[task]
+        with self._lock:
+            self._update(self.tasks[task], completed, advance, info)
+
+    def _update(self, t: dict[str, Any], completed: float | None, advance: float | None, info: str | None) -> None:
         if completed is not None:
             t["completed"] = completed
         if advance:
@@ -119,7 +156,7 @@ class LineProgress:
 
 def line(description: str, completed: float, total: float | None, unit: str, done_here: float, seconds: float,
          info: str = "") -> str:
-    """``train student: step 40/76 (52%), 3.1 step/s, ETA 12s, loss 0.4321``: done/total, the
+    """``train student: step 40/76 (53%), 3.1 step/s, ETA 12s, loss 0.4321``: done/total, the
     rate since this process started, the time left at that rate, and the stage's own note."""
     name = f"{unit} " if unit else ""
     parts = [f"{description}: {name}{completed:,.0f}" + (f"/{total:,.0f} ({completed / total:.0%})" if total else "")]

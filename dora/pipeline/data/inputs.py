@@ -184,18 +184,31 @@ def _text_field(path: Path, line: int, record: dict, name: str, *, required: boo
     return str(value)
 
 
+def _source(path: Path, line: int, record: Any, field: str) -> str:
+    """A row's input text: the row must be an object, and the text a non-empty string."""
+    if not isinstance(record, dict):
+        raise InputError(path, f"expected a JSON object, got {type(record).__name__}", line=line,
+                         fix='write objects like {"source": "...", "target": "..."}')
+    source = _text_field(path, line, record, field, required=True) or ""
+    if not source.strip():
+        raise InputError(path, f"empty {field!r}", line=line, fix="remove the row or give it an input text")
+    return source
+
+
+def iter_sources(path: str | Path, *, field: str = "source") -> Iterator[str]:
+    """Yield each row's validated input text, and nothing else of the row (``dora predict``: new
+    data's other columns are the user's, passed through unread)."""
+    path = Path(path)
+    for line, record in iter_records(path):
+        yield _source(path, line, record, field)
+
+
 def iter_examples(path: str | Path, *, fields: Fields = Fields(), require_target: bool) -> Iterator[tuple[int, Example]]:
     """Yield (line number, validated example) one at a time; ids are not checked for duplicates."""
     path = Path(path)
     row = 0
     for line, record in iter_records(path):
-        if not isinstance(record, dict):
-            raise InputError(path, f"expected a JSON object, got {type(record).__name__}", line=line,
-                             fix='write objects like {"source": "...", "target": "..."}')
-        source = _text_field(path, line, record, fields.source, required=True) or ""
-        if not source.strip():
-            raise InputError(path, f"empty {fields.source!r}", line=line,
-                             fix="remove the row or give it an input text")
+        source = _source(path, line, record, fields.source)
         target = _text_field(path, line, record, fields.target, required=require_target)
         if require_target and target is not None and not target.strip():
             raise InputError(path, f"empty {fields.target!r}", line=line,

@@ -15,6 +15,9 @@ ModelKind = Literal["seq2seq", "causal"]
 def _hub_hint(name: str) -> str:
     if Path(name).exists():
         return "check that the directory holds config.json and the weights"
+    if _HUB_PROBED == [False]:
+        return ("the hub did not answer within 3 s, so dora looked in the local Hugging Face cache only: pass a local "
+                "directory (dora never needs the hub), or check the network (or set HTTPS_PROXY)")
     return "pass a local directory (dora never needs the hub), or check the model id and your network"
 
 
@@ -42,28 +45,43 @@ def local(name: str) -> str:
 
 
 _HUB_PROBED: list[bool] = []  # once per process: whether the hub answered
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def offline_unless_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub (``HF_ENDPOINT``) can be reached; if not, switch this process
     to offline mode (``HF_HUB_OFFLINE=1``): hub ids then come from the local cache or fail at once,
     instead of after the hub client's retries (about a minute with no network). One TCP connect,
-    once per process; skipped when offline mode is already on."""
+    name lookup included, bounded by ``timeout``, once per process; skipped when offline mode is
+    already on, and when a proxy is set (the hub is reached through it, not directly)."""
     import os
     import socket
+    import threading
     from urllib.parse import urlsplit
 
     import huggingface_hub.constants as hub
 
     if hub.HF_HUB_OFFLINE:
         return False
+    if any(os.environ.get(name) for name in _PROXIES):
+        return True
     if not _HUB_PROBED:
         url = urlsplit(hub.ENDPOINT)
-        try:
-            socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
-            _HUB_PROBED.append(True)
-        except OSError:
-            _HUB_PROBED.append(False)
+        address = (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443))
+        answered: list[bool] = []
+
+        def connect() -> None:
+            try:
+                socket.create_connection(address, timeout=timeout).close()
+                answered.append(True)
+            except OSError:
+                pass
+
+        probe = threading.Thread(target=connect, daemon=True)  # a name lookup has no timeout of its own
+        probe.start()
+        probe.join(timeout)
+        _HUB_PROBED.append(bool(answered))
+        if not answered:
             os.environ["HF_HUB_OFFLINE"] = "1"  # for anything that reads it later (and child processes)
             hub.HF_HUB_OFFLINE = True  # for the hub client, which read it at import
     return _HUB_PROBED[0]

@@ -344,10 +344,11 @@ class _Run:
             self._optimizer_step()
             avg = self.running / max(self.running_n, 1)
             bar.update(task, completed=self.state["step"], info=f"loss {avg:.4f}")
-            if self._after_step(avg):
-                return
-            if self.stop.signal:
+            finished = self._after_step(avg)
+            if self.stop.signal:  # asked during this step, the last one too: the checkpoint promised
                 raise self._interrupt()
+            if finished:
+                return
 
     def _micro_batch(self, order: np.ndarray, b: int, last_micro: bool) -> None:
         """Forward and backward on this process's share of micro-batch ``b``; count what it saw."""
