@@ -146,6 +146,7 @@ ReportToOpt = Annotated[str, typer.Option(help="Training curves besides <out>/cu
 SrcLenOpt = Annotated[int, typer.Option(help="Input tokens kept (prefix included).", rich_help_panel=MODEL)]
 TgtLenOpt = Annotated[int, typer.Option(help="Target tokens trained on (EOS included).", rich_help_panel=MODEL)]
 NewTokOpt = Annotated[int, typer.Option(help="Most tokens generated per output.", rich_help_panel=MODEL)]
+GenBatchOpt = Annotated[int, typer.Option(help="Generation batch size.", rich_help_panel=MODEL)]
 RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision of the model.", rich_help_panel=MODEL)]
 RemoteCodeOpt = Annotated[bool, typer.Option(help="Allow model code from the model's repository to run (off: only trust what you audited).", rich_help_panel=MODEL)]
 PRICES = "Prices"
@@ -694,7 +695,7 @@ def evaluate_cmd(
     predictions: Annotated[Path | None, typer.Option(help='JSON Lines of {"prediction", "target"} to score without a model.', rich_help_panel=DATA)] = None,
     out: Annotated[Path | None, typer.Option(help="Write the scores as JSON here (and, with --model, predictions beside it as <stem>.predictions.jsonl). Never an input; an existing file only when an earlier dora evaluate wrote it, or with --overwrite.", rich_help_panel=OUT)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out (and its predictions file) even when dora cannot tell it wrote it; inputs are never replaced.", rich_help_panel=OUT)] = False,
-    batch_size: Annotated[int, typer.Option(help="Generation batch size.", rich_help_panel=MODEL)] = 32,
+    batch_size: GenBatchOpt = 32,
     max_source_length: SrcLenOpt = 256,
     max_new_tokens: NewTokOpt = 64,
     metric: MetricOpt = None,
@@ -729,7 +730,7 @@ def predict_cmd(
     prediction_field: Annotated[str, typer.Option(help="Name of the added column.", rich_help_panel=OUT)] = "prediction",
     chunk_rows: Annotated[int, typer.Option(help="Rows predicted between resumable saves (an interrupted run continues from the last finished chunk).", rich_help_panel=OUT)] = 4096,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out, and discard an earlier unfinished run's chunks made with other settings.", rich_help_panel=OUT)] = False,
-    batch_size: Annotated[int, typer.Option(help="Generation batch size.", rich_help_panel=MODEL)] = 32,
+    batch_size: GenBatchOpt = 32,
     max_source_length: SrcLenOpt = 256,
     max_new_tokens: NewTokOpt = 64,
     metric: MetricOpt = None,
