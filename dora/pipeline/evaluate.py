@@ -31,11 +31,23 @@ def predict(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: li
             max_source_length: int, max_new_tokens: int, on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Greedy predictions for raw sources (the task prefix is added), stripped of whitespace.
 
+    A classifier (``kind`` "classifier") predicts the label its head scores highest, by name
+    (``id2label``), instead of generating.
+
     Progress goes to ``on_batch(rows)`` when given (a caller with its own display), else to a bar here."""
     from dora.pipeline.data.encoding import encode_prompts
     from dora.pipeline.engines.generation import hf_generate
 
     prompts = encode_prompts(tokenizer, [task.source_prefix + s for s in sources], max_source_length)
+    if kind == "classifier":
+        def run(advance: Callable[[int], None]) -> list[str]:
+            return classify(model, tokenizer, prompts, batch_size=batch_size, on_batch=advance)
+
+        if on_batch is not None:
+            return run(on_batch)
+        with progress_bar() as bar:
+            job = bar.add_task("predict", total=len(sources), info="", unit="row")
+            return run(lambda n: bar.advance(job, n))
 
     def generate(advance: Callable[[int], None]) -> list[Any]:
         return hf_generate(model, tokenizer, kind, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -48,6 +60,35 @@ def predict(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: li
             job = bar.add_task("predict", total=len(sources), info="", unit="row")
             generated = generate(lambda n: bar.advance(job, n))
     return [tokenizer.decode(g.ids.tolist(), skip_special_tokens=True).strip() for g in generated]
+
+
+def classify(model: Any, tokenizer: Any, prompts: list[list[int]], *, batch_size: int,
+             on_batch: Callable[[int], None]) -> list[str]:
+    """A classifier's label (``id2label`` of its highest logit) for each encoded input, in order;
+    batches of similar length together, so little padding is computed."""
+    import torch
+
+    from dora.pipeline.data.encoding import pad
+
+    labels = model.config.id2label
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for lo in range(0, len(order), batch_size):
+                rows = order[lo : lo + batch_size]
+                ids = pad([prompts[i] for i in rows], tokenizer.pad_token_id or 0).to(device)
+                mask = pad([[1] * len(prompts[i]) for i in rows], 0).to(device)
+                picked = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).tolist()
+                for i, p in zip(rows, picked):
+                    out[i] = str(labels[p])
+                on_batch(len(rows))
+    finally:
+        model.train(was_training)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,6 +5,12 @@ The result is a plain Hugging Face directory (LoRA weights merged in) plus
 same base model, data and settings finds that record and skips training; an interrupted run
 resumes from ``checkpoints/last``.
 
+With ``evaluate`` (the teacher's score on dev data) fine-tuning evaluates every
+``settings.eval_every`` steps, stops early after ``settings.patience`` evaluations without a better
+score, and the teacher saved is the best one on dev, not the last: its model files (full
+fine-tuning) or its adapter weights (LoRA, ``best/adapter.safetensors``) are kept in ``best/`` until
+the teacher is complete, so a resumed run still has them.
+
 dora writes only into a new or empty directory, or one it made for the same run: the record is
 written first (``"complete": false``, with the run's key) and again last (``"complete": true``).
 Any other directory (the user's own model, another run's teacher) is refused before any work.
@@ -83,14 +89,27 @@ def finetune_teacher(
     out_dir: Path,
     fsdp: bool = False,
     report_to: str = "none",
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
+    primary: str | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> tuple[Any | None, dict[str, Any]]:
     """Fine-tune ``base`` on the labeled examples and save it to ``out_dir``; with ``fsdp``
     under a multi-process launch, the model is sharded over the processes.
 
-    Returns (the trained model, or None when an earlier run's result was reused; the record).
+    ``evaluate(model)`` (rank 0; a stub that returns ``{}`` on the other ranks) scores the model on
+    dev data, flat (``{"strict_accuracy": ...}``); the best ``primary`` score selects the teacher
+    saved, and ``settings.patience`` stops early. ``selection`` describes what ``evaluate`` scores
+    (the dev data's fingerprint, the metric, generation settings): it is part of the run's key, so a
+    teacher selected on other dev data is not reused.
+
+    Returns (the trained model, or None when an earlier run's result was reused or the model is
+    to be read from ``out_dir``; the record).
     """
+    if evaluate is not None and (primary is None or selection is None):
+        raise ValueError("finetune_teacher: evaluate needs primary and selection")
     key = _run_key(base=base, examples=examples, prefix=prefix, max_source_length=max_source_length,
-                   max_target_length=max_target_length, settings=settings, lora=lora)
+                   max_target_length=max_target_length, settings=settings, lora=lora,
+                   selection=None if evaluate is None else {**selection, "primary": primary})  # type: ignore[dict-item]
     rank, world = process_rank()
     ledger = Ledger(out_dir, "teacher_finetune")
     devices = Devices.here(processes=world)
@@ -110,7 +129,8 @@ def finetune_teacher(
         result = _finetune(base=base, revision=revision, trust_remote_code=trust_remote_code, tokenizer=tokenizer,
                            examples=examples, prefix=prefix, max_source_length=max_source_length,
                            max_target_length=max_target_length, settings=settings, lora=lora, out_dir=out_dir,
-                           fsdp=fsdp, report_to=report_to, key=key, ledger=ledger, devices=devices, rank=rank)
+                           fsdp=fsdp, report_to=report_to, key=key, ledger=ledger, devices=devices, rank=rank,
+                           evaluate=evaluate, primary=primary)
         claim.failed = False
         return result
     finally:
@@ -118,12 +138,15 @@ def finetune_teacher(
 
 
 def _run_key(*, base: str, examples: list[Example], prefix: str, max_source_length: int, max_target_length: int,
-             settings: LoopSettings, lora: LoraSettings | None) -> str:
-    """What makes a fine-tuned teacher this run's: base model, data, targets and settings."""
+             settings: LoopSettings, lora: LoraSettings | None, selection: dict[str, Any] | None = None) -> str:
+    """What makes a fine-tuned teacher this run's: base model, data, targets and settings, and
+    what selected its checkpoint (dev data and metric) when one was selected."""
     key_data = {"base": base, "data": fingerprint(examples), "targets": hashlib.sha256(
         "\n".join(e.target or "" for e in examples).encode()).hexdigest(), "prefix": prefix,
         "max_source_length": max_source_length, "max_target_length": max_target_length,
         "settings": asdict(settings) | {"resume": None}, "lora": asdict(lora) if lora else None}
+    if selection is not None:  # absent otherwise: teachers fine-tuned without dev keep their keys
+        key_data["selection"] = selection
     return hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()
 
 
@@ -139,7 +162,8 @@ def _reuse(record: dict[str, Any], *, out_dir: Path, ledger: Ledger, devices: De
 def _finetune(*, base: str, revision: str | None, trust_remote_code: bool, tokenizer: Any, examples: list[Example],
               prefix: str, max_source_length: int, max_target_length: int, settings: LoopSettings,
               lora: LoraSettings | None, out_dir: Path, fsdp: bool, report_to: str, key: str, ledger: Ledger,
-              devices: Devices, rank: int) -> tuple[Any | None, dict[str, Any]]:
+              devices: Devices, rank: int, evaluate: Callable[[Any], dict[str, float]] | None = None,
+              primary: str | None = None) -> tuple[Any | None, dict[str, Any]]:
     # Loading counts as fine-tuning time: a rerun after a crash pays for it again.
     with ledger.invocation(devices) if rank == 0 else contextlib.nullcontext() as run:
         model, kind = load_model(base, revision=revision, trust_remote_code=trust_remote_code)
@@ -152,8 +176,21 @@ def _finetune(*, base: str, revision: str | None, trust_remote_code: bool, token
         ]
         train_model = _with_lora(model, kind, lora) if lora is not None else model
         merged: dict[str, Any] = {}
+        best = out_dir / BEST
 
         def save_final(trained: Any, path: Path, state_dict: dict[str, Any] | None) -> None:
+            if path == best:  # the best on dev so far (during training)
+                _save_best(trained, best, tokenizer, lora=lora is not None)
+                return
+            if evaluate is not None:  # the best on dev becomes the teacher, not the last
+                if not best.is_dir():
+                    raise ConfigError(f"{best}: the checkpoint selected on --dev is missing; delete {out_dir} to "
+                                      "fine-tune again, or choose a new --teacher-out")
+                if lora is None:
+                    _install_best(best, out_dir)
+                    merged["model"] = None  # labeled from the saved teacher
+                    return
+                _restore_adapters(trained, best)
             if state_dict is not None:  # gathered from FSDP shards: rebuild a plain model on this rank
                 trained, _ = load_model(base, revision=revision, trust_remote_code=trust_remote_code)
                 trained = _with_lora(trained, kind, lora) if lora is not None else trained
@@ -177,15 +214,93 @@ def _finetune(*, base: str, revision: str | None, trust_remote_code: bool, token
             loss_fn=sequence_loss(kind), settings=settings, out_dir=out_dir,
             save_model=save_final, final_dir=out_dir, description="fine-tune teacher", fsdp=fsdp,
             tracker=Tracker(report_to, out_dir, f"teacher-{out_dir.name}") if rank == 0 else None, ledger=run,
+            evaluate=evaluate, primary=primary,
         )
     train_model = merged.get("model", train_model) if not fsdp else None  # FSDP: rank 0 reloads it to label
     record = {"key": key, "base": base, "complete": True, "steps": result.steps, "epochs": result.epochs,
-              "lora": asdict(lora) if lora else None, "history": result.history}
+              "lora": asdict(lora) if lora else None, "best_step": result.best_step if evaluate else None,
+              "stopped_early": result.stopped_early, "dev": result.best if evaluate else None,
+              "history": result.history}
     if rank == 0:
         record["cost"] = _cost(ledger, record, len(examples))
         _write_record(out_dir, record)  # last: marks the teacher complete
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the optimizer state is dead weight now
+        for name in (BEST, BEST_TMP, BEST_OLD):  # kept until now: a resumed run installs the best from it
+            shutil.rmtree(out_dir / name, ignore_errors=True)
     return train_model, record
+
+
+# --- the checkpoint selected on dev ------------------------------------------------------------------
+
+BEST, BEST_TMP, BEST_OLD = "best", "best.tmp", "best.old"
+ADAPTER = "adapter.safetensors"
+
+
+def _save_best(trained: Any, best: Path, tokenizer: Any, *, lora: bool) -> None:
+    """Replace ``best/`` with this model: its adapter weights alone (LoRA: merging would end the
+    training), or the whole model and tokenizer. Written beside it and swapped in, so a crash
+    leaves the previous best or this one whole."""
+    tmp, old = best.with_name(BEST_TMP), best.with_name(BEST_OLD)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if lora:
+            from peft import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            tmp.mkdir(parents=True)
+            weights = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(trained).items()}
+            save_file(weights, str(tmp / ADAPTER))
+        else:
+            trained.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(old, ignore_errors=True)
+        if best.is_dir():
+            os.replace(best, old)
+        os.replace(tmp, best)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restore_adapters(trained: Any, best: Path) -> None:
+    """Load the best adapter weights back into the trained LoRA model (before it is merged)."""
+    from peft import set_peft_model_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = best / ADAPTER
+    if not path.is_file():
+        raise ConfigError(f"{path}: the adapters selected on --dev are missing; delete {best.parent} to fine-tune "
+                          "again, or choose a new --teacher-out")
+    fix = f"delete {best.parent} to fine-tune again, or choose a new --teacher-out"
+    try:
+        result = set_peft_model_state_dict(trained, load_file(str(path)))
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:  # a damaged file, other shapes
+        raise ConfigError(f"{path}: cannot be loaded as this teacher's adapters ({str(e).splitlines()[0][:200]}); "
+                          f"{fix}") from None
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise ConfigError(f"{path}: holds weights that are not this teacher's adapters ({unexpected[0]}); {fix}")
+
+
+def _install_best(best: Path, out_dir: Path) -> None:
+    """Make ``best/``'s files the teacher directory's model files (hard links where the file
+    system has them, else copies; ``best/`` stays whole until the teacher is complete)."""
+    tmp = out_dir / FINAL_TMP
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        for item in sorted(best.iterdir()):
+            if not item.is_file() or item.is_symlink():
+                continue
+            try:
+                os.link(item, tmp / item.name)
+            except OSError:
+                shutil.copy2(item, tmp / item.name)
+        for item in sorted(tmp.iterdir()):
+            os.replace(item, out_dir / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- the teacher directory: whose it is, one run at a time, no leftovers ---------------------------
@@ -239,8 +354,8 @@ def _own_record(out_dir: Path, key: str) -> dict[str, Any] | None:
         record = _read_record(path)
         if record["key"] != key:
             raise ConfigError(
-                f"{out_dir}: holds a teacher dora fine-tuned for another run (other base model, data or settings, "
-                f"says its {RECORD}); choose a new --teacher-out, or delete that directory to fine-tune again"
+                f"{out_dir}: holds a teacher dora fine-tuned for another run (other base model, data, settings or "
+                f"--dev, says its {RECORD}); choose a new --teacher-out, or delete that directory to fine-tune again"
             )
         return record
     # A crash can leave the lock file, or a record being written; nothing else is dora's without a record.

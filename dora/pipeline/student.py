@@ -1,5 +1,6 @@
-"""Stage 2, ``dora train-student``: train a compact student (seq2seq or decoder-only) from a label
-cache and/or gold.
+"""Stage 2, ``dora train-student``: train a compact student from a label cache and/or gold: a
+seq2seq or decoder-only model that generates its outputs, or, for closed-label tasks, an encoder
+classifier (BERT, MiniLM, ...) with a head over the task's labels (``dora.pipeline.kd.classifier``).
 
 Reads top to bottom: validate inputs, open the cache (cheap checks), load the student, choose
 the distillation loss from the tokenizer fingerprints, build features, train with the explicit
@@ -39,9 +40,19 @@ from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, read_examples
 from dora.pipeline.evaluate import predict
+from dora.pipeline.kd.classifier import LabelHead, LabelObjective, collate_classifier, gold_features
 from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, GoldOnly, Objective, choose, collate_kd, training_loss
 from dora.pipeline.models.gguf import lineage as gguf_lineage
-from dora.pipeline.models.loading import ModelKind, load_model, load_tokenizer, save_hf, vocab_size
+from dora.pipeline.models.loading import (
+    ModelKind,
+    classifier_labels,
+    kind_of,
+    load_config,
+    load_model,
+    load_tokenizer,
+    save_hf,
+    vocab_size,
+)
 from dora.pipeline.progress import console, note, warn
 from dora.pipeline.tasks.catalog import Task, get_task
 from dora.pipeline.tasks.metrics import METRIC_MODES, TaskScorer, require_encoder
@@ -69,7 +80,12 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     student: str = "google/t5-v1_1-small"
     """Student: a seq2seq (T5) or decoder-only (Llama, Qwen, ...) model directory, a GGUF file, or a
     hub id. A decoder-only student reads ``prefix + source`` as its prompt and learns the target as
-    its continuation (loss on the target tokens only); it is scored by generation like a T5."""
+    its continuation (loss on the target tokens only); it is scored by generation like a T5. For a
+    closed-label task, an encoder (BERT, MiniLM, RoBERTa, ...) becomes a classifier with a head over
+    the labels, learning the teacher's label distribution from the cache's ``label_logprobs``."""
+    labels: tuple[str, ...] | None = None
+    """Labels of your own closed-label task, for an encoder (classifier) student, in the head's
+    order; the paper's tasks know theirs, and a cache's scored labels are used when neither is given."""
     cache: Path | None = None
     """Label cache made by ``dora teacher-label`` (the distill route); its task must match."""
     train: Path | None = None
@@ -132,6 +148,12 @@ class TrainStudentConfig(TaskInputs, Optimisation):
             positive_ints(self, "patience")
             if self.dev is None:
                 raise ConfigError("--patience stops early on the --dev score; give --dev FILE")
+        if self.labels is not None:
+            labels = tuple(str(x).strip() for x in self.labels)
+            if len(labels) < 2 or not all(labels) or len(set(labels)) != len(labels):
+                raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {','.join(labels)!r}; "
+                                  "e.g. --labels SUPPORTS,REFUTES")
+            object.__setattr__(self, "labels", labels)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,10 +179,12 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
         _check_cache_task(cache, task, config.cache)
     if (dev or test) and task.metric == "bert_ibleu":
         require_encoder(config.encoder)  # fail now, not at the first evaluation
+    # The student's kind from its config alone; a classifier's labels and data are checked now.
+    head = _label_head(config, task, cache, gold)
 
     created = not config.out.exists()
     try:
-        return _locked(config, task, gold, dev, test, cache, rank, world)
+        return _locked(config, task, gold, dev, test, cache, head, rank, world)
     except BaseException:
         if rank == 0 and created and config.out.is_dir() and not (config.out / "checkpoints").exists() \
                 and not (config.out / "run.json").exists():
@@ -169,7 +193,7 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
 
 
 def _locked(config: TrainStudentConfig, task: Task, gold: list[Example], dev: list[Example], test: list[Example],
-            cache: LabelCache | None, rank: int, world: int) -> TrainStudentResult | None:
+            cache: LabelCache | None, head: LabelHead | None, rank: int, world: int) -> TrainStudentResult | None:
     with contextlib.ExitStack() as held:
         # One writer per run directory, and only into a directory that is new or this run's; a
         # finished run with these settings is not trained again.
@@ -192,19 +216,20 @@ def _locked(config: TrainStudentConfig, task: Task, gold: list[Example], dev: li
         if rank == 0:
             ledger.compact()
         with ledger.invocation(Devices.here(processes=world)) if rank == 0 else contextlib.nullcontext() as run:
-            return _train(config, task, gold, dev, test, cache, identity, ledger, run, rank, world)
+            return _train(config, task, gold, dev, test, cache, head, identity, ledger, run, rank, world)
 
 
 def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: list[Example], test: list[Example],
-           cache: LabelCache | None, identity: str, ledger: Ledger, run: Any, rank: int,
+           cache: LabelCache | None, head: LabelHead | None, identity: str, ledger: Ledger, run: Any, rank: int,
            world: int) -> TrainStudentResult | None:
     # 2. The student, and which loss the cache allows.
     tokenizer = load_tokenizer(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
-    model, kind = load_model(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
-    objective = _objective(config, cache, tokenizer, model)
+    model, kind = load_model(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code,
+                             labels=head.labels if head else None)
+    objective = _objective(config, cache, tokenizer, model, head)
 
     # 3. Features: gold rows in memory, cache rows featurised a shard at a time as training reaches them.
-    data = _training_data(config, task, tokenizer, gold, cache, objective)
+    data = _training_data(config, task, tokenizer, gold, cache, objective, head)
     console.print(f"student: {len(data)} training rows ({len(gold)} gold, "
                   f"{cache.num_rows if cache else 0} from the cache) for a {kind} student; {objective.describe()}")
 
@@ -217,9 +242,13 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
                             encoder=config.encoder) if dev and rank == 0 else None
     evaluate = _evaluator(config, task, tokenizer, kind, dev, dev_scorer) if dev_scorer is not None else None
     primary = f"{config.metric_mode}_{task.primary}"
+    pad_id = tokenizer.pad_token_id
+    if isinstance(objective, LabelObjective):
+        collate, loss_fn = (lambda f: collate_classifier(f, pad_id)), objective.loss
+    else:
+        collate, loss_fn = (lambda f: collate_kd(f, pad_id)), (lambda m, b: training_loss(objective, m, b, kind))
     result = train_loop(
-        model=model, features=data, collate=lambda f: collate_kd(f, tokenizer.pad_token_id),
-        loss_fn=lambda m, b: training_loss(objective, m, b, kind),
+        model=model, features=data, collate=collate, loss_fn=loss_fn,
         settings=settings, out_dir=config.out, save_model=lambda m, p, _: save_hf(m, tokenizer, p),
         evaluate=evaluate if rank == 0 else (lambda m: {}) if dev else None, primary=primary,
         description="train student", ledger=run,
@@ -273,14 +302,16 @@ def _record(config: TrainStudentConfig, identity: str, described: dict[str, Any]
 
 
 def _training_data(config: TrainStudentConfig, task: Task, tokenizer: Any, gold: list[Example],
-                   cache: LabelCache | None, objective: Objective) -> Blocks:
+                   cache: LabelCache | None, objective: Objective | LabelObjective, head: LabelHead | None) -> Blocks:
     """Gold rows carry labels (in memory: a labeled set is small); cache rows the teacher's signal
     for the objective, featurised a shard at a time as training reaches them, so memory does not
     grow with the cache."""
-    gold_features = [_gold_feature(tokenizer, task, ex, config) for ex in gold]
+    gold_rows = (gold_features(tokenizer, gold, head, prefix=task.source_prefix,
+                               max_source_length=config.max_source_length, path=config.train) if head is not None
+                 else [_gold_feature(tokenizer, task, ex, config) for ex in gold])
     block = cache.manifest.shard_size if cache else 4096
-    sizes = [min(block, len(gold_features) - i) for i in range(0, len(gold_features), block)]
-    loaders = [lambda i=i: gold_features[i : i + block] for i in range(0, len(gold_features), block)]
+    sizes = [min(block, len(gold_rows) - i) for i in range(0, len(gold_rows), block)]
+    loaders = [lambda i=i: gold_rows[i : i + block] for i in range(0, len(gold_rows), block)]
     if cache is not None:
         def load_shard(entry: ShardEntry) -> list[dict[str, Any]]:
             return objective.featurise(cache.read_shard(entry, objective.columns()), tokenizer,
@@ -456,8 +487,12 @@ def _check_cache_task(cache: LabelCache, task: Task, path: Path) -> None:
                          f"this run {task.source_prefix!r}; pass --prefix to match")
 
 
-def _objective(config: TrainStudentConfig, cache: LabelCache | None, tokenizer: Any, model: Any) -> Objective:
-    """The distillation objective the cache allows (``--kd-loss``; auto from the tokenizers)."""
+def _objective(config: TrainStudentConfig, cache: LabelCache | None, tokenizer: Any, model: Any,
+               head: LabelHead | None) -> Objective | LabelObjective:
+    """The distillation objective the cache allows (``--kd-loss``; auto from the tokenizers; a
+    classifier student learns the teacher's label distribution)."""
+    if head is not None:
+        return LabelObjective.build(head, cache, temperature=config.temperature, alpha=config.alpha)
     if cache is None:
         return GoldOnly(temperature=config.temperature, alpha=config.alpha)
     chosen = OBJECTIVES[choose(config.kd_loss, cache, tokenizer, vocab_size(model))]
@@ -465,6 +500,31 @@ def _objective(config: TrainStudentConfig, cache: LabelCache | None, tokenizer: 
     return chosen.build(cache=cache, student_tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer,
                         temperature=config.temperature, alpha=config.alpha, out_dir=config.out,
                         max_target_length=config.max_target_length)
+
+
+def _label_head(config: TrainStudentConfig, task: Task, cache: LabelCache | None,
+                gold: list[Example]) -> LabelHead | None:
+    """For a classifier student (an encoder, from its config alone): the labels of its head
+    (``--labels``, else the task's, else those the cache scored), with the settings and the gold
+    file checked against them; None for a student that generates."""
+    student_config = load_config(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    if kind_of(student_config) != "classifier":
+        return None
+    scored = tuple(cache.manifest.generation.label_set or ()) if cache is not None else ()
+    labels = config.labels or task.labels or classifier_labels(student_config) or scored or None
+    if labels is None:
+        raise ConfigError(f"{config.student}: an encoder student is a classifier over a closed label set, and task "
+                          f"{task.name!r} has none; pass --labels A,B,... (every label your data uses), or train a "
+                          "seq2seq or decoder-only student for free-form outputs")
+    if config.kd_loss not in ("auto", "labels"):
+        raise ConfigError(f"--kd-loss {config.kd_loss}: an encoder student has no tokens to distil; it learns the "
+                          "teacher's distribution over the labels: use --kd-loss labels (or auto)")
+    head = LabelHead(tuple(labels))
+    if cache is not None and scored:
+        head.order_of(scored, str(config.cache))  # the same labels, or a message that says how to match them
+    for ex in gold:  # before any model loads
+        head.require(ex, config.train)
+    return head
 
 
 def _gold_feature(tokenizer: Any, task: Task, ex: Example, config: TrainStudentConfig) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import math
 import shutil
@@ -33,7 +34,7 @@ from dora.errors import ConfigError, Interrupted
 from dora.pipeline.checks import as_paths, check_number, positive_ints
 from dora.pipeline.config import Optimisation, TaskInputs
 from dora.pipeline.costs.ledger import Devices, Ledger
-from dora.pipeline.data.inputs import Example, read_examples
+from dora.pipeline.data.inputs import Example, fingerprint, read_examples
 from dora.pipeline.data.pool import Pool
 from dora.pipeline.engines import ctranslate2_engine
 from dora.pipeline.engines.ctranslate2_engine import AGREEMENT_WARNING, COMPUTE_TYPES
@@ -58,6 +59,7 @@ from dora.pipeline.progress import console, progress_bar
 from dora.pipeline.progress import note as note_
 from dora.pipeline.tasks.catalog import Task, get_task
 from dora.pipeline.train.distributed import end_distributed, process_rank
+from dora.pipeline.train.loop import steps_per_epoch, total_steps
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -201,13 +203,19 @@ class TeacherLabelConfig(TaskInputs, Optimisation, LabelingOptions, LoraOptions,
     teacher_out: Path | None = None
     """Where the fine-tuned teacher is saved; default ``<out>.teacher`` beside the cache."""
     dev: Path | None = None
-    """Labeled examples the teacher is scored on before it labels, by the labeling engine with its
-    settings (the paper reports the teacher's score): printed, and recorded in the manifest as
-    ``stats.teacher_dev``. Not under ``ray`` (the engines are the workers')."""
+    """Labeled examples that select the fine-tuned teacher (the best checkpoint on them, by the task
+    metric, greedy) and that the teacher is scored on before it labels, by the labeling engine with
+    its settings (the paper reports the teacher's score): printed, and recorded in the manifest as
+    ``stats.teacher_dev``. The score is not taken under ``ray`` (the engines are the workers')."""
     batch_size: int = 8
     """Fine-tuning micro-batch size."""
     save_every: int = 200
     """Fine-tuning: save a resumable checkpoint every N optimizer steps (a killed run resumes there)."""
+    eval_every: int | None = None
+    """Fine-tuning: evaluate the teacher on ``dev`` every N steps (default: once per epoch, at least 4
+    times per run) and keep the best checkpoint."""
+    patience: int | None = None
+    """Fine-tuning: stop after this many evaluations on ``dev`` without a better score."""
 
     def __post_init__(self) -> None:
         for section in self.SECTIONS:
@@ -217,6 +225,18 @@ class TeacherLabelConfig(TaskInputs, Optimisation, LabelingOptions, LoraOptions,
             raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
                               "a teacher that is already fine-tuned")
         positive_ints(self, "save_every")
+        if self.eval_every is not None:
+            positive_ints(self, "eval_every")
+            if self.dev is None:
+                raise ConfigError("--eval-every evaluates the teacher on --dev while it is fine-tuned; give --dev FILE")
+        if self.patience is not None:
+            positive_ints(self, "patience")
+            if self.dev is None:
+                raise ConfigError("--patience stops the teacher's fine-tuning early on the --dev score; "
+                                  "give --dev FILE")
+        if (self.eval_every is not None or self.patience is not None) and not self.finetune:
+            raise ConfigError("--eval-every and --patience select the teacher while it is fine-tuned; drop them "
+                              "with --no-finetune")
 
     @property
     def teacher_dir(self) -> Path:
@@ -413,15 +433,76 @@ def _finetune(config: TeacherLabelConfig, plan: _Plan) -> tuple[Any, str, str | 
     if not config.finetune:
         return None, config.teacher, config.revision, {}
     tokenizer = load_tokenizer(config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    settings = config.loop_settings(eval_every=None, save_every=config.save_every)
+    selecting = _selecting(config, plan)
+    if selecting:
+        settings = dataclasses.replace(settings, eval_every=config.eval_every or _default_eval_every(plan, settings),
+                                       patience=config.patience)
+    primary = f"strict_{plan.task.primary}"
     model, record = finetune_teacher(
         base=config.teacher, revision=config.revision, trust_remote_code=config.trust_remote_code,
         tokenizer=tokenizer, examples=plan.train, prefix=plan.task.source_prefix,
         max_source_length=config.max_source_length, max_target_length=config.max_target_length,
-        settings=config.loop_settings(eval_every=None, save_every=config.save_every),
-        lora=config.lora_settings(),
+        settings=settings, lora=config.lora_settings(),
         out_dir=config.teacher_dir, fsdp=config.fsdp, report_to=config.report_to,
+        **({"evaluate": _dev_evaluator(config, plan, tokenizer), "primary": primary,
+            "selection": _selection(config, plan)} if selecting else {}),
     )
+    if record.get("best_step") is not None and record.get("dev"):
+        planned = total_steps(len(plan.train), settings, plan.world)
+        early = f" (stopped early at step {record['steps']})" if record.get("stopped_early") else ""
+        console.print(f"teacher: best dev {plan.task.primary} {record['dev'].get(primary, float('nan')):.4f} at step "
+                      f"{record['best_step']} of {planned}{early}")
     return model, str(config.teacher_dir), None, {"teacher_finetune": record.get("cost")}
+
+
+def _selecting(config: TeacherLabelConfig, plan: _Plan) -> bool:
+    """Whether fine-tuning selects its checkpoint on --dev: whenever --dev is given, except under
+    FSDP over several processes (the loop cannot evaluate a sharded model; said once)."""
+    if not plan.dev:
+        return False
+    if config.fsdp and plan.world > 1:
+        if config.eval_every is not None or config.patience is not None:
+            raise ConfigError("--eval-every and --patience: the teacher cannot be evaluated while it is sharded "
+                              "by --fsdp; drop them (the last model is kept), or fine-tune without --fsdp")
+        note_("--dev does not select the teacher's checkpoint under --fsdp (the last model is kept); it is "
+              "scored before labeling")
+        return False
+    return True
+
+
+def _default_eval_every(plan: _Plan, settings: Any) -> int:
+    """Once per epoch, but at least 4 evaluations per run (the last step is always evaluated)."""
+    return max(1, min(steps_per_epoch(len(plan.train), settings, plan.world),
+                      total_steps(len(plan.train), settings, plan.world) // 4))
+
+
+def _selection(config: TeacherLabelConfig, plan: _Plan) -> dict[str, Any]:
+    """What the dev evaluation scores: part of the fine-tuned teacher's identity (a teacher selected
+    on other dev data, or by another metric, is another teacher)."""
+    targets = hashlib.sha256("\n".join(e.target or "" for e in plan.dev).encode()).hexdigest()
+    return {"dev": fingerprint(plan.dev), "dev_targets": targets, "task": plan.task.name,
+            "metric": plan.task.metric, "max_new_tokens": config.max_new_tokens}
+
+
+def _dev_evaluator(config: TeacherLabelConfig, plan: _Plan, tokenizer: Any) -> Any:
+    """The model's scores on --dev (greedy generation, the task metric, both definitions), flat
+    (``strict_accuracy``, ``paper_accuracy``...): what the fine-tuning loop logs and selects on.
+    Rank 0 scores; the other ranks of a data-parallel run only take part in the vote to stop."""
+    if plan.rank != 0:
+        return lambda m: {}
+    from dora.pipeline.evaluate import predict
+    from dora.pipeline.tasks.metrics import TaskScorer
+
+    sources = [e.source for e in plan.dev]
+    scorer = TaskScorer(plan.task, [e.target or "" for e in plan.dev], sources=sources)
+
+    def evaluate(model: Any) -> dict[str, float]:
+        preds = predict(model, tokenizer, plan.kind, plan.task, sources, batch_size=config.label_batch_size,
+                        max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
+        return {f"{mode}_{name}": value for mode, scores in scorer(preds).items() for name, value in scores.items()}
+
+    return evaluate
 
 
 def _already_complete(config: TeacherLabelConfig, done: Manifest, ledger: Ledger, costs: dict[str, Any],

@@ -61,7 +61,11 @@ def vllm_serves(architecture: str) -> bool:
 
 
 def resolve_engine(requested: EngineName, kind: ModelKind, architecture: str) -> tuple[str, str]:
-    """(engine, reason). Raises for an explicit ``vllm`` that cannot work."""
+    """(engine, reason). Raises for an explicit ``vllm`` that cannot work, and for a teacher that
+    cannot generate (an encoder classifier)."""
+    if kind == "classifier":
+        raise ModelError(f"the teacher is an encoder ({architecture}), which cannot write pseudo-labels; use a seq2seq "
+                         "(T5) or decoder-only teacher (an encoder can be the student: dora train-student --student)")
     if requested == "transformers":
         return "transformers", "requested"
     if requested == "ctranslate2":

@@ -194,6 +194,41 @@ def label_set_kl(
     return (t.exp() * (t - s)).sum(-1) * temperature**2
 
 
+def label_kd_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_label_logprobs: torch.Tensor | None = None,
+    kd_rows: torch.Tensor | None = None,
+    *,
+    temperature: float = 2.0,
+    alpha: float = 0.0,
+) -> torch.Tensor:
+    """A classifier student's loss over a closed label set, averaged over the batch's rows.
+
+    Rows without a teacher (gold rows) get cross-entropy on ``labels``; rows with one (``kd_rows``)
+    get ``(1 - alpha) * label_set_kl`` at T (times T^2) plus ``alpha`` times cross-entropy on
+    ``labels`` (there: the teacher's own label). A teacher whose scores put all their mass on
+    one label gives, at ``alpha`` 0 and T = 1, exactly the cross-entropy on that label.
+
+    Args:
+        student_logits: (B, C) the head's logits.
+        labels: (B,) label indices; -100 for a row with no hard label (counted by its KD term only).
+        teacher_label_logprobs: (B, C) the teacher's scores of each label (any scale: normalised
+            over the C labels), or None for a batch of gold rows only.
+        kd_rows: (B,) True for rows that have a teacher (None: none do).
+    Returns:
+        () the mean loss; 0 for an empty batch.
+    """
+    logits = student_logits.float()
+    ce = torch.nn.functional.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    ce = torch.where(labels != -100, ce, torch.zeros_like(ce))
+    if teacher_label_logprobs is None or kd_rows is None or not bool(kd_rows.any()):
+        return ce.sum() / max(len(ce), 1)
+    kl = label_set_kl(logits, teacher_label_logprobs, temperature)
+    per_row = torch.where(kd_rows, (1 - alpha) * kl + alpha * ce, ce)
+    return per_row.sum() / max(len(per_row), 1)
+
+
 def full_kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
     """Reference: full-vocabulary KL(teacher || student) at T, times T^2 (the paper's loss). (B, L, V) -> (B, L)."""
     t = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)

@@ -1,4 +1,5 @@
-"""Loading teachers and students: seq2seq (T5 and friends) or decoder-only (Llama, Qwen, ...)."""
+"""Loading teachers and students: seq2seq (T5 and friends), decoder-only (Llama, Qwen, ...), or,
+for students of closed-label tasks only, an encoder classifier (BERT, MiniLM, RoBERTa, ...)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any, Literal
 
 from dora.errors import ModelError
 
-ModelKind = Literal["seq2seq", "causal"]
+ModelKind = Literal["seq2seq", "causal", "classifier"]
+"""seq2seq and causal models generate their outputs; a classifier (an encoder with a head over a
+closed label set, ``AutoModelForSequenceClassification``) picks one of the task's labels."""
 
 
 def _hub_hint(name: str) -> str:
@@ -87,10 +90,20 @@ def offline_unless_reachable(timeout: float = 3.0) -> bool:
     return _HUB_PROBED[0]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer.model", "vocab.json",
+                   "sentencepiece.bpe.model", "spm.model", "vocab.model")
+"""Files of which a local model directory holds at least one when its tokenizer is there."""
+
+
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     name = local(name)
+    root = Path(name).expanduser()
+    if root.is_dir() and not any((root / f).is_file() for f in TOKENIZER_FILES):
+        # transformers 5 would build an empty tokenizer from the config alone, and train on garbage ids
+        raise ModelError(f"{name}: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) beside the model; save "
+                         "its tokenizer there (tokenizer.save_pretrained(DIR)) or copy them from where the model came from")
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError, HTTP errors...
@@ -114,8 +127,28 @@ def load_config(name: str, *, revision: str | None = None, trust_remote_code: bo
 
 
 def kind_of(config: Any) -> ModelKind:
-    """seq2seq (encoder-decoder, like T5) or causal (decoder-only), from a model config."""
-    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    """seq2seq (encoder-decoder, like T5), classifier (a sequence-classification checkpoint, or a
+    bare encoder such as BERT or MiniLM, which gets a new head over the task's labels) or causal
+    (decoder-only), from a model config."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "classifier"
+    if is_encoder_only(config):
+        return "classifier"
+    return "causal"
+
+
+def is_encoder_only(config: Any) -> bool:
+    """A bidirectional encoder (BERT, RoBERTa, MiniLM, DeBERTa, ...): a model type with a masked-LM
+    head and no decoder-only checkpoint among its architectures."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "model_type", None) not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or getattr(config, "is_decoder", False):
+        return False
+    architectures = getattr(config, "architectures", None) or []
+    return not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
 
 
 def architecture_of(config: Any) -> str:
@@ -123,23 +156,75 @@ def architecture_of(config: Any) -> str:
 
 
 def load_model(
-    name: str, *, revision: str | None = None, trust_remote_code: bool = False, device_map: str | None = None
+    name: str, *, revision: str | None = None, trust_remote_code: bool = False, device_map: str | None = None,
+    labels: tuple[str, ...] | None = None,
 ) -> tuple[Any, ModelKind]:
     """Load weights in float32 (training and labeling cast under accelerate where a device allows).
 
     ``device_map="auto"`` spreads the layers over the visible GPUs (labeling a teacher bigger than one).
+    A classifier is loaded with a head over ``labels`` (in that order; ``id2label`` in its config):
+    a bare encoder gets a new head, a classifier with other labels a new head too (said on the
+    console); without ``labels`` it must already be a classifier that dora trained (its ``id2label``).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     name = local(name)
-    kind = kind_of(load_config(name, revision=revision, trust_remote_code=trust_remote_code))
-    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
+    kind = kind_of(config)
+    extra: dict[str, Any] = {"device_map": device_map} if device_map else {}
+    if kind == "classifier":
+        extra |= _head(config, name, labels)
+    auto = {"seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM,
+            "classifier": AutoModelForSequenceClassification}[kind]
+    def load() -> Any:
+        return auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, **extra)
+
     try:
-        extra = {"device_map": device_map} if device_map else {}
-        model = auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, **extra)
+        model = _quietly(load) if "num_labels" in extra else load()
     except Exception as e:
         raise ModelError(f"cannot load a {kind} model from {name!r} ({str(e).splitlines()[0][:200]}); {_hub_hint(name)}") from None
     return model, kind
+
+
+def classifier_labels(config: Any) -> tuple[str, ...] | None:
+    """The labels of a trained classifier's head, in id order (None: a bare encoder, or a head
+    whose labels are transformers' placeholders ``LABEL_0``, ...)."""
+    id2label = getattr(config, "id2label", None) or {}
+    architectures = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures) or not id2label:
+        return None
+    names = tuple(str(id2label[i]) for i in sorted(id2label, key=int))
+    return None if all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
+
+
+def _head(config: Any, name: str, labels: tuple[str, ...] | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments that give a classifier its head over ``labels``."""
+    trained = classifier_labels(config)
+    if labels is None:
+        if trained is None:
+            raise ModelError(f"{name}: an encoder without a trained classification head (no id2label); train it "
+                             "with `dora train-student --student ENCODER --task TASK` first")
+        return {}
+    if trained == tuple(labels):
+        return {}
+    if trained is not None:
+        from dora.pipeline.progress import note
+
+        note(f"{name}: its head predicts {', '.join(trained)}; training a new head over {', '.join(labels)}")
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
+
+
+def _quietly(load: Any) -> Any:
+    """Run ``load`` without transformers' notice that a new head is initialised (dora says so itself)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return load()
+    finally:
+        logging.set_verbosity(level)
 
 
 def weights_sha256(name: str) -> str | None:
@@ -174,8 +259,10 @@ def _hash_files(files: list[Path]) -> str:
 
 
 def vocab_size(model: Any) -> int:
-    """Size of the model's output layer (may exceed len(tokenizer): T5 pads it to 32128)."""
-    return int(model.get_output_embeddings().weight.shape[0])
+    """Size of the model's output layer (may exceed len(tokenizer): T5 pads it to 32128); for a
+    classifier, of its input embeddings."""
+    head = model.get_output_embeddings()
+    return int((head if head is not None else model.get_input_embeddings()).weight.shape[0])
 
 
 def check_top_k(k: int, vocab: int, name: str) -> None:

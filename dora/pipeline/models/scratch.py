@@ -103,6 +103,20 @@ def tiny_llama(tokenizer: Any, *, hidden: int = 64, layers: int = 2, heads: int 
     return LlamaForCausalLM(config)
 
 
+def tiny_bert(tokenizer: Any, *, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0) -> Any:
+    """A randomly initialised BERT encoder (no head: what a sentence encoder like MiniLM ships)
+    sized for ``tokenizer``; ``dora train-student`` gives it a classification head."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+    )
+    return BertModel(config)
+
+
 def save_model_dir(model: Any, tokenizer: Any, path: Any) -> None:
     """Save model and tokenizer as a plain Hugging Face directory."""
     model.save_pretrained(str(path), safe_serialization=True)
