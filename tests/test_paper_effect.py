@@ -31,8 +31,8 @@ def test_paper_effect_quick_reports_every_point(tmp_path):
     for p in saved["points"]:
         assert (Path(p["run"]) / "run.json").is_file() and 0 <= p["accuracy"] <= 1
     assert [r["budget"] for r in saved["summary"]] == [8, 16, 24]
-    # The splits are disjoint: no test or dev claim is in the pool or the gold labels.
-    splits = {name: {json.loads(x)["source"] for x in Path(path).read_text().splitlines()}
+    # The splits are disjoint: no test or dev row is in the pool or the gold labels.
+    splits = {name: {json.loads(x)["id"] for x in Path(path).read_text().splitlines()}
               for name, path in saved["splits"].items()}
     assert not splits["test"] & (splits["dev"] | splits["pool"] | splits["gold"])
     assert not splits["dev"] & (splits["pool"] | splits["gold"])
