@@ -82,12 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['budget']} | {row['teacher']:.3f} | {d['mean']:.3f} ± {_se(d['se'])} | {d['usd']:.2f} | "
               f"{a['mean']:.3f} ± {_se(a['se'])} | {a['gold_labels']} | {a['usd']:.2f} | {row['difference']:+.3f} | "
               f"{'yes' if row['beyond_2se'] else 'no'} |")
-    print("\nEvery point (test accuracy):")
+    print("\nEvery point (test accuracy, the task's primary metric):")
     for p in result["points"]:
         print(f"  {p['strategy']:8s} budget {p['budget']:5d} seed {p['seed']}  labels {p['gold_labels']:5d}  "
-              f"accuracy {p['accuracy']:.4f}  ${p['usd']:.4f}  {p['seconds']:.0f} s")
+              f"score {p['score']:.4f}  ${p['usd']:.4f}  {p['seconds']:.0f} s")
     for n, t in sorted(result["teachers"].items()):
-        print(f"  teacher  budget {n:5d}  test accuracy {t['accuracy']:.4f}  dev {t['dev']}  {t['seconds']:.0f} s")
+        print(f"  teacher  budget {n:5d}  test score {t['score']:.4f}  dev {t['dev']}  {t['seconds']:.0f} s")
     print("\nBacktest (dora forecast: fit without the largest budget, predict it):")
     for name, bt in backtests.items():
         if bt is None:

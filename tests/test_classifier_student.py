@@ -53,6 +53,10 @@ def test_label_kd_on_the_teachers_own_labels_is_cross_entropy() -> None:
         assert torch.allclose(kd, ce, atol=1e-5), (sharpness, kd, ce)
     same = torch.log_softmax(student, -1)
     assert float(label_set_kl(student, same, 2.0).abs().max()) < 1e-6
+    # The limit itself: a teacher that gives the other labels no mass at all (-inf scores).
+    exact = torch.full((6, 3), -torch.inf).scatter(1, teacher_labels.unsqueeze(1), 0.0)
+    kd = label_kd_loss(student, teacher_labels, exact, torch.ones(6, dtype=torch.bool), temperature=1.0)
+    assert torch.allclose(kd, torch.nn.functional.cross_entropy(student, teacher_labels), atol=1e-6)
 
 
 def test_label_kd_gold_rows_and_mixing() -> None:
@@ -129,7 +133,7 @@ def test_encoder_student_from_gold_then_cache(bert_dir, cache_dir, data_dir, tmp
     assert result.exit_code == 0, result.output
     record = json.loads((distill / "run.json").read_text())
     assert record["strategy"] == "mixed" and record["kd_loss"] == "labels" and record["cache_rows"] == 40
-    assert "label" in result.output and "KL at T=2.0" in result.output
+    assert "KL at T=2.0 to the teacher's distribution over the labels (SUPPORTS, REFUTES)" in " ".join(result.output.split())
 
 
 def test_distilled_classifier_learns_the_teachers_labels(bert_dir, cache_dir, data_dir, tmp_path) -> None:
@@ -154,6 +158,27 @@ def test_distilled_classifier_learns_the_teachers_labels(bert_dir, cache_dir, da
     majority = max(teacher.count(x) for x in set(teacher)) / len(teacher)
     agreement = json.loads(scores.read_text())["scores"]["accuracy"]
     assert agreement >= max(0.9, majority), (agreement, majority)
+
+
+def test_a_classifier_over_other_labels_gets_a_fresh_head(bert_dir, tmp_path) -> None:
+    """A checkpoint that already classifies (here: two labels named otherwise) is trained over the
+    task's labels with its head started afresh, not its old weights under new names."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from dora.pipeline.models.loading import load_model
+
+    other = tmp_path / "sentiment"
+    model = AutoModelForSequenceClassification.from_pretrained(str(bert_dir), num_labels=2,
+                                                               id2label={0: "NEGATIVE", 1: "POSITIVE"})
+    with torch.no_grad():
+        model.classifier.weight.fill_(0.5)
+    model.save_pretrained(str(other))
+    AutoTokenizer.from_pretrained(str(bert_dir)).save_pretrained(str(other))
+    loaded, kind = load_model(str(other), labels=("SUPPORTS", "REFUTES"))
+    assert kind == "classifier" and loaded.config.id2label == {0: "SUPPORTS", 1: "REFUTES"}
+    assert not torch.allclose(loaded.classifier.weight, torch.full_like(loaded.classifier.weight, 0.5))
+    same, _ = load_model(str(other), labels=("NEGATIVE", "POSITIVE"))  # its own labels: kept as trained
+    assert torch.allclose(same.classifier.weight, torch.full_like(same.classifier.weight, 0.5))
 
 
 # --- refusals: one line, non-zero exit, nothing written --------------------------------------------
@@ -215,7 +240,7 @@ def test_encoder_without_its_tokenizer(bert_dir, data_dir, tmp_path) -> None:
             shutil.copy(f, student / f.name)
     out = tmp_path / "out"
     _refused(_train(["--student", str(student), "--train", str(data_dir / "train.jsonl"), "--out", str(out)]), out,
-             "tokenizer", str(student))
+             "no tokenizer files", str(student))
 
 
 def test_an_encoder_cannot_be_the_teacher(bert_dir, data_dir, tmp_path) -> None:

@@ -29,7 +29,7 @@ def test_paper_effect_quick_reports_every_point(tmp_path):
     assert {(p["budget"], p["strategy"]) for p in saved["points"]} == {
         (n, s) for n in (8, 16, 24) for s in ("distill", "annotate")}
     for p in saved["points"]:
-        assert (Path(p["run"]) / "run.json").is_file() and 0 <= p["accuracy"] <= 1
+        assert (Path(p["run"]) / "run.json").is_file() and 0 <= p["score"] <= 1
     assert [r["budget"] for r in saved["summary"]] == [8, 16, 24]
     # The splits are disjoint: no test or dev row is in the pool or the gold labels.
     splits = {name: {json.loads(x)["id"] for x in Path(path).read_text().splitlines()}

@@ -174,6 +174,18 @@ def test_the_dev_selection_is_part_of_the_teachers_identity(t5_dir, examples, tm
         _finetune(t5_dir, examples, out, None)
 
 
+def test_a_teacher_an_earlier_dora_finished_without_selection_is_reused(t5_dir, examples, tmp_path, capsys):
+    """Teachers fine-tuned before dev selection existed (a sweep's, say) are reused as they are on a
+    rerun that now passes --dev, with a note, instead of being refused as another run's."""
+    out = tmp_path / "teacher"
+    _finetune(t5_dir, examples, out, None, settings=_settings(eval_every=None))
+    before = _saved(out)
+    again, record = _finetune(t5_dir, examples, out, Scripted([0.5] * 6), settings=_settings(eval_every=2, patience=1))
+    assert again is None and record.get("best_step") is None
+    assert _same(_saved(out), before)
+    assert "did not pick its checkpoint on --dev" in " ".join(capsys.readouterr().err.split())
+
+
 # --- the command line -----------------------------------------------------------------------------
 
 runner = CliRunner()

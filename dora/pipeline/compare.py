@@ -10,7 +10,8 @@ teacher's fine-tuning (stopped on dev) and the students' settings. At each budge
 * *distill*: for each seed, the student (``dora train-student``) learns from the cache (KD at T
   on the teacher's label distribution) and from the same ``n`` gold labels;
 * *annotate*: for each seed, the same student learns from gold labels only: the ``n`` plus as
-  many more as the teacher's compute would have bought at the stated prices (equal dollars),
+  many more as the teacher's compute would have bought at the stated prices (equal dollars, up to
+  the ``n`` more that the gold split holds; each point records its labels and dollars),
   seeing as many examples as the distill student (equal student compute).
 
 Every student is picked on dev and scored once on test. ``summarise`` gives, per budget, the
@@ -139,7 +140,11 @@ def run_comparison(protocol: Protocol, models: Models, rows: Sequence[dict[str, 
                    task: str = "fever", on_budget: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run the protocol in ``root`` (a rerun reuses finished teachers, caches and students);
     return ``{"points": [...], "teachers": {...}, "splits": {...}}``: one point per student run
-    (budget, strategy, seed, gold labels, score, dollars, seconds, run directory)."""
+    (budget, strategy, seed, gold labels, score on test by the task's primary metric, dollars,
+    seconds, run directory)."""
+    from dora.pipeline.tasks.catalog import get_task
+
+    primary = get_task(task).primary
     prices = Prices.resolve(task, gpu_hour_usd=protocol.gpu_hour_usd)
     label_usd = prices.labels(1).usd or 0.0
     paths = write_splits(rows, protocol, root / "data")
@@ -164,10 +169,11 @@ def run_comparison(protocol: Protocol, models: Models, rows: Sequence[dict[str, 
         scored = evaluate(EvaluateConfig(model=str(root / "models" / f"teacher-{n}"), data=paths["test"],
                                          out=root / "runs" / f"teacher-{n}.json", overwrite=True, **common))
         teacher_usd = _compute_usd(prices, *teacher_compute)
-        teachers[n] = {"accuracy": scored["scores"]["accuracy"], "compute_usd": teacher_usd,
+        teachers[n] = {"score": scored["scores"][primary], "compute_usd": teacher_usd,
                        "seconds": _seconds(*teacher_compute),
                        "dev": (labeled.manifest.stats.get("teacher_dev") or {}).get("scores", {}).get("strict", {})}
-        # Equal dollars: annotate buys the labels that the teacher's compute would have paid for.
+        # Equal dollars: annotate buys the labels that the teacher's compute would have paid for (as
+        # many as the gold split holds beyond the budget: the point records how many it got).
         extra = min(int(teacher_usd // label_usd) if label_usd else 0, 2 * protocol.budgets[-1] - n)
         more_gold = first_rows(paths["gold"], n + extra, root / "data" / f"gold-{n + extra}.jsonl")
         for seed in range(protocol.seeds):
@@ -187,7 +193,7 @@ def run_comparison(protocol: Protocol, models: Models, rows: Sequence[dict[str, 
                 compute = student_usd + (teacher_usd if cache else 0.0)
                 points.append({
                     "budget": n, "strategy": strategy, "seed": seed, "gold_labels": labels,
-                    "accuracy": (result.metrics["eval"] or {}).get("accuracy", 0.0),
+                    "score": (result.metrics["eval"] or {})[primary],
                     "label_usd": round(labels * label_usd, 4), "compute_usd": round(compute, 6),
                     "usd": round(labels * label_usd + compute, 4),
                     "seconds": round(_seconds(result.record["cost"]) + (teachers[n]["seconds"] if cache else 0.0), 1),
@@ -202,9 +208,9 @@ def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
     whether it exceeds two standard errors."""
     rows = []
     for n, teacher in sorted(result["teachers"].items(), key=lambda x: int(x[0])):
-        row: dict[str, Any] = {"budget": int(n), "teacher": teacher["accuracy"]}
+        row: dict[str, Any] = {"budget": int(n), "teacher": teacher["score"]}
         for strategy in ("distill", "annotate"):
-            scores = [p["accuracy"] for p in result["points"] if p["budget"] == int(n) and p["strategy"] == strategy]
+            scores = [p["score"] for p in result["points"] if p["budget"] == int(n) and p["strategy"] == strategy]
             usd = [p["usd"] for p in result["points"] if p["budget"] == int(n) and p["strategy"] == strategy]
             labels = [p["gold_labels"] for p in result["points"] if p["budget"] == int(n) and p["strategy"] == strategy]
             row[strategy] = {"mean": statistics.fmean(scores), "se": standard_error(scores), "scores": scores,

@@ -26,7 +26,7 @@ import os
 import shutil
 import socket
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from dora.pipeline.data.encoding import causal_targets, collate, decoder_inputs,
 from dora.pipeline.data.inputs import Example, fingerprint
 from dora.pipeline.kd.losses import token_cross_entropy
 from dora.pipeline.models.loading import ModelKind, load_model
-from dora.pipeline.progress import console
+from dora.pipeline.progress import console, note
 from dora.pipeline.train.checkpoint import STATE_FILE
 from dora.pipeline.train.distributed import process_rank
 from dora.pipeline.train.loop import LoopSettings, train_loop
@@ -110,11 +110,16 @@ def finetune_teacher(
     key = _run_key(base=base, examples=examples, prefix=prefix, max_source_length=max_source_length,
                    max_target_length=max_target_length, settings=settings, lora=lora,
                    selection=None if evaluate is None else {**selection, "primary": primary})  # type: ignore[dict-item]
+    # A teacher finished by an earlier dora, which scored --dev only after fine-tuning, is reused as
+    # it is: its key is the same run's without selection.
+    unselected = None if evaluate is None else _run_key(
+        base=base, examples=examples, prefix=prefix, max_source_length=max_source_length,
+        max_target_length=max_target_length, settings=replace(settings, eval_every=None, patience=None), lora=lora)
     rank, world = process_rank()
     ledger = Ledger(out_dir, "teacher_finetune")
     devices = Devices.here(processes=world)
     # Before any work: refuse a directory dora did not make for this run (read-only).
-    record = _own_record(out_dir, key)
+    record = _own_record(out_dir, key, finished_before=unselected)
     if record is not None and record.get("complete", True):  # records without the flag were written last
         return _reuse(record, out_dir=out_dir, ledger=ledger, devices=devices, rank=rank, gold_labels=len(examples))
     claim = _Claim(out_dir=out_dir, rank=rank, created=_first_missing(out_dir))
@@ -155,6 +160,9 @@ def _reuse(record: dict[str, Any], *, out_dir: Path, ledger: Ledger, devices: De
     """An earlier run's teacher, used as it is (and recorded as a no-op in the ledger)."""
     console.print(f"teacher: already fine-tuned with these data and settings in {out_dir}; skipping")
     if rank == 0:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # a crash after the record may have left them
+        for name in (BEST, BEST_TMP, BEST_OLD):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
         ledger.record_noop(devices, "already fine-tuned with these data and settings")
     return None, record | {"cost": _cost(ledger, record, gold_labels)}
 
@@ -342,9 +350,11 @@ class _Claim:
             _remove_empty(self.out_dir, self.created)
 
 
-def _own_record(out_dir: Path, key: str) -> dict[str, Any] | None:
+def _own_record(out_dir: Path, key: str, finished_before: str | None = None) -> dict[str, Any] | None:
     """dora's record of this run in ``out_dir`` (complete or in progress); None for a new or
-    empty directory. Anything else is refused: dora never writes over files it did not make."""
+    empty directory. Anything else is refused: dora never writes over files it did not make.
+    ``finished_before``: the key the same teacher had before dora selected teachers on dev; a
+    complete record with it is this run's too (said once: it was not selected on dev)."""
     if not out_dir.exists() and not out_dir.is_symlink():
         return None
     if not out_dir.is_dir():
@@ -352,6 +362,10 @@ def _own_record(out_dir: Path, key: str) -> dict[str, Any] | None:
     path = out_dir / RECORD
     if path.exists() or path.is_symlink():
         record = _read_record(path)
+        if finished_before is not None and record["key"] == finished_before and record.get("complete", True):
+            note(f"{out_dir}: a teacher fine-tuned by an earlier dora, which did not pick its checkpoint on --dev; "
+                 "reusing it as it is (delete the directory to fine-tune one picked on dev)")
+            return record
         if record["key"] != key:
             raise ConfigError(
                 f"{out_dir}: holds a teacher dora fine-tuned for another run (other base model, data, settings or "

@@ -40,7 +40,7 @@ from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, read_examples
 from dora.pipeline.evaluate import predict
-from dora.pipeline.kd.classifier import LabelHead, LabelObjective, collate_classifier, gold_features
+from dora.pipeline.kd.classifier import LabelHead, LabelObjective, collate_classifier, gold_features, scored_labels
 from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, GoldOnly, Objective, choose, collate_kd, training_loss
 from dora.pipeline.models.gguf import lineage as gguf_lineage
 from dora.pipeline.models.loading import (
@@ -50,6 +50,8 @@ from dora.pipeline.models.loading import (
     load_config,
     load_model,
     load_tokenizer,
+    local,
+    require_tokenizer_files,
     save_hf,
     vocab_size,
 )
@@ -421,6 +423,8 @@ def _identity(config: TrainStudentConfig) -> str:
     """What makes a finished run the same run (everything but resume and reporting settings)."""
     skip = {"resume", "report_to", "eval", "verify"}
     fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k not in skip}
+    if fields.get("labels") is None:  # absent, not null: runs from before --labels keep their identity
+        fields.pop("labels", None)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -508,9 +512,13 @@ def _label_head(config: TrainStudentConfig, task: Task, cache: LabelCache | None
     (``--labels``, else the task's, else those the cache scored), with the settings and the gold
     file checked against them; None for a student that generates."""
     student_config = load_config(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    require_tokenizer_files(local(config.student))  # before anything is written
     if kind_of(student_config) != "classifier":
+        if config.labels is not None:
+            warn(f"--labels: {config.student} generates its outputs, so --labels does not change what it learns; "
+                 "it names the head of an encoder (classifier) student")
         return None
-    scored = tuple(cache.manifest.generation.label_set or ()) if cache is not None else ()
+    scored = scored_labels(cache) if cache is not None else ()
     labels = config.labels or task.labels or classifier_labels(student_config) or scored or None
     if labels is None:
         raise ConfigError(f"{config.student}: an encoder student is a classifier over a closed label set, and task "
@@ -520,7 +528,7 @@ def _label_head(config: TrainStudentConfig, task: Task, cache: LabelCache | None
         raise ConfigError(f"--kd-loss {config.kd_loss}: an encoder student has no tokens to distil; it learns the "
                           "teacher's distribution over the labels: use --kd-loss labels (or auto)")
     head = LabelHead(tuple(labels))
-    if cache is not None and scored:
+    if cache is not None:
         head.order_of(scored, str(config.cache))  # the same labels, or a message that says how to match them
     for ex in gold:  # before any model loads
         head.require(ex, config.train)

@@ -71,6 +71,18 @@ class LabelHead:
         return np.array([self.labels.index(label) for label in other], dtype=np.int64)
 
 
+def scored_labels(cache: LabelCache) -> tuple[str, ...]:
+    """The labels the teacher scored into the cache's ``label_logprobs``, in column order; raises
+    when it scored none (what a classifier student learns from)."""
+    scored = tuple(cache.manifest.generation.label_set or ())
+    if not scored:
+        raise CacheError(f"{cache.root}: a classifier student learns the teacher's scores of the labels "
+                         "(label_logprobs), which this cache lacks; relabel the pool with `dora teacher-label` "
+                         "on a closed-label task (or with --labels A,B,...) and without --no-score-labels, or "
+                         "train a seq2seq student on it")
+    return scored
+
+
 def gold_features(tokenizer: Any, examples: Sequence[Example], head: LabelHead, *, prefix: str,
                   max_source_length: int, path: object) -> list[dict[str, Any]]:
     """One feature per gold example: the encoded input and its label's index. A target that is
@@ -96,12 +108,7 @@ class LabelObjective:
         """The objective for ``cache`` (None: gold only). Raises when the cache holds no label scores."""
         if cache is None:
             return cls(head, temperature=temperature, alpha=alpha, distill=False)
-        scored = cache.manifest.generation.label_set
-        if not scored:
-            raise CacheError(f"{cache.root}: a classifier student learns the teacher's scores of the labels "
-                             "(label_logprobs), which this cache lacks; relabel the pool with `dora teacher-label` "
-                             "on a closed-label task (or with --labels A,B,...) and without --no-score-labels, or "
-                             "train a seq2seq student on it")
+        scored = scored_labels(cache)
         return cls(head, temperature=temperature, alpha=alpha, order=head.order_of(list(scored), str(cache.root)))
 
     def columns(self) -> list[str]:

@@ -191,7 +191,8 @@ def label_set_kl(
     """
     t = torch.log_softmax(teacher_label_logprobs.float() / temperature, dim=-1)
     s = torch.log_softmax(student_label_logprobs.float() / temperature, dim=-1)
-    return (t.exp() * (t - s)).sum(-1) * temperature**2
+    p = t.exp()  # a label the teacher gives no mass (a -inf score) adds nothing, not 0 * -inf = NaN
+    return torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(-1) * temperature**2
 
 
 def label_kd_loss(

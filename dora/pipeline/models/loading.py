@@ -90,20 +90,26 @@ def offline_unless_reachable(timeout: float = 3.0) -> bool:
     return _HUB_PROBED[0]
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer.model", "vocab.json",
-                   "sentencepiece.bpe.model", "spm.model", "vocab.model")
-"""Files of which a local model directory holds at least one when its tokenizer is there."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "tokenizer.model",
+                   "vocab.json", "sentencepiece.bpe.model", "spm.model", "vocab.model", "tekken.json")
+"""Files of which a local model directory holds at least one when its tokenizer is there (or a
+``*.tiktoken`` file)."""
+
+
+def require_tokenizer_files(name: str) -> None:
+    """A local model directory must hold its tokenizer: transformers 5 would otherwise build an
+    empty one from the model's config alone (five special tokens), and training would run on garbage ids."""
+    root = Path(name).expanduser()
+    if root.is_dir() and not any((root / f).is_file() for f in TOKENIZER_FILES) and not any(root.glob("*.tiktoken")):
+        raise ModelError(f"{name}: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) beside the model; save "
+                         "its tokenizer there (tokenizer.save_pretrained(DIR)) or copy them from where the model came from")
 
 
 def load_tokenizer(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     name = local(name)
-    root = Path(name).expanduser()
-    if root.is_dir() and not any((root / f).is_file() for f in TOKENIZER_FILES):
-        # transformers 5 would build an empty tokenizer from the config alone, and train on garbage ids
-        raise ModelError(f"{name}: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) beside the model; save "
-                         "its tokenizer there (tokenizer.save_pretrained(DIR)) or copy them from where the model came from")
+    require_tokenizer_files(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError, HTTP errors...
@@ -148,7 +154,7 @@ def is_encoder_only(config: Any) -> bool:
     if getattr(config, "model_type", None) not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or getattr(config, "is_decoder", False):
         return False
     architectures = getattr(config, "architectures", None) or []
-    return not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    return not any(a.endswith(("ForCausalLM", "LMHeadModel", "WithLMHead")) for a in architectures)
 
 
 def architecture_of(config: Any) -> str:
@@ -176,11 +182,15 @@ def load_model(
         extra |= _head(config, name, labels)
     auto = {"seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM,
             "classifier": AutoModelForSequenceClassification}[kind]
+    reset = extra.pop("reset_head", False)
+
     def load() -> Any:
         return auto.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code, **extra)
 
     try:
         model = _quietly(load) if "num_labels" in extra else load()
+        if reset:
+            _reset_head(model)
     except Exception as e:
         raise ModelError(f"cannot load a {kind} model from {name!r} ({str(e).splitlines()[0][:200]}); {_hub_hint(name)}") from None
     return model, kind
@@ -207,12 +217,31 @@ def _head(config: Any, name: str, labels: tuple[str, ...] | None) -> dict[str, A
         return {}
     if trained == tuple(labels):
         return {}
-    if trained is not None:
+    head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
+    if any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []):
         from dora.pipeline.progress import note
 
-        note(f"{name}: its head predicts {', '.join(trained)}; training a new head over {', '.join(labels)}")
-    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
+        note(f"{name}: its head predicts {', '.join(trained or ('unnamed labels',))}; training a new head over "
+             f"{', '.join(labels)}")
+        head["reset_head"] = True  # same-shaped weights would load under the new names: start them afresh
+    return head
+
+
+def _reset_head(model: Any) -> None:
+    """Re-initialise a sequence classifier's head (``classifier``, ``pre_classifier`` or ``score``,
+    by the model's own initialisation) so no trained weights survive under other labels' names."""
+    parts = [getattr(model, n) for n in ("pre_classifier", "classifier", "score") if hasattr(model, n)]
+    if not parts:
+        raise ModelError(f"{type(model).__name__}: cannot find its classification head to start afresh; give the "
+                         "base encoder (without a head) as --student")
+    import torch
+
+    with torch.no_grad():
+        for part in parts:
+            for module in part.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
 
 
 def _quietly(load: Any) -> Any:
