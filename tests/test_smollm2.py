@@ -125,3 +125,27 @@ def test_the_pretrained_demo_runs_quick(smollm2_dir, tmp_path):
     assert config["architectures"] == ["BertForSequenceClassification"]
     teacher = json.loads((out / "models" / "teacher-8" / "dora_finetune.json").read_text())
     assert teacher["best_step"] is not None and teacher["dev"]  # picked on dev
+
+def test_smollm2_lora_teacher_is_picked_on_dev_and_merged(smollm2, smollm2_dir, tmp_path):
+    """LoRA on the real 135M model, on CPU: two dev evaluations, the best adapters merged into plain
+    weights (no peft keys), a cache with the teacher's label scores."""
+    from safetensors import safe_open
+
+    rows = fever_rows()
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:16])
+    dev = write_jsonl(tmp_path / "dev.jsonl", rows[16:24])
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": r["id"], "source": r["source"]} for r in rows[24:32]])
+    out, teacher = tmp_path / "cache", tmp_path / "teacher"
+    result = CliRunner().invoke(app, ["teacher-label", "--task", "fever", "--teacher", str(smollm2), "--train",
+                                      str(train), "--dev", str(dev), "--pool", str(pool), "--out", str(out),
+                                      "--teacher-out", str(teacher), "--lora", "--lora-r", "4", "--max-steps", "2",
+                                      "--eval-every", "1", "--batch-size", "8", "--prefix", "Claim: ",
+                                      "--max-new-tokens", "4", "--max-target-length", "8", "--top-k", "4"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((teacher / "dora_finetune.json").read_text())
+    assert record["lora"]["r"] == 4 and record["best_step"] in (1, 2) and record["dev"]
+    assert [h["step"] for h in record["history"] if "eval" in h] == [1, 2]
+    with safe_open(str(teacher / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "lora" in k]
+    assert not (teacher / "best").exists()
+    assert list(LabelCache.open(out).manifest.generation.label_set) == ["SUPPORTS", "REFUTES"]
