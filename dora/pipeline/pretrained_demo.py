@@ -119,13 +119,13 @@ def _print_table(summary: list[dict[str, Any]], protocol: Protocol, label: str, 
     table = Table(title=f"FEVER, {protocol.test} held-out test claims (accuracy, mean ± standard error of "
                         f"{protocol.seeds} seeds; every model picked on {protocol.dev} dev claims; the majority class, "
                         f"{label}, scores {majority:.3f})")
-    for col in ("gold labels", "teacher", "distill", "USD", "annotate", "labels", "USD ", "difference"):
-        table.add_column(col, justify="right")
+    for col in ("labels", "teacher", "distill", "$", "annotate", "labels ", "$ ", "d - a"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in summary:
         d, a = r["distill"], r["annotate"]
-        se = (lambda s: f" ± {s:.3f}" if s is not None else "")
+        se = (lambda s: f"±{s:.3f}" if s is not None else "")
         table.add_row(str(r["budget"]), f"{r['teacher']:.3f}", f"{d['mean']:.3f}{se(d['se'])}", f"{d['usd']:.2f}",
                       f"{a['mean']:.3f}{se(a['se'])}", str(a["gold_labels"]), f"{a['usd']:.2f}",
-                      f"{r['difference']:+.3f}" + (" *" if r["beyond_2se"] else ""))
+                      f"{r['difference']:+.3f}" + ("*" if r["beyond_2se"] else ""))
     console.print(table)
-    console.print("* the difference exceeds two standard errors")
+    console.print("d - a: distill minus annotate; * where it exceeds two standard errors")
