@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rows = _rows(args.data)
     protocol = QUICK if args.quick else FOLLOW_UP if args.follow_up else PROTOCOL
+    _claim(args.workdir)
     models = _tiny_models(rows, args.workdir / "models") if args.quick else _pretrained_models()
     start, load = time.perf_counter(), os.getloadavg()[0]
     result = run_comparison(protocol, models, rows, args.workdir)
@@ -115,6 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps({"summary": summary, "backtest": backtests, "wall_seconds": wall,
                                         "majority": majority, **result}, indent=2, default=str) + "\n")
     return 0
+
+
+MARKER = ".dora-paper-effect"
+
+
+def _claim(workdir: Path) -> None:
+    """Write only into a new or empty --workdir, or one this script marked as its own (a rerun
+    continues there): never over files it did not write."""
+    if workdir.exists() and (not workdir.is_dir() or (any(workdir.iterdir()) and not (workdir / MARKER).is_file())):
+        sys.exit(f"--workdir {workdir}: holds files this benchmark did not write; give a new or empty directory")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("written by benchmarks/paper_effect.py: a rerun may rewrite this directory\n")
 
 
 def _se(se: float | None) -> str:

@@ -358,7 +358,7 @@ def teacher_label_cmd(
     gpu_memory_utilization: Annotated[float, typer.Option(help="vLLM: fraction of GPU memory it may take.", rich_help_panel=ENGINE)] = 0.9,
     engine_arg: Annotated[list[str] | None, typer.Option(help="Extra engine argument KEY=VALUE (JSON values; repeatable), e.g. enforce_eager=true.", rich_help_panel=ENGINE)] = None,
     engine_config: Annotated[Path | None, typer.Option(help="JSON or YAML file of extra engine arguments (--engine-arg wins).", rich_help_panel=ENGINE)] = None,
-    labels: Annotated[str | None, typer.Option(help="Comma-separated label verbalisers of your own closed-label task, for label-set KD.", rich_help_panel=DATA)] = None,
+    labels: LabelsOpt = None,
     score_labels: Annotated[bool, typer.Option(help="Store the teacher's log-probability of each label (label_logprobs) when the task has labels.", rich_help_panel=OUT)] = True,
     shard_size: Annotated[int, typer.Option(help="Pool rows per cache shard.", rich_help_panel=OUT)] = 4096,
     label_batch_size: LabelBatchOpt = 32,
@@ -416,8 +416,7 @@ def teacher_label_cmd(
 
     def stage() -> Any:
         extra = parse_engine_args(options.pop("engine_arg") or [], options.pop("engine_config"))
-        raw = options["labels"]
-        labels = tuple(x.strip() for x in raw.split(",")) if raw else None
+        labels = _labels(options["labels"])
         temps = _numbers(options["kd_temperatures"], "--kd-temperatures")
         return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra, "labels": labels,
                                                           "kd_temperatures": temps}, ctx))

@@ -40,3 +40,13 @@ def test_paper_effect_quick_reports_every_point(tmp_path):
     assert proc.stdout.count("\n| 8 |") == 1 and "| 24 |" in proc.stdout
     assert "Backtest" in proc.stdout and set(saved["backtest"]) == {"annotate", "mixed"}
     assert "Wall time" in proc.stdout
+
+
+def test_paper_effect_writes_only_into_its_own_workdir(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--workdir", str(mine)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "did not write" in proc.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

@@ -33,7 +33,7 @@ import math
 from collections import Counter
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,7 @@ def first_rows(path: Path, n: int, out: Path) -> Path:
 
 
 def run_comparison(protocol: Protocol, models: Models, rows: Sequence[dict[str, Any]], root: Path, *,
-                   task: str = "fever", on_budget: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   task: str = "fever") -> dict[str, Any]:
     """Run the protocol in ``root`` (a rerun reuses finished teachers, caches and students);
     return ``{"points": [...], "teachers": {...}, "splits": {...}}``: one point per student run
     (budget, strategy, seed, gold labels, score on test by the task's primary metric, dollars,
@@ -153,8 +153,6 @@ def run_comparison(protocol: Protocol, models: Models, rows: Sequence[dict[str, 
     points: list[dict[str, Any]] = []
     teachers: dict[int, dict[str, Any]] = {}
     for n in protocol.budgets:
-        if on_budget is not None:
-            on_budget(n)
         gold = first_rows(paths["gold"], n, root / "data" / f"gold-{n}.jsonl")
         steps = min(max(math.ceil(protocol.teacher_epochs * n / protocol.batch_size), protocol.teacher_steps[0]),
                     protocol.teacher_steps[1])

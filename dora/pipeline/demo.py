@@ -27,7 +27,7 @@ from rich.table import Table
 
 from dora.errors import ConfigError
 from dora.pipeline.checks import check_number
-from dora.pipeline.compare import majority_class
+from dora.pipeline.compare import first_rows, majority_class
 from dora.pipeline.costs.pricing import MAX_PRICE_USD, SMALL_CPU_HOUR_USD, Prices
 from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
 from dora.pipeline.progress import console
@@ -154,7 +154,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     runs: list[Path] = []
     timing: dict[Path, tuple[float, int]] = {}  # each run's seconds (its teacher's too) and examples seen
     for n in counts:
-        gold = paths["gold"] if n == sizes.gold else head(paths["gold"], n, root / "data" / f"gold-{n}.jsonl")
+        gold = paths["gold"] if n == sizes.gold else first_rows(paths["gold"], n, root / "data" / f"gold-{n}.jsonl")
         suffix = "" if len(counts) == 1 else f"-{n}"
         # Equal student compute for both strategies: as many examples seen as the distill run.
         annotate_epochs = sizes.student_epochs * sizes.pool / n
@@ -256,9 +256,3 @@ def _claim(root: Path) -> None:
 def evaluations_every(rows: int, epochs: float, batch_size: int = 16, evaluations: int = 4) -> int:
     """Steps between evaluations for about four per run (each decodes the whole dev split)."""
     return max(1, int(-(-rows // batch_size) * epochs) // evaluations)
-
-
-def head(path: Path, n: int, out: Path) -> Path:
-    """The first ``n`` rows of a JSON Lines file, written to ``out``."""
-    out.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
-    return out

@@ -39,27 +39,28 @@ def predict(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: li
     from dora.pipeline.engines.generation import hf_generate
 
     prompts = encode_prompts(tokenizer, [task.source_prefix + s for s in sources], max_source_length)
-    if kind == "classifier":
-        def run(advance: Callable[[int], None]) -> list[str]:
+
+    def generate(advance: Callable[[int], None]) -> list[str]:
+        if kind == "classifier":
             return classify(model, tokenizer, prompts, batch_size=batch_size, on_batch=advance)
-
-        if on_batch is not None:
-            return run(on_batch)
-        with progress_bar() as bar:
-            job = bar.add_task("predict", total=len(sources), info="", unit="row")
-            return run(lambda n: bar.advance(job, n))
-
-    def generate(advance: Callable[[int], None]) -> list[Any]:
-        return hf_generate(model, tokenizer, kind, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           on_batch=advance)
+        generated = hf_generate(model, tokenizer, kind, prompts, batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, on_batch=advance)
+        return [tokenizer.decode(g.ids.tolist(), skip_special_tokens=True).strip() for g in generated]
 
     if on_batch is not None:
-        generated = generate(on_batch)
-    else:
-        with progress_bar() as bar:
-            job = bar.add_task("predict", total=len(sources), info="", unit="row")
-            generated = generate(lambda n: bar.advance(job, n))
-    return [tokenizer.decode(g.ids.tolist(), skip_special_tokens=True).strip() for g in generated]
+        return generate(on_batch)
+    with progress_bar() as bar:
+        job = bar.add_task("predict", total=len(sources), info="", unit="row")
+        return generate(lambda n: bar.advance(job, n))
+
+
+def dev_scores(model: Any, tokenizer: Any, kind: ModelKind, task: Task, sources: list[str], scorer: TaskScorer, *,
+               batch_size: int, max_source_length: int, max_new_tokens: int) -> dict[str, float]:
+    """A model's scores on dev under both metric definitions, flat (``{"strict_accuracy": ...,
+    "paper_accuracy": ...}``): what the training loop logs and selects on (teacher and student)."""
+    preds = predict(model, tokenizer, kind, task, sources, batch_size=batch_size,
+                    max_source_length=max_source_length, max_new_tokens=max_new_tokens)
+    return {f"{mode}_{key}": value for mode, scores in scorer(preds).items() for key, value in scores.items()}
 
 
 def classify(model: Any, tokenizer: Any, prompts: list[list[int]], *, batch_size: int,

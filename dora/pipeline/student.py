@@ -39,7 +39,7 @@ from dora.pipeline.config import Optimisation, TaskInputs
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, read_examples
-from dora.pipeline.evaluate import predict
+from dora.pipeline.evaluate import dev_scores, predict
 from dora.pipeline.kd.classifier import LabelHead, LabelObjective, collate_classifier, gold_features, scored_labels
 from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, GoldOnly, Objective, choose, collate_kd, training_loss
 from dora.pipeline.models.gguf import lineage as gguf_lineage
@@ -329,10 +329,11 @@ def _training_data(config: TrainStudentConfig, task: Task, tokenizer: Any, gold:
 def _evaluator(config: TrainStudentConfig, task: Task, tokenizer: Any, kind: ModelKind, dev: list[Example],
                scorer: TaskScorer) -> Any:
     """Scores of a model on dev, both metric definitions, flat (what the loop logs and selects on)."""
+    sources = [e.source for e in dev]
+
     def evaluate(m: Any) -> dict[str, float]:
-        preds = predict(m, tokenizer, kind, task, [e.source for e in dev], batch_size=config.eval_batch_size,
-                        max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
-        return _flat(scorer(preds))
+        return dev_scores(m, tokenizer, kind, task, sources, scorer, batch_size=config.eval_batch_size,
+                          max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
 
     return evaluate
 
@@ -351,11 +352,6 @@ def _select(out: Path, model: Any, tokenizer: Any) -> None:
             shutil.rmtree(target)
         shutil.move(str(item), str(target))
     best.rmdir()
-
-
-def _flat(by_mode: dict[str, dict[str, float]]) -> dict[str, float]:
-    """{"paper": {"accuracy": x}, "strict": {...}} -> {"paper_accuracy": x, ...}: what the loop logs."""
-    return {f"{mode}_{key}": value for mode, scores in by_mode.items() for key, value in scores.items()}
 
 
 def _unflat(flat: dict[str, float] | None) -> dict[str, dict[str, float]] | None:

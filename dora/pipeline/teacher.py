@@ -491,16 +491,15 @@ def _dev_evaluator(config: TeacherLabelConfig, plan: _Plan, tokenizer: Any) -> A
     Rank 0 scores; the other ranks of a data-parallel run only take part in the vote to stop."""
     if plan.rank != 0:
         return lambda m: {}
-    from dora.pipeline.evaluate import predict
+    from dora.pipeline.evaluate import dev_scores
     from dora.pipeline.tasks.metrics import TaskScorer
 
     sources = [e.source for e in plan.dev]
     scorer = TaskScorer(plan.task, [e.target or "" for e in plan.dev], sources=sources)
 
     def evaluate(model: Any) -> dict[str, float]:
-        preds = predict(model, tokenizer, plan.kind, plan.task, sources, batch_size=config.label_batch_size,
-                        max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
-        return {f"{mode}_{name}": value for mode, scores in scorer(preds).items() for name, value in scores.items()}
+        return dev_scores(model, tokenizer, plan.kind, plan.task, sources, scorer, batch_size=config.label_batch_size,
+                          max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens)
 
     return evaluate
 

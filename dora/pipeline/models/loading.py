@@ -138,12 +138,11 @@ def kind_of(config: Any) -> ModelKind:
     (decoder-only), from a model config."""
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
-    architectures = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "classifier"
-    if is_encoder_only(config):
-        return "classifier"
-    return "causal"
+    return "classifier" if _classifier_checkpoint(config) or is_encoder_only(config) else "causal"
+
+
+def _classifier_checkpoint(config: Any) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
 
 
 def is_encoder_only(config: Any) -> bool:
@@ -200,8 +199,7 @@ def classifier_labels(config: Any) -> tuple[str, ...] | None:
     """The labels of a trained classifier's head, in id order (None: a bare encoder, or a head
     whose labels are transformers' placeholders ``LABEL_0``, ...)."""
     id2label = getattr(config, "id2label", None) or {}
-    architectures = getattr(config, "architectures", None) or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures) or not id2label:
+    if not _classifier_checkpoint(config) or not id2label:
         return None
     names = tuple(str(id2label[i]) for i in sorted(id2label, key=int))
     return None if all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
@@ -219,7 +217,7 @@ def _head(config: Any, name: str, labels: tuple[str, ...] | None) -> dict[str, A
         return {}
     head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
-    if any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []):
+    if _classifier_checkpoint(config):
         from dora.pipeline.progress import note
 
         note(f"{name}: its head predicts {', '.join(trained or ('unnamed labels',))}; training a new head over "
@@ -229,8 +227,8 @@ def _head(config: Any, name: str, labels: tuple[str, ...] | None) -> dict[str, A
 
 
 def _reset_head(model: Any) -> None:
-    """Re-initialise a sequence classifier's head (``classifier``, ``pre_classifier`` or ``score``,
-    by the model's own initialisation) so no trained weights survive under other labels' names."""
+    """Re-initialise a sequence classifier's head (``classifier``, ``pre_classifier`` or ``score``;
+    each layer's own ``reset_parameters``) so no trained weights survive under other labels' names."""
     parts = [getattr(model, n) for n in ("pre_classifier", "classifier", "score") if hasattr(model, n)]
     if not parts:
         raise ModelError(f"{type(model).__name__}: cannot find its classification head to start afresh; give the "
@@ -288,10 +286,8 @@ def _hash_files(files: list[Path]) -> str:
 
 
 def vocab_size(model: Any) -> int:
-    """Size of the model's output layer (may exceed len(tokenizer): T5 pads it to 32128); for a
-    classifier, of its input embeddings."""
-    head = model.get_output_embeddings()
-    return int((head if head is not None else model.get_input_embeddings()).weight.shape[0])
+    """Size of the model's output layer (may exceed len(tokenizer): T5 pads it to 32128)."""
+    return int(model.get_output_embeddings().weight.shape[0])
 
 
 def check_top_k(k: int, vocab: int, name: str) -> None:
