@@ -37,12 +37,12 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from dora.pipeline.evaluate import predict
+    from dora.pipeline.engines.inference import predict
     from dora.pipeline.models.scratch import save_model_dir, tiny_llama, tiny_t5, train_tokenizer
-    from dora.pipeline.progress import quiet_libraries
-    from dora.pipeline.student import TrainStudentConfig, train_student
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
     from dora.pipeline.tasks.catalog import get_task
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     start = time.perf_counter()

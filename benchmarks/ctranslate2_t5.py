@@ -50,7 +50,7 @@ def main() -> None:
     from dora.pipeline.engines.settings import EngineSettings
     from dora.pipeline.engines.transformers_engine import TransformersEngine
     from dora.pipeline.models.scratch import save_model_dir, train_tokenizer
-    from dora.pipeline.progress import quiet_libraries
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     data = [json.loads(x) for x in resources.files("dora").joinpath("demo_data/fever.jsonl").read_text().splitlines()]

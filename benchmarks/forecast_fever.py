@@ -41,15 +41,15 @@ def main() -> None:
 
     from dora.cache import LabelCache
     from dora.cache.transform import filter_cache
-    from dora.pipeline.demo import write_splits
-    from dora.pipeline.forecast import ForecastConfig, describe, forecast
-    from dora.pipeline.make_student import MakeStudentConfig, make_student
-    from dora.pipeline.pretrained_demo import smollm2_gguf
-    from dora.pipeline.progress import quiet_libraries
-    from dora.pipeline.report import RunRecord
-    from dora.pipeline.select import select
-    from dora.pipeline.student import TrainStudentConfig, train_student
-    from dora.pipeline.sweep import SweepConfig, run_sweep
+    from dora.pipeline.stages.demo.pretrained import smollm2_gguf
+    from dora.pipeline.stages.demo.tiny import write_splits
+    from dora.pipeline.stages.forecast import ForecastConfig, describe, forecast
+    from dora.pipeline.stages.make_student import MakeStudentConfig, make_student
+    from dora.pipeline.stages.report import RunRecord
+    from dora.pipeline.stages.select import select
+    from dora.pipeline.stages.sweep import SweepConfig, run_sweep
+    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     root = args.workdir

@@ -36,10 +36,10 @@ def main() -> int:
     from dora.pipeline.data.encoding import encode_prompts
     from dora.pipeline.engines.generation import hf_generate
     from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
-    from dora.pipeline.progress import quiet_libraries
-    from dora.pipeline.student import TrainStudentConfig, train_student
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
     from dora.pipeline.train.loop import mixed_precision
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="dora-gpu-"))

@@ -72,9 +72,9 @@ def main() -> int:
     bandwidth = args.bandwidth_gbs * 1e9 if args.bandwidth_gbs else (known[1] if known else None)
 
     from dora.pipeline.models.scratch import save_model_dir, train_tokenizer
-    from dora.pipeline.progress import quiet_libraries
-    from dora.pipeline.student import TrainStudentConfig, train_student
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     torch.manual_seed(0)

@@ -61,8 +61,8 @@ def prompts(model: Path, pool: Path, rows: int) -> tuple[list[list[int]], object
 def measure(name: str, model: Path, pool: Path, rows: int, out: Path) -> dict:
     """Run in a child process: returns {"tokens", "seconds"} of labeling only."""
     if name in ("dora-vllm", "dora-hf"):
-        from dora.pipeline.progress import quiet_libraries
-        from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+        from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+        from dora.progress import quiet_libraries
 
         quiet_libraries()
         sub = out / "pool.jsonl"

@@ -39,9 +39,9 @@ def child(kind: str, work: Path, n: int, steps: int) -> None:
     # Every measurement imports the same libraries first, so "above the import floor" compares like with like.
     import transformers  # noqa: F401
 
-    import dora.pipeline.student  # noqa: F401
-    import dora.pipeline.teacher  # noqa: F401
-    from dora.pipeline.progress import quiet_libraries
+    import dora.pipeline.stages.teacher_label  # noqa: F401
+    import dora.pipeline.stages.train_student  # noqa: F401
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     start = time.perf_counter()
@@ -49,13 +49,13 @@ def child(kind: str, work: Path, n: int, steps: int) -> None:
     if kind == "floor":  # the imports above and nothing else
         pass
     elif kind == "label":
-        from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+        from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 
         teacher_label(TeacherLabelConfig(task="fever", teacher=str(work / "model"), finetune=False, pool=pool,
                                          out=cache, top_k=4, max_new_tokens=3, label_batch_size=512,
                                          shard_size=8192, score_labels=False, max_source_length=32))
     elif kind == "train":
-        from dora.pipeline.student import TrainStudentConfig, train_student
+        from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
 
         train_student(TrainStudentConfig(task="fever", student=str(work / "model"), cache=cache,
                                          out=work / f"student-{n}", max_steps=steps, batch_size=32,

@@ -7,7 +7,7 @@ stopped on dev, and a pretrained encoder student (all-MiniLM-L6-v2, from the
     python benchmarks/paper_effect.py --quick --workdir /tmp/pe   # tiny models from configs (CI)
     python benchmarks/paper_effect.py --follow-up --workdir paper-effect-follow-up   # see FOLLOW_UP
 
-The protocol is fixed here, before anything runs (``PROTOCOL``; ``dora.pipeline.compare`` says
+The protocol is fixed here, before anything runs (``PROTOCOL``; ``dora.pipeline.stages.demo.common`` says
 what each field means): 10,444 claims shuffled once (seed 0) into 1,000 test claims, 300 dev
 claims, an unlabeled pool of 3,000 and the gold labels; budgets of 100, 300 and 1,000 gold
 labels (nested), 3 student seeds per strategy and budget. At each budget the teacher is
@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from dora.pipeline.compare import Protocol
+from dora.pipeline.stages.demo.common import Protocol
 
 PROTOCOL = Protocol(budgets=(100, 300, 1000), pool=3000, dev=300, test=1000, seeds=3, split_seed=0,
                     teacher_epochs=3.0, teacher_steps=(40, 125), teacher_learning_rate=1e-4, teacher_patience=2,
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--follow-up", action="store_true", help="The FOLLOW_UP protocol (see its docstring).")
     args = parser.parse_args(argv)
 
-    from dora.pipeline.compare import run_comparison, summarise, verdict_sentence
+    from dora.pipeline.stages.demo.common import run_comparison, summarise, verdict_sentence
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rows = _rows(args.data)
@@ -148,8 +148,8 @@ def _majority(test: Path) -> float:
 
 
 def _pretrained_models():
-    from dora.pipeline.compare import Models
-    from dora.pipeline.pretrained_demo import smollm2_gguf
+    from dora.pipeline.stages.demo.common import Models
+    from dora.pipeline.stages.demo.pretrained import smollm2_gguf
     from dora.pipeline.tasks.metrics import default_encoder
 
     student = default_encoder()
@@ -160,8 +160,8 @@ def _pretrained_models():
 
 
 def _tiny_models(rows: list[dict], root: Path):
-    from dora.pipeline.compare import PROMPT, Models
     from dora.pipeline.models.scratch import save_model_dir, tiny_bert, tiny_llama, train_tokenizer
+    from dora.pipeline.stages.demo.common import PROMPT, Models
 
     teacher, student = root / "tiny-llama", root / "tiny-bert"
     if not (teacher / "config.json").is_file() or not (student / "config.json").is_file():
@@ -173,7 +173,7 @@ def _tiny_models(rows: list[dict], root: Path):
 
 
 def _backtest(result: dict, out: Path, gpu_hour_usd: float) -> dict:
-    from dora.pipeline.forecast import ForecastConfig, forecast
+    from dora.pipeline.stages.forecast import ForecastConfig, forecast
 
     if len({p["budget"] for p in result["points"]}) < 3:
         return {}  # a backtest fits two budgets and predicts a third

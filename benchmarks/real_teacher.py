@@ -39,9 +39,9 @@ def build(workdir: Path, *, data: Path | None = None, steps: int = 800, pool: in
     if done.is_file():
         return json.loads(done.read_text())
     from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
-    from dora.pipeline.progress import quiet_libraries
-    from dora.pipeline.student import TrainStudentConfig, train_student
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     task, rows = _rows(data)

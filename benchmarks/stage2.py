@@ -44,13 +44,13 @@ def main() -> None:
 
     from dora.cache import LabelCache
     from dora.pipeline.data.encoding import collate
-    from dora.pipeline.finetune import sequence_loss
     from dora.pipeline.kd.losses import full_kl_per_token
     from dora.pipeline.kd.objectives import OBJECTIVES, cache_features, collate_kd, training_loss
     from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
-    from dora.pipeline.progress import quiet_libraries
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+    from dora.pipeline.train.finetune import sequence_loss
     from dora.pipeline.train.loop import LoopSettings, steps_per_epoch, train_loop
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     torch.manual_seed(0)

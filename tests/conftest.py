@@ -119,7 +119,8 @@ def downgrade_to_v1(src: Path, dst: Path) -> Path:
     import pyarrow.parquet as pq
 
     from dora.cache import LabelCache
-    from dora.cache.manifest import file_sha256, write_manifest
+    from dora.cache.manifest import write_manifest
+    from dora.files import file_sha256
 
     cache = LabelCache.open(src)
     shutil.copytree(src / "tokenizer", dst / "tokenizer")

@@ -19,8 +19,8 @@ import pytest
 from adversarial import Case, run_case
 
 from dora.cache import LabelCache
-from dora.cache.manifest import file_sha256
 from dora.cache.writer import parquet_options
+from dora.files import file_sha256
 
 EVIL = """import pathlib
 pathlib.Path({marker!r}).write_text("the cache's code ran")

@@ -81,7 +81,7 @@ def _copy(which: str):
 def _adopt(run: Path, values: dict[str, Any]) -> None:
     """Make a copied student run this command's own: a student run's identity includes its --out,
     so the copy's marker is rewritten with the identity ``train-student`` computes for the copy."""
-    import dora.pipeline.student as student
+    import dora.pipeline.stages.train_student as student
 
     marker = getattr(student, "RUN_MARKER", None)
     if marker is None or not (run / marker).is_file():

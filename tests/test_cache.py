@@ -13,8 +13,8 @@ import torch
 from conftest import CACHE_STEPS
 
 from dora.cache import LabelCache, Manifest, shard_schema
-from dora.cache.manifest import file_sha256
 from dora.errors import CacheError
+from dora.files import file_sha256
 
 
 def test_manifest_describes_the_cache(cache_dir, t5_dir):

@@ -20,8 +20,8 @@ import torch
 from dora.cache.lock import LOCK_FILE
 from dora.errors import ConfigError, DoraError, ModelError, TrainingError
 from dora.pipeline.data.encoding import collate
-from dora.pipeline.finetune import RECORD, sequence_loss
 from dora.pipeline.train.checkpoint import CheckpointError, check_contents
+from dora.pipeline.train.finetune import RECORD, sequence_loss
 from dora.pipeline.train.loop import LoopSettings, train_loop
 
 SETTINGS = LoopSettings(epochs=3, max_steps=None, batch_size=4, grad_accum=2, learning_rate=1e-3, warmup_ratio=0.1,
@@ -407,8 +407,8 @@ def test_fsdp_shards_are_safetensors_and_resume_bit_identical(tmp_path):
 # --- the teacher directory ----------------------------------------------------------------------
 
 def _finetune(t5_dir: Path, examples, out_dir: Path, **overrides):
-    from dora.pipeline.finetune import finetune_teacher
     from dora.pipeline.models.loading import load_tokenizer
+    from dora.pipeline.train.finetune import finetune_teacher
 
     settings = LoopSettings(epochs=1, max_steps=2, batch_size=8, grad_accum=1, learning_rate=1e-3, warmup_ratio=0.0,
                             weight_decay=0.0, seed=1, eval_every=None, save_every=None)
@@ -426,7 +426,7 @@ def examples(data_dir):
 
 
 def test_a_teacher_directory_records_its_run_first_and_last(t5_dir, examples, tmp_path, monkeypatch):
-    import dora.pipeline.finetune as finetune
+    import dora.pipeline.train.finetune as finetune
 
     out = tmp_path / "teacher"
     seen = {}
@@ -471,7 +471,7 @@ def test_an_interrupted_teacher_run_resumes_in_its_own_directory(t5_dir, example
 
 def test_a_failure_before_anything_of_value_removes_the_directories_it_created(t5_dir, examples, tmp_path,
                                                                                 monkeypatch):
-    import dora.pipeline.finetune as finetune
+    import dora.pipeline.train.finetune as finetune
 
     def broken(*args, **kwargs):
         raise ModelError("cannot load the teacher (a late bad option)")
@@ -490,7 +490,7 @@ def test_a_failure_before_anything_of_value_removes_the_directories_it_created(t
 
 
 def test_a_failed_resume_keeps_the_run_it_continues(t5_dir, examples, tmp_path, monkeypatch):
-    import dora.pipeline.finetune as finetune
+    import dora.pipeline.train.finetune as finetune
 
     out = tmp_path / "teacher"
     model, record = _finetune(t5_dir, examples, out)

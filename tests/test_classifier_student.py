@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from conftest import fever_rows, write_jsonl
 from typer.testing import CliRunner
 
-from conftest import fever_rows, write_jsonl
 from dora.cli import app
 from dora.pipeline.kd.classifier import LabelHead, LabelObjective, collate_classifier
 from dora.pipeline.kd.losses import label_kd_loss, label_set_kl

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from dora.cache import LabelCache
 from dora.cli import app
-from dora.pipeline.forecast import Curve, bootstrap, crossing, fit_curve
-from dora.pipeline.select import doubt_scores, labels_for
+from dora.pipeline.stages.forecast import Curve, bootstrap, crossing, fit_curve
+from dora.pipeline.stages.select import doubt_scores, labels_for
 
 runner = CliRunner()
 
@@ -46,7 +46,7 @@ def test_intervals_cover_the_truth_at_about_their_level(per_budget, budgets):
 
 
 def test_crossing_is_where_the_curves_meet():
-    from dora.pipeline.forecast import Strategy
+    from dora.pipeline.stages.forecast import Strategy
 
     def strategy(curve: Curve) -> Strategy:
         return Strategy(name="x", dollars=[], scores=[], runs=[], labels=[], curve=curve, curves=[])

@@ -12,24 +12,28 @@ import dora
 
 ROOT = Path(dora.__file__).parent
 
-# Lowest first. A unit is a module or a package; units in one layer may not import each other
-# (except the stage modules, which are one unit: the demo runs the teacher, student and report).
+# Lowest first, folder by folder. A unit is a folder (or the ground floor: dora's own modules);
+# units in one layer may not import each other. Inside a unit anything goes but a circle
+# (test_no_import_circle).
+GROUND = "dora:ground"
 LAYERS: list[tuple[str, ...]] = [
-    ("dora.errors",),
-    ("dora.files",),
+    (GROUND,),  # dora/*.py: errors, files, lock, progress, checks
     ("dora.cache",),
-    ("dora.pipeline.progress", "dora.pipeline.checks"),
     ("dora.pipeline.models", "dora.pipeline.tasks", "dora.pipeline.costs"),
     ("dora.pipeline.data",),
-    ("dora.pipeline.kd", "dora.pipeline.train", "dora.pipeline.engines"),
-    ("dora.pipeline",),  # the stage modules: config, teacher, finetune, student, evaluate, demo, report, budget
+    ("dora.pipeline.kd", "dora.pipeline.engines"),
+    ("dora.pipeline.train",),
+    ("dora.pipeline.stages", "dora.pipeline"),  # dora.pipeline: its __init__ (a docstring)
     ("dora.cli",),
     ("dora.__main__",),
 ]
+TOP = {"dora.cli", "dora.__main__"}
 
 
 def unit_of(module: str) -> tuple[int, str]:
     """(layer, unit) of a dora module: the longest unit name it falls under."""
+    if module == "dora" or module.count(".") == 1 and not any(module in units for units in LAYERS):
+        return 0, GROUND  # a module directly in dora/
     best: tuple[int, str] | None = None
     for layer, units in enumerate(LAYERS):
         for unit in units:
@@ -100,9 +104,9 @@ def test_every_module_has_a_layer():
 @pytest.mark.parametrize(("importer", "imported", "expected"), [
     ("dora.cache.writer", "dora.pipeline.kd.losses", False),  # cache/ never imports pipeline/
     ("dora.pipeline.kd.distill", "dora.pipeline.engines.generation", False),  # siblings
-    ("dora.pipeline.train.loop", "dora.pipeline.student", False),  # a lower layer importing a stage
-    ("dora.pipeline.student", "dora.pipeline.kd.losses", True),
-    ("dora.pipeline.demo", "dora.pipeline.teacher", True),  # stage modules are one unit
+    ("dora.pipeline.train.loop", "dora.pipeline.stages.train_student", False),  # a lower layer importing a stage
+    ("dora.pipeline.stages.train_student", "dora.pipeline.kd.losses", True),
+    ("dora.pipeline.stages.demo.tiny", "dora.pipeline.stages.teacher_label", True),  # stage modules are one unit
     ("dora.pipeline.kd.align", "dora.pipeline.kd.losses", True),  # within a package
 ])
 def test_the_rule_itself(importer, imported, expected):
@@ -117,9 +121,91 @@ def test_a_crafted_violation_is_found(tmp_path):
     (fake / "cache").mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "cache" / "__init__.py").write_text("")
-    (fake / "cache" / "bad.py").write_text("import json\n\ndef f():\n    from dora.pipeline.student import x\n")
+    (fake / "cache" / "bad.py").write_text("import json\n\ndef f():\n    from dora.pipeline.stages.train_student import x\n")
     (fake / "cache" / "sly.py").write_text("from ..pipeline.train import loop\n")
     assert violations(fake) == [
-        "dora/cache/bad.py:4: dora.cache (layer 2) imports dora.pipeline.student (layer 7)",
-        "dora/cache/sly.py:1: dora.cache (layer 2) imports dora.pipeline.train (layer 6)",
+        "dora/cache/bad.py:4: dora.cache (layer 1) imports dora.pipeline.stages.train_student (layer 6)",
+        "dora/cache/sly.py:1: dora.cache (layer 1) imports dora.pipeline.train (layer 5)",
     ]
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the dora modules it imports (a name imported from a package that is a module of
+    its own counts as that module), every import statement included, those inside functions too."""
+    known = {name for name, _ in modules(root)}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules(root):
+        targets = graph.setdefault(module, set())
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names if a.name in known)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
+                for a in node.names:
+                    if f"{base}.{a.name}" in known:
+                        targets.add(f"{base}.{a.name}")
+                    elif base in known:
+                        targets.add(base)
+        targets.discard(module)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_no_import_circle():
+    assert circles(import_graph()) == []
+
+
+def test_a_crafted_circle_is_found(tmp_path):
+    """Two modules importing each other, one of them inside a function, are a circle."""
+    fake = tmp_path / "dora"
+    (fake / "cache").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "cache" / "__init__.py").write_text("")
+    (fake / "cache" / "a.py").write_text("from dora.cache.b import x\n")
+    (fake / "cache" / "b.py").write_text("def f():\n    from dora.cache import a\n")
+    (fake / "cache" / "c.py").write_text("from dora.cache import a\n")
+    assert circles(import_graph(fake)) == [["dora.cache.a", "dora.cache.b"]]
+
+
+def test_the_pipeline_root_holds_only_folders():
+    """Stages live in stages/, the library in its packages: no flat module beside them."""
+    flat = sorted(p.name for p in (ROOT / "pipeline").glob("*.py") if p.name != "__init__.py")
+    assert flat == []

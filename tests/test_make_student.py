@@ -132,7 +132,7 @@ def test_a_failure_while_saving_leaves_nothing(deep, tmp_path, monkeypatch):
     import errno
     import types
 
-    import dora.pipeline.make_student as stage
+    import dora.pipeline.stages.make_student as stage
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cut"))

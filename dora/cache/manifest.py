@@ -19,9 +19,9 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from dora.cache.schema import ID_TYPES, shard_schema
-from dora.cache.trust import check_tokenizer_name, contained, parse_json
+from dora.cache.trust import check_tokenizer_name, contained
 from dora.errors import CacheError
-from dora.files import write_atomic
+from dora.files import parse_json, write_atomic
 
 FORMAT_NAME = "dora-label-cache"
 FORMAT_VERSION = 2  # what this dora writes
@@ -49,14 +49,6 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         data = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.all_special_tokens}
     canon = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)

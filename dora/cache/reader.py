@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dora.cache.manifest import TOKENIZER_DIR, Manifest, ShardEntry, file_sha256, read_manifest
+from dora.cache.manifest import TOKENIZER_DIR, Manifest, ShardEntry, read_manifest
 from dora.cache.schema import check_schema
 from dora.cache.trust import check_tokenizer_files, contained, load_cache_tokenizer
 from dora.errors import CacheError
+from dora.files import file_sha256
 
 
 @dataclass(frozen=True)

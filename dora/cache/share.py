@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from dora.cache.card import dataset_card
-from dora.cache.manifest import MANIFEST, MAX_MANIFEST_BYTES, Manifest, file_sha256, read_manifest, write_manifest
+from dora.cache.manifest import MANIFEST, MAX_MANIFEST_BYTES, Manifest, read_manifest, write_manifest
 from dora.cache.reader import LabelCache
-from dora.cache.trust import check_tokenizer_files, contained, parse_json
+from dora.cache.trust import check_tokenizer_files, contained
 from dora.errors import CacheError
-from dora.files import write_atomic
+from dora.files import file_sha256, parse_json, write_atomic
 
 MAX_FILE_BYTES = 64 * 1024**3  # no single shard or tokenizer file is larger than this
 CHUNK = 1 << 20

@@ -23,11 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dora.cache.manifest import TOKENIZER_DIR, Manifest, PoolInfo, ShardEntry, file_sha256, write_manifest
+from dora.cache.manifest import TOKENIZER_DIR, Manifest, PoolInfo, ShardEntry, write_manifest
 from dora.cache.reader import LabelCache
 from dora.cache.trust import check_tokenizer_files
 from dora.cache.writer import parquet_options, shard_name
 from dora.errors import CacheError
+from dora.files import file_sha256
 
 
 def token_tails(table: pa.Table, k: int, tail_column: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -14,11 +14,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from dora.errors import CacheError
+from dora.files import file_sha256, parse_json
 
 # The files of a tokenizer's data, as transformers and tokenizers save them; anything else (a .py
 # file, config.json, a pickle) has no place in a cache's tokenizer directory.
@@ -27,49 +27,6 @@ TOKENIZER_FILES = frozenset({
     "spiece.model", "tokenizer.model", "sentencepiece.bpe.model", "vocab.json", "vocab.txt", "merges.txt",
     "chat_template.jinja", "chat_template.json",
 })
-MAX_JSON_DEPTH = 64  # a real manifest nests 4 deep; this bounds what the parser is asked to do
-
-
-def parse_json(raw: bytes | str, where: str) -> Any:
-    """``json.loads`` for files from strangers: every failure is one ``CacheError`` naming ``where``."""
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    except UnicodeDecodeError as e:
-        raise CacheError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); the file is damaged") from None
-    if _depth(text) > MAX_JSON_DEPTH:
-        raise CacheError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep; not a file dora wrote")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CacheError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                         "the file is damaged") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer of thousands of digits
-        raise CacheError(f"{where}: not a file dora wrote ({str(e).splitlines()[0][:120]})") from None
-
-
-def _depth(text: str) -> int:
-    """The deepest bracket nesting outside strings, without building anything."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_JSON_DEPTH:
-                    return deepest
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def contained(root: Path, rel: str) -> Path:
@@ -100,7 +57,6 @@ def check_tokenizer_files(root: Path, listed: list[tuple[str, int, str]], *, has
     """Check the tokenizer directory of the cache at ``root`` against the manifest's entries
     (``(tokenizer/NAME, bytes, sha256)``) and return it: a real directory, holding exactly the
     listed files, each of the listed size and hash, declaring no custom code."""
-    from dora.cache.manifest import file_sha256  # manifest imports this module
 
     directory = contained(root, "tokenizer")
     if not directory.is_dir():

@@ -23,18 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dora.cache.lock import LOCK_FILE, CacheLock
-from dora.cache.manifest import (
-    MANIFEST,
-    TOKENIZER_DIR,
-    FileEntry,
-    Manifest,
-    ShardEntry,
-    file_sha256,
-    read_manifest,
-    write_manifest,
-)
-from dora.cache.trust import check_tokenizer_files, check_tokenizer_name, contained, parse_json
+from dora.cache.manifest import MANIFEST, TOKENIZER_DIR, FileEntry, Manifest, ShardEntry, read_manifest, write_manifest
+from dora.cache.trust import check_tokenizer_files, check_tokenizer_name, contained
 from dora.errors import CacheError
+from dora.files import file_sha256, parse_json
 
 ROW_GROUP_SIZE = 2048
 # How shards are written (the writer, filter/merge and the size benchmark share it). Byte-stream

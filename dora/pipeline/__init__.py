@@ -1,8 +1,8 @@
-"""The stages and everything they are built from, in layers (see README, "Where things live").
+"""The stages and the library they are built from.
 
-Stage modules sit here, one per command, each read top to bottom: ``teacher`` (with ``finetune``),
-``student``, ``evaluate``, ``demo``, ``report``, ``budget``; ``config`` holds the sections their
-configs share. Beneath them, packages that never import a stage: ``kd``, ``train``, ``engines``
-(siblings, none imports another), then ``data``, then ``models``, ``tasks``, ``costs``, then
-``progress`` and ``checks``. ``tests/test_layers.py`` enforces it.
+``stages/`` holds one module per command. Beneath it, the library, in layers: ``train``; then
+``kd`` and ``engines`` (siblings, neither imports the other); then ``data``; then ``models``,
+``tasks`` and ``costs``. Beneath the pipeline: ``dora.cache`` (the label-cache format), then the
+ground floor, ``dora``'s own modules (errors, files, locks, progress, checks).
+``tests/test_layers.py`` enforces the direction, folder by folder, and that no import circle exists.
 """

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dora.checks import check_number
 from dora.errors import ConfigError
 from dora.files import read_mapping
-from dora.pipeline.checks import check_number
 
 MAX_PRICE_USD = 1e6
 """Highest price accepted per device-hour or per label: far above any real one, and low enough

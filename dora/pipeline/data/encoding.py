@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dora.pipeline.models.loading import ModelKind
+from dora.pipeline.models.kinds import ModelKind
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI reads this module's users for help
     import torch

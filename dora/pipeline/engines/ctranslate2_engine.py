@@ -52,7 +52,8 @@ import numpy as np
 from dora.errors import ConfigError, ModelError, first_line
 from dora.pipeline.engines.generation import Generated, plan_batches, tails_and_normaliser
 from dora.pipeline.engines.settings import EngineSettings
-from dora.pipeline.models.loading import ModelKind, load_model, local, weights_sha256
+from dora.pipeline.models.kinds import ModelKind
+from dora.pipeline.models.loading import load_model, local, weights_sha256
 
 RECORD = "dora_ctranslate2.json"
 CHECK_TOLERANCE = 1e-3
@@ -247,7 +248,7 @@ def convert(model_dir: str, tokenizer: Any, *, revision: str | None = None, trus
     """The CTranslate2 conversion of the checkpoint at ``model_dir`` (made once, checked against
     transformers, kept in ``$DORA_HOME/ctranslate2/<weights sha256>``)."""
     from dora.pipeline.models.gguf import dora_home
-    from dora.pipeline.progress import console
+    from dora.progress import console
 
     digest = weights_sha256(model_dir)
     if digest is None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dora.pipeline.data.encoding import decoder_inputs, pad
-from dora.pipeline.models.loading import ModelKind
+from dora.pipeline.models.kinds import ModelKind
 
 
 @dataclass(frozen=True, slots=True)

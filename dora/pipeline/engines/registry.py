@@ -30,7 +30,7 @@ from dora.pipeline.engines.ctranslate2_engine import CTranslate2Engine
 from dora.pipeline.engines.settings import Engine, EngineName, EngineSettings
 from dora.pipeline.engines.transformers_engine import TransformersEngine
 from dora.pipeline.engines.vllm_engine import VllmEngine
-from dora.pipeline.models.loading import ModelKind
+from dora.pipeline.models.kinds import ModelKind
 
 VLLM_INSTALL_HINT = (
     "install it with `pip install 'dora-distill[vllm]'` on a GPU machine, or `pip install torch==2.13.0 "

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from dora.pipeline.checks import check_number
+from dora.checks import check_number
 
 if TYPE_CHECKING:
     from dora.pipeline.engines.generation import Generated

@@ -10,7 +10,8 @@ import numpy as np
 
 from dora.pipeline.engines.generation import Generated, hf_generate, hf_score, pick_device
 from dora.pipeline.engines.settings import EngineSettings
-from dora.pipeline.models.loading import ModelKind, check_top_k, load_model, vocab_size
+from dora.pipeline.models.kinds import ModelKind
+from dora.pipeline.models.loading import check_top_k, load_model, vocab_size
 
 
 class TransformersEngine:

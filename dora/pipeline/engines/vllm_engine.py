@@ -21,7 +21,8 @@ import numpy as np
 from dora.errors import ModelError, first_line
 from dora.pipeline.engines.generation import Generated
 from dora.pipeline.engines.settings import EngineSettings
-from dora.pipeline.models.loading import ModelKind, free_accelerator_memory, local
+from dora.pipeline.models.kinds import ModelKind
+from dora.pipeline.models.loading import free_accelerator_memory, local
 
 # Prompts handed to vLLM per call: big enough for its scheduler to batch well, small enough to
 # report progress and keep the outputs of one call in memory.

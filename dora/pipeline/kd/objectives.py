@@ -45,8 +45,8 @@ import numpy as np
 from dora.errors import CacheError
 from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.kd.align import AlignStats, TokenizerPair, VocabMap, aligned_arrays
-from dora.pipeline.models.loading import ModelKind
-from dora.pipeline.progress import note, warn
+from dora.pipeline.models.kinds import ModelKind
+from dora.progress import note, warn
 
 if TYPE_CHECKING:
     import torch

@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dora.cache.manifest import file_sha256
 from dora.errors import ModelError, first_line
-from dora.files import stored
+from dora.files import file_sha256, stored
 
 RECORD = "dora_gguf.json"
 """Written last into a converted directory: what it was converted from. Its presence marks the
@@ -121,7 +120,7 @@ def converted(path: Path) -> Path:
 
     def build(tmp: Path) -> dict[str, Any]:
         arch = _check_supported(path)
-        from dora.pipeline.progress import console, quiet_libraries
+        from dora.progress import console, quiet_libraries
 
         quiet_libraries()
         console.print(f"gguf: converting {path.name} ({path.stat().st_size / 1e6:.0f} MB) to a safetensors "
@@ -131,7 +130,7 @@ def converted(path: Path) -> Path:
 
     target, made = stored(dora_home() / "gguf", digest, RECORD, build, what="conversion of " + path.name)
     if made:
-        from dora.pipeline.progress import console
+        from dora.progress import console
 
         console.print(f"gguf: converted {path.name} in {time.perf_counter() - start:.0f} s")
     return target
@@ -157,7 +156,7 @@ def _convert(path: Path, out: Path) -> None:
     fresh from the same config without it."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from dora.pipeline.models.loading import kind_of
+    from dora.pipeline.models.kinds import kind_of
 
     where, name = str(path.parent), path.name
     try:

@@ -6,13 +6,10 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from dora.errors import ModelError
-
-ModelKind = Literal["seq2seq", "causal", "classifier"]
-"""seq2seq and causal models generate their outputs; a classifier (an encoder with a head over a
-closed label set, ``AutoModelForSequenceClassification``) picks one of the task's labels."""
+from dora.pipeline.models.kinds import ModelKind, classifier_checkpoint, kind_of
 
 
 def _hub_hint(name: str) -> str:
@@ -132,34 +129,6 @@ def load_config(name: str, *, revision: str | None = None, trust_remote_code: bo
         raise ModelError(f"cannot read the model config of {name!r} ({str(e).splitlines()[0][:200]}); {_hub_hint(name)}") from None
 
 
-def kind_of(config: Any) -> ModelKind:
-    """seq2seq (encoder-decoder, like T5), classifier (a sequence-classification checkpoint, or a
-    bare encoder such as BERT or MiniLM, which gets a new head over the task's labels) or causal
-    (decoder-only), from a model config."""
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    return "classifier" if _classifier_checkpoint(config) or is_encoder_only(config) else "causal"
-
-
-def _classifier_checkpoint(config: Any) -> bool:
-    return any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
-
-
-def is_encoder_only(config: Any) -> bool:
-    """A bidirectional encoder (BERT, RoBERTa, MiniLM, DeBERTa, ...): a model type with a masked-LM
-    head and no decoder-only checkpoint among its architectures."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    if getattr(config, "model_type", None) not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or getattr(config, "is_decoder", False):
-        return False
-    architectures = getattr(config, "architectures", None) or []
-    return not any(a.endswith(("ForCausalLM", "LMHeadModel", "WithLMHead")) for a in architectures)
-
-
-def architecture_of(config: Any) -> str:
-    return (getattr(config, "architectures", None) or [type(config).__name__])[0]
-
-
 def load_model(
     name: str, *, revision: str | None = None, trust_remote_code: bool = False, device_map: str | None = None,
     labels: tuple[str, ...] | None = None,
@@ -199,7 +168,7 @@ def classifier_labels(config: Any) -> tuple[str, ...] | None:
     """The labels of a trained classifier's head, in id order (None: a bare encoder, or a head
     whose labels are transformers' placeholders ``LABEL_0``, ...)."""
     id2label = getattr(config, "id2label", None) or {}
-    if not _classifier_checkpoint(config) or not id2label:
+    if not classifier_checkpoint(config) or not id2label:
         return None
     names = tuple(str(id2label[i]) for i in sorted(id2label, key=int))
     return None if all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
@@ -217,8 +186,8 @@ def _head(config: Any, name: str, labels: tuple[str, ...] | None) -> dict[str, A
         return {}
     head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
             "label2id": {label: i for i, label in enumerate(labels)}, "ignore_mismatched_sizes": True}
-    if _classifier_checkpoint(config):
-        from dora.pipeline.progress import note
+    if classifier_checkpoint(config):
+        from dora.progress import note
 
         note(f"{name}: its head predicts {', '.join(trained or ('unnamed labels',))}; training a new head over "
              f"{', '.join(labels)}")

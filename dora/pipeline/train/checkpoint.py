@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dora.cache.trust import parse_json
 from dora.errors import CacheError, CheckpointError
+from dora.files import parse_json
 
 STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.json"

@@ -31,7 +31,6 @@ import torch
 
 from dora.errors import ConfigError, Interrupted, TrainingError
 from dora.pipeline.costs.ledger import Invocation
-from dora.pipeline.progress import console, progress_bar
 from dora.pipeline.train.batches import InMemory, TrainData
 from dora.pipeline.train.checkpoint import (
     FORMAT,
@@ -61,6 +60,7 @@ from dora.pipeline.train.fsdp import (
     unwrap_optimizer,
 )
 from dora.pipeline.train.tracking import CURVES, Tracker, write_curves
+from dora.progress import console, progress_bar
 
 SaveModel = Callable[[Any, Path, "dict[str, Any] | None"], None]
 

@@ -12,7 +12,7 @@ both mixes them (gold rows get cross-entropy, cache rows the KD loss).
 
 Example::
 
-    from dora.pipeline.student import TrainStudentConfig, train_student
+    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
     train_student(TrainStudentConfig(task="fever", student="models/t5-small-dir", cache="cache/fever",
                                      dev="dev.jsonl", test="test.jsonl", out="runs/distill"))
 """
@@ -30,23 +30,19 @@ from typing import Any, ClassVar
 from dora import __version__
 from dora.cache import LabelCache, ShardEntry
 from dora.cache.lock import LOCK_FILE, CacheLock
-from dora.cache.manifest import file_sha256
-from dora.cache.trust import parse_json
+from dora.checks import as_paths, check_number, positive_ints
 from dora.errors import CacheError, ConfigError
-from dora.files import write_atomic
-from dora.pipeline.checks import as_paths, check_number, positive_ints
-from dora.pipeline.config import Optimisation, TaskInputs
+from dora.files import file_sha256, parse_json, write_atomic
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, read_examples
-from dora.pipeline.evaluate import dev_scores, predict
+from dora.pipeline.engines.inference import dev_scores, predict
 from dora.pipeline.kd.classifier import LabelHead, LabelObjective, collate_classifier, gold_features, scored_labels
 from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, GoldOnly, Objective, choose, collate_kd, training_loss
 from dora.pipeline.models.gguf import lineage as gguf_lineage
+from dora.pipeline.models.kinds import ModelKind, kind_of
 from dora.pipeline.models.loading import (
-    ModelKind,
     classifier_labels,
-    kind_of,
     load_config,
     load_model,
     load_tokenizer,
@@ -55,7 +51,7 @@ from dora.pipeline.models.loading import (
     save_hf,
     vocab_size,
 )
-from dora.pipeline.progress import console, note, warn
+from dora.pipeline.stages.config import Optimisation, TaskInputs
 from dora.pipeline.tasks.catalog import Task, get_task
 from dora.pipeline.tasks.metrics import METRIC_MODES, TaskScorer, require_encoder
 from dora.pipeline.train.batches import Blocks
@@ -63,15 +59,16 @@ from dora.pipeline.train.checkpoint import WRITE_ERRORS, failed_path, write_fail
 from dora.pipeline.train.distributed import process_rank
 from dora.pipeline.train.loop import steps_per_epoch, train_loop
 from dora.pipeline.train.tracking import Tracker
+from dora.progress import console, note, warn
 
 TEST_PREDICTIONS = "test_predictions.jsonl"
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainStudentConfig(TaskInputs, Optimisation):
-    """Everything ``train_student`` needs (task and training fields: ``dora.pipeline.config``).
+    """Everything ``train_student`` needs (task and training fields: ``dora.pipeline.stages.config``).
 
-    ``dora.pipeline.config.with_preset(TrainStudentConfig, "paper", {...})`` builds one with the
+    ``dora.pipeline.stages.config.with_preset(TrainStudentConfig, "paper", {...})`` builds one with the
     paper's settings for every field not given."""
 
     PRESET_STAGE: ClassVar[str] = "student"

@@ -25,13 +25,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from dora.cache.manifest import file_sha256
+from dora.checks import as_paths, positive_ints
 from dora.errors import ConfigError, InputError, Interrupted
-from dora.files import check_output, write_atomic
-from dora.pipeline.checks import as_paths, positive_ints
-from dora.pipeline.config import TaskInputs
+from dora.files import check_output, file_sha256, write_atomic
 from dora.pipeline.data.inputs import FORMATS, iter_records, iter_sources, no_examples_error
-from dora.pipeline.progress import console, progress_bar, warn
+from dora.pipeline.stages.config import TaskInputs
+from dora.progress import console, progress_bar, warn
 
 MARKER = "predict.json"
 """The chunk directory's record: which model, data and settings its chunks belong to."""
@@ -78,7 +77,7 @@ def chunk_dir(out: Path) -> Path:
 def predict_file(config: PredictConfig) -> dict[str, Any]:
     """Predict every row of ``config.data`` into ``config.out``; returns a summary."""
     from dora.pipeline.engines.generation import pick_device
-    from dora.pipeline.evaluate import predict
+    from dora.pipeline.engines.inference import predict
     from dora.pipeline.models.loading import load_model, load_tokenizer
     from dora.pipeline.tasks.catalog import get_task
 

@@ -32,16 +32,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dora.cache import LabelCache
+from dora.checks import check_number, positive_ints
 from dora.errors import ConfigError
 from dora.files import read_object, write_atomic
-from dora.pipeline.checks import check_number, positive_ints
-from dora.pipeline.config import TaskInputs
 from dora.pipeline.data.inputs import read_examples
 from dora.pipeline.data.pool import Pool
-from dora.pipeline.demo import evaluations_every
-from dora.pipeline.progress import console
-from dora.pipeline.student import TrainStudentConfig, train_student
-from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+from dora.pipeline.stages.config import TaskInputs
+from dora.pipeline.stages.demo.tiny import evaluations_every
+from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+from dora.progress import console
 
 MARKER = ".dora-sweep"
 """Written first into a sweep's directory: a rerun may continue there; nothing else is written over."""
@@ -123,7 +123,7 @@ class SweepConfig(TaskInputs):
 
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or continue) every point; returns and writes ``sweep.json``: the points with their runs and scores."""
-    from dora.pipeline.report import RunRecord
+    from dora.pipeline.stages.report import RunRecord
 
     # 1. Read every input first: a bad row or a budget larger than the gold fails before any training.
     gold = read_examples(config.train, fields=config.fields, require_target=True)

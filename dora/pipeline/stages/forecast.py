@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from dora.checks import check_number
 from dora.errors import ConfigError
 from dora.files import check_output, png_marked, starts_like_json_object, write_atomic
-from dora.pipeline.checks import check_number
 from dora.pipeline.costs.pricing import Prices, total
 
 EXPONENTS = np.geomspace(0.02, 4.0, 240)
@@ -167,7 +167,7 @@ def run_directories(paths: Sequence[Path]) -> list[Path]:
 
 def strategies(config: ForecastConfig) -> tuple[dict[str, Strategy], str, str]:
     """(the fitted strategies by name, the task, the metric) from the runs; every run priced."""
-    from dora.pipeline.report import RunRecord
+    from dora.pipeline.stages.report import RunRecord
 
     records = [RunRecord.load(p) for p in run_directories(config.runs)]
     tasks, metrics = {r.task for r in records}, {r.metric for r in records}

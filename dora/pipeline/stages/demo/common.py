@@ -21,7 +21,7 @@ difference exceeds two standard errors; ``dora forecast`` backtests the points. 
 
 Example::
 
-    from dora.pipeline.compare import Protocol, Models, run_comparison, summarise
+    from dora.pipeline.stages.demo.common import Protocol, Models, run_comparison, summarise
     points = run_comparison(Protocol(budgets=(100, 300, 1000), ...), Models(...), rows, Path("work"))
     for row in summarise(points): print(row)
 """
@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 import random
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,10 +40,10 @@ from typing import Any
 
 from dora.errors import ConfigError
 from dora.pipeline.costs.pricing import Prices
-from dora.pipeline.evaluate import EvaluateConfig, evaluate
-from dora.pipeline.progress import console
-from dora.pipeline.student import TrainStudentConfig, train_student
-from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+from dora.pipeline.stages.evaluate import EvaluateConfig, evaluate
+from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+from dora.progress import console
 
 PROMPT = "Claim: "
 """The task prefix: a plain prompt, no chat template (the teacher is fine-tuned on it)."""

@@ -7,7 +7,7 @@ and an existing directory is never written into.
 
 Example::
 
-    from dora.pipeline.make_student import MakeStudentConfig, make_student
+    from dora.pipeline.stages.make_student import MakeStudentConfig, make_student
     make_student(MakeStudentConfig(teacher="models/t5-large-dir", encoder_layers=6, decoder_layers=2,
                                    out="models/t5-large-cut"))
 """
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from dora import __version__
+from dora.checks import as_paths
 from dora.errors import ConfigError
-from dora.pipeline.checks import as_paths
 from dora.pipeline.models.cut import T5_TYPES, cut, layer_counts
 from dora.pipeline.models.loading import load_config, load_model, load_tokenizer, weights_sha256
-from dora.pipeline.progress import console
+from dora.progress import console
 
 RECORD = "make_student.json"
 

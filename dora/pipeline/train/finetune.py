@@ -33,19 +33,19 @@ from typing import Any
 import torch
 
 from dora.cache.lock import LOCK_FILE, CacheLock
-from dora.cache.trust import parse_json
 from dora.errors import CacheError, ConfigError
-from dora.files import write_atomic
+from dora.files import parse_json, write_atomic
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.encoding import causal_targets, collate, decoder_inputs, encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, fingerprint
 from dora.pipeline.kd.losses import token_cross_entropy
-from dora.pipeline.models.loading import ModelKind, load_model
-from dora.pipeline.progress import console, note
+from dora.pipeline.models.kinds import ModelKind
+from dora.pipeline.models.loading import load_model
 from dora.pipeline.train.checkpoint import STATE_FILE
 from dora.pipeline.train.distributed import process_rank
 from dora.pipeline.train.loop import LoopSettings, train_loop
 from dora.pipeline.train.tracking import Tracker
+from dora.progress import console, note
 
 RECORD = "dora_finetune.json"
 

@@ -6,7 +6,7 @@ and ``metrics.json`` (the task metric). ``report`` prices each run's labels and 
 (``dora.pipeline.costs.pricing``) and plots the metric against dollars spent, one line per strategy,
 like the paper's figures; the data behind the plot goes to a CSV.
 
-``dora.pipeline.budget`` plans before spending, from the same records.
+``dora.pipeline.stages.budget`` plans before spending, from the same records.
 
 Example::
 

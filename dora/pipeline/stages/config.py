@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, TypeVar
 
+from dora.checks import check_number, positive_ints
 from dora.errors import ConfigError
-from dora.pipeline.checks import check_number, positive_ints
 from dora.pipeline.data.inputs import Fields
 
 Preset = Literal["none", "paper"]

