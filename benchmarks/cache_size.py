@@ -8,7 +8,7 @@ a T5 trained on WLP labeled with k = 64, cut to k = 5, 20 and 64 and written thr
 
 * format 1 as dora 0.1 wrote it: int32 ids, no tails, zstd at its default level, byte-stream
   split on the log-probabilities only;
-* format 2 as ``dora teacher-label`` writes it now (``dora.cache.writer.parquet_options``):
+* format 2 as ``dora teacher-label`` writes it now (``dora.cache.shard.parquet_options``):
   uint16 ids, ``tail_logprobs`` at T = 1 and 2 (float32), byte-stream split on ids, log-probs
   and tails, zstd level 9;
 * format 2 without its tails, to show what they cost.
@@ -56,7 +56,7 @@ def real(workdir: Path) -> None:
     from real_teacher import build
 
     from dora.cache import LabelCache, shard_schema
-    from dora.cache.writer import parquet_options
+    from dora.cache.shard import parquet_options
 
     built = build(workdir)
     cache = LabelCache.open(built["cache"])
@@ -82,7 +82,7 @@ def real(workdir: Path) -> None:
 
 def synthetic(n_tokens: int, vocab: int, seq_len: int) -> None:
     from dora.cache.schema import shard_schema
-    from dora.cache.writer import parquet_options
+    from dora.cache.shard import parquet_options
     from dora.pipeline.engines.generation import tail_logprobs
     from dora.pipeline.kd.losses import topk_kl_per_token
 

@@ -10,8 +10,8 @@ reports the peak resident memory (VmHWM):
   with a row number appended), writing the cache (the real stage, CLI and all);
 * ``train``: ``dora train-student`` for a fixed number of steps on that cache;
 * baselines, measured the same way: reading the whole pool into memory (``read_examples``,
-  what labeling did before it streamed) and featurising the whole cache (``cache_features``,
-  what training did before it streamed).
+  what labeling did before it streamed) and featurising the whole cache into one list
+  (what training did before it streamed).
 
 Prints a table with each figure's ratio to the 10k-row run of the same kind.
 """
@@ -66,13 +66,14 @@ def child(kind: str, work: Path, n: int, steps: int) -> None:
         read_examples(pool, require_target=False)
     elif kind == "load-cache":
         from dora.cache import LabelCache
-        from dora.pipeline.kd.objectives import OBJECTIVES, cache_features
+        from dora.pipeline.kd.objectives import OBJECTIVES
         from dora.pipeline.models.loading import load_tokenizer
 
         opened = LabelCache.open(cache)
         topk = OBJECTIVES["topk"](tail_index=OBJECTIVES["topk"].stored_tail(opened, 2.0))
-        cache_features(topk, opened, load_tokenizer(str(work / "model")), prefix="fever: ", max_source_length=32,
-                       max_target_length=64)
+        tok = load_tokenizer(str(work / "model"))
+        [f for table in opened.iter_tables(topk.columns())  # the whole cache's features held at once
+         for f in topk.featurise(table, tok, prefix="fever: ", max_source_length=32, max_target_length=64)]
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would inherit the
     # parent's peak; VmHWM belongs to this process's own address space.
     status = Path("/proc/self/status").read_text()

@@ -45,7 +45,7 @@ def main() -> None:
     from dora.cache import LabelCache
     from dora.pipeline.data.encoding import collate
     from dora.pipeline.kd.losses import full_kl_per_token
-    from dora.pipeline.kd.objectives import OBJECTIVES, cache_features, collate_kd, training_loss
+    from dora.pipeline.kd.objectives import OBJECTIVES, collate_kd, training_loss
     from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
     from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
     from dora.pipeline.train.finetune import sequence_loss
@@ -71,7 +71,8 @@ def main() -> None:
                                      shard_size=max(256, args.rows // 4)))
     cache = LabelCache.open(work / "cache")
     topk = OBJECTIVES["topk"](temperature=2.0, alpha=0.0, tail_index=OBJECTIVES["topk"].stored_tail(cache, 2.0))
-    feats = cache_features(topk, cache, tok, prefix="fever: ", max_source_length=256, max_target_length=64)
+    feats = [f for table in cache.iter_tables(topk.columns())
+             for f in topk.featurise(table, tok, prefix="fever: ", max_source_length=256, max_target_length=64)]
     settings = LoopSettings(epochs=args.epochs, max_steps=None, batch_size=args.batch_size, grad_accum=1,
                             learning_rate=1e-3, warmup_ratio=0, weight_decay=0, seed=0, eval_every=None,
                             save_every=None, resume=False)
@@ -108,8 +109,7 @@ def main() -> None:
         n = 0
         for entry in cache.manifest.shards:
             table = cache.read_shard(entry, topk.columns())
-            n += len(topk.featurise(table, tok, k=cache.manifest.generation.k, prefix="fever: ", max_source_length=256,
-                                    max_target_length=64))
+            n += len(topk.featurise(table, tok, prefix="fever: ", max_source_length=256, max_target_length=64))
         return n / (time.perf_counter() - start)
 
     def parquet_only() -> float:

@@ -19,7 +19,7 @@ import pytest
 from adversarial import Case, run_case
 
 from dora.cache import LabelCache
-from dora.cache.writer import parquet_options
+from dora.cache.shard import parquet_options
 from dora.files import file_sha256
 
 EVIL = """import pathlib

@@ -83,7 +83,7 @@ def test_cache_labels_in_another_order_map_onto_the_head(tmp_path) -> None:
         def __call__(self, texts, truncation, max_length):
             return {"input_ids": [[1, 2, 3][: len(t)] for t in texts]}
 
-    rows = objective.featurise(table, Tok(), k=1, prefix="", max_source_length=8, max_target_length=8)
+    rows = objective.featurise(table, Tok(), prefix="", max_source_length=8, max_target_length=8)
     # Row 0: the teacher prefers REFUTES (its first label), which is the head's index 1.
     assert rows[0]["labels"] == 1 and rows[1]["labels"] == 0
     np.testing.assert_allclose(rows[0]["label_logprobs"], [-3.0, -0.1])

@@ -37,7 +37,7 @@ def test_distill_student_from_the_cache(cache_dir, t5_dir, data_dir, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
     from dora.pipeline.tasks.catalog import get_task
-    from dora.pipeline.tasks.metrics import score_modes
+    from dora.pipeline.tasks.metrics import TaskScorer
 
     out = tmp_path / "student"
     result = ok("train-student", "--task", "fever", "--student", t5_dir, "--cache", cache_dir,
@@ -58,7 +58,7 @@ def test_distill_student_from_the_cache(cache_dir, t5_dir, data_dir, tmp_path):
                                       "model": "the checkpoint selected on dev"}
     rows = [json.loads(x) for x in (out / "test_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and [r["target"] for r in rows] == [r["target"] for r in fever_rows()[200:216]]
-    again = score_modes(get_task("fever"), [r["prediction"] for r in rows], [r["target"] for r in rows])
+    again = TaskScorer(get_task("fever"), [r["target"] for r in rows])([r["prediction"] for r in rows])
     assert metrics["test"] == again and metrics["eval"] == again["strict"]
     record = json.loads((out / "run.json").read_text())
     assert record["strategy"] == "distill" and record["kd_loss"] == "topk" and record["steps"] == 6
@@ -258,12 +258,12 @@ def test_every_paper_task_runs_both_stages(task, t5_dir, tmp_path):
        "--out", tmp_path / "student", "--max-steps", "1", "--max-new-tokens", "5")
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
     from dora.pipeline.tasks.catalog import get_task
-    from dora.pipeline.tasks.metrics import score_modes
+    from dora.pipeline.tasks.metrics import TaskScorer
 
     rows = [json.loads(x) for x in (tmp_path / "student" / "test_predictions.jsonl").read_text().splitlines()]
     assert [(r["source"], r["target"]) for r in rows] == pairs[8:]
-    expected = score_modes(get_task(task), [r["prediction"] for r in rows], [r["target"] for r in rows],
-                           sources=[r["source"] for r in rows])
+    scorer = TaskScorer(get_task(task), [r["target"] for r in rows], sources=[r["source"] for r in rows])
+    expected = scorer([r["prediction"] for r in rows])
     assert metrics["task"] == task and metrics["test"] == expected and metrics["eval"] == expected["strict"]
     assert metrics["reported_on"]["model"] == "the final model"  # no --dev: nothing selected
 

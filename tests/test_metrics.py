@@ -29,7 +29,6 @@ from dora.pipeline.tasks.metrics import (
     require_encoder,
     rouge,
     score,
-    score_modes,
     squad,
     stance,
     wlp,
@@ -86,13 +85,13 @@ def test_accuracy_fever_paper_maps_unparseable_to_refutes():
     task = get_task("fever")
     assert paper_postprocess(task, ["supports", "maybe", ""], ["SUPPORTS", "REFUTES", "supports"]) == (
         [1, 0, 0], [1, 0, 1])
-    out = score_modes(task, ["supports", "maybe", ""], ["SUPPORTS", "REFUTES", "supports"])
+    out = TaskScorer(task, ["SUPPORTS", "REFUTES", "supports"])(["supports", "maybe", ""])
     assert out["paper"]["accuracy"] == pytest.approx(2 / 3)
     assert out["strict"]["accuracy"] == pytest.approx(1 / 3)
 
 
 def test_multipit_id_paper_maps_unparseable_to_no():
-    out = score_modes(get_task("multipit_id"), ["yes", "??", "No"], ["YES", "NO", "YES"])
+    out = TaskScorer(get_task("multipit_id"), ["YES", "NO", "YES"])(["yes", "??", "No"])
     assert out["paper"]["accuracy"] == pytest.approx(2 / 3)
     assert out["strict"]["accuracy"] == pytest.approx(1 / 3)
 
@@ -140,10 +139,10 @@ def test_reference_outside_label_set_names_label_and_fix():
 
 def test_generic_metrics_are_the_same_in_both_modes():
     task = get_task("mytask", metric="f1")
-    out = score_modes(task, ["x", "Y", "z"], ["x", "y", "y"])
+    out = TaskScorer(task, ["x", "y", "y"])(["x", "Y", "z"])
     assert out["paper"] == out["strict"]
     assert out["strict"]["accuracy"] == pytest.approx(2 / 3)
-    generic_squad = score_modes(get_task("qa", metric="squad"), [""], ["the"])
+    generic_squad = TaskScorer(get_task("qa", metric="squad"), ["the"])([""])
     assert generic_squad["paper"]["f1"] == generic_squad["strict"]["f1"] == 1.0  # strict, not the nq rule
 
 
@@ -231,7 +230,7 @@ def test_squad_both_empty_strict_one_paper_zero():
 def test_bleu_perfect_and_zero():
     assert bleu(["the cat sat on the mat"], ["the cat sat on the mat"])["bleu"] == pytest.approx(1.0)
     assert bleu(["dog"], ["the cat sat on the mat"])["bleu"] == pytest.approx(0.0)
-    assert score_modes(get_task("mt", metric="bleu"), ["a b c d"], ["a b c d"])["paper"]["bleu"] == pytest.approx(1.0)
+    assert TaskScorer(get_task("mt", metric="bleu"), ["a b c d"])(["a b c d"])["paper"]["bleu"] == pytest.approx(1.0)
 
 
 def test_paper_sentence_bleu_by_hand():
@@ -260,7 +259,7 @@ def test_length_mismatch_is_an_error():
     with pytest.raises(ConfigError, match="2 predictions for 1 references"):
         accuracy(["a", "b"], ["a"])
     with pytest.raises(ConfigError, match="2 predictions for 1 references"):
-        score_modes(get_task("fever"), ["SUPPORTS", "SUPPORTS"], ["SUPPORTS"])
+        TaskScorer(get_task("fever"), ["SUPPORTS"])(["SUPPORTS", "SUPPORTS"])
 
 
 def test_bad_mode_empty_set_and_non_text_are_errors():

@@ -14,7 +14,7 @@ from conftest import SHARED, fever_rows
 
 from dora.errors import ConfigError
 from dora.pipeline.tasks.catalog import STANCE_LABELS, WLP_LABELS, get_task
-from dora.pipeline.tasks.metrics import paper_ner_parse, score, score_modes
+from dora.pipeline.tasks.metrics import TaskScorer, paper_ner_parse, score
 
 TOL = 1e-9
 # The transcription's keys and scale -> dora's.
@@ -245,7 +245,7 @@ def test_golden_multipit_gen_synthetic(encoder):
 
 def test_row_fever_unparseable_prediction_is_refutes_in_paper():
     preds, golds = ["supports", "Maybe", "SUPPORTS"], ["SUPPORTS", "REFUTES", "SUPPORTS"]
-    out = score_modes(get_task("fever"), preds, golds)
+    out = TaskScorer(get_task("fever"), golds)(preds)
     assert out["paper"]["accuracy"] == 1.0 == transcription("fever", preds, golds)["accuracy"]
     assert out["strict"]["accuracy"] == pytest.approx(2 / 3)
 
@@ -253,7 +253,7 @@ def test_row_fever_unparseable_prediction_is_refutes_in_paper():
 def test_row_stance_unparseable_prediction():
     golds = ["Irrelevant", "Supporting", "Refuting", "Discussing", "Querying", "Supporting"]
     preds = ["Irrelevant", "Supporting", "Refuting", "Discussing", "Querying", "???"]
-    out = score_modes(get_task("stanceosaurus"), preds, golds)
+    out = TaskScorer(get_task("stanceosaurus"), golds)(preds)
     # paper: "???" -> Irrelevant (id 0): Irrelevant P 1/2 R 1, Supporting P 1 R 1/2, the rest 1.
     assert out["paper"]["micro_f1"] == pytest.approx(5 / 6)
     assert out["paper"]["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 3) / 5)
@@ -267,7 +267,7 @@ def test_row_stance_unparseable_prediction():
 
 def test_row_stance_dev_set_without_querying():
     golds = ["Irrelevant", "Supporting", "Refuting", "Discussing", "Irrelevant"]
-    out = score_modes(get_task("stanceosaurus"), list(golds), golds)
+    out = TaskScorer(get_task("stanceosaurus"), golds)(list(golds))
     assert out["paper"]["macro_f1"] == 1.0 == transcription("stanceosaurus", golds, golds)["macro_f1"]
     assert out["strict"]["macro_f1"] == 1.0  # macro over the labels present, not all five
 
@@ -278,7 +278,7 @@ def test_row_wlp_parser_fallback_and_case():
     preds = ["Add [action] 50 mL [AMOUNT] sterile water [reagent]", "Incubate [Action] room temp [Temperature]"]
     # The paper's parser drops each span's last word: one-word spans become "" (and overwrite each other).
     assert paper_ner_parse(golds[1]) == {"": "[Action]", "room": "[Temperature]", "5": "[Time]"}
-    out = score_modes(get_task("wlp"), preds, golds)
+    out = TaskScorer(get_task("wlp"), golds)(preds)
     # paper: "room temp" matches "room temperature" (last words dropped); "5 min" is missing -> AMOUNT.
     assert_same(out["paper"], transcription("wlp", preds, golds))
     assert out["paper"]["micro_f1"] == pytest.approx(5 / 6)
@@ -297,7 +297,7 @@ def test_row_multipit_gen_paper_vs_strict(encoder):
     sources = ["the museum is closed on mondays", "prices at the pump keep going up", "it rained all weekend"]
     refs = ["on mondays the museum does not open", "gas prices continue to rise", "it rained the whole weekend"]
     preds = ["the museum does not open on mondays", "", "it rained all weekend"]  # good, empty, copy of the source
-    out = score_modes(get_task("multipit_gen"), preds, refs, sources=sources, encoder=encoder)
+    out = TaskScorer(get_task("multipit_gen"), refs, sources=sources, encoder=encoder)(preds)
     # paper: BERTScore with idf, unsmoothed BLEU against the REFERENCE, "no prediction", +1e-5 on both.
     assert_same(out["paper"], transcription("multipit_gen", preds, refs, model_type=str(encoder), num_layers=6))
     candidates = [p or "no prediction" for p in preds]
@@ -316,7 +316,7 @@ def test_row_multipit_gen_paper_vs_strict(encoder):
 
 def test_row_nq_both_sides_empty():
     preds, golds = ["", "An"], ["The", "the ."]
-    out = score_modes(get_task("nq"), preds, golds)
+    out = TaskScorer(get_task("nq"), golds)(preds)
     # SQuAD v1.1: no shared token -> F1 0, though the normalised strings are equal (EM 1).
     assert out["paper"] == {"exact_match": 1.0, "f1": 0.0, "n": 2.0}
     assert_same(out["paper"], transcription("nq", preds, golds))
@@ -325,7 +325,7 @@ def test_row_nq_both_sides_empty():
 
 def test_row_nq_alternative_answers_strict_only():
     preds, golds = ["Paris"], ["Lyon|||Paris"]
-    out = score_modes(get_task("nq"), preds, golds)
+    out = TaskScorer(get_task("nq"), golds)(preds)
     assert out["strict"]["exact_match"] == 1.0
     assert out["paper"]["exact_match"] == 0.0 == transcription("nq", preds, golds)["exact_match"]
 

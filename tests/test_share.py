@@ -194,9 +194,11 @@ def test_an_interrupted_pull_resumes(cache_dir, tmp_path, monkeypatch):
 
 
 def test_filter_keeps_what_passes_and_records_lineage(cache_dir, tmp_path):
+    from dora.cache.shard import DecodedShard
     from dora.cache.transform import mean_entropy
 
     table = LabelCache.open(cache_dir).read()
+    shard = DecodedShard(table)
     lp = table.column("seq_logprob").to_numpy()
     cut = float(np.median(lp))
     result = runner.invoke(app, ["cache", "filter", str(cache_dir), str(tmp_path / "f"), "--min-seq-logprob", str(cut)])
@@ -217,8 +219,8 @@ def test_filter_keeps_what_passes_and_records_lineage(cache_dir, tmp_path):
                 tail = math.exp(tails[0]) if column == 0 else max(0.0, 1 - sum(p))
                 per.append(-sum(q * math.log(q) for q in p) - (tail * math.log(tail) if tail > 0 else 0.0))
             expected.append(sum(per) / len(per) if per else 0.0)
-        assert mean_entropy(table, 8, column) == pytest.approx(np.array(expected), rel=1e-9, abs=1e-12)
-    assert mean_entropy(table, 8, 0).max() > mean_entropy(table, 8, 0).min() > 0
+        assert mean_entropy(shard, column) == pytest.approx(np.array(expected), rel=1e-9, abs=1e-12)
+    assert mean_entropy(shard, 0).max() > mean_entropy(shard, 0).min() > 0
     # Gold agreement (the tiny fixture teacher's pseudo-labels may be empty strings, so the gold
     # mapping is given directly; the CLI reads it from a labeled file with ids).
     rows = table.to_pylist()

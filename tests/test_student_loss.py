@@ -23,7 +23,7 @@ def tail_column(cache, mode: str, t: float):
 
 
 def _features(objective, table, tok, max_target_length: int = 16):
-    return objective.featurise(table, tok, k=8, prefix="fever: ", max_source_length=64,
+    return objective.featurise(table, tok, prefix="fever: ", max_source_length=64,
                                max_target_length=max_target_length)
 
 

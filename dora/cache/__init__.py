@@ -1,4 +1,4 @@
-"""The label-cache format (version 1): a manifest, the teacher's tokenizer, and Parquet shards.
+"""The label-cache format, version 2 (version 1 caches still open): a manifest, the teacher's tokenizer, Parquet shards.
 
 This package imports no training code: anything that reads or writes caches can use it alone::
 

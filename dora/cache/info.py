@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from dora.cache.reader import LabelCache
+from dora.cache.shard import DecodedShard
 
 OFF_LABEL_WARNING = 0.05
 """Above this share of pseudo-labels outside a closed task's label set, teacher-label warns."""
@@ -25,7 +25,7 @@ def off_labels(cache: LabelCache) -> dict[str, Any] | None:
     counts: dict[str, int] = {}
     rows = 0
     for table in cache.iter_tables(["target"]):
-        for target in table.column("target").to_pylist():
+        for target in DecodedShard(table).targets:
             rows += 1
             if target.strip() not in allowed:
                 counts[target] = counts.get(target, 0) + 1
@@ -41,8 +41,9 @@ def info(root: str | Path) -> dict[str, Any]:
     tokens = 0
     seq: list[np.ndarray] = []
     for table in cache.iter_tables(["target_ids", "seq_logprob"]):
-        tokens += int(pc.sum(pc.list_value_length(table.column("target_ids"))).as_py() or 0)
-        seq.append(table.column("seq_logprob").to_numpy())
+        shard = DecodedShard(table)
+        tokens += shard.tokens
+        seq.append(shard.seq_logprob)
     lp = np.concatenate(seq) if seq else np.zeros(0, np.float32)
     on_disk = sum(s.bytes for s in m.shards) + sum(f.bytes for f in m.tokenizer_files)
     shard_bytes = sum(s.bytes for s in m.shards)

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dora.cache.manifest import TOKENIZER_DIR, Manifest, ShardEntry, read_manifest
+from dora.cache.manifest import Manifest, ShardEntry, read_manifest
 from dora.cache.schema import check_schema
+from dora.cache.shard import DecodedShard
 from dora.cache.trust import check_tokenizer_files, contained, load_cache_tokenizer
 from dora.errors import CacheError
 from dora.files import file_sha256
@@ -75,10 +75,6 @@ class LabelCache:
     def _shard_path(self, rel: str) -> Path:
         return contained(self.root, rel)
 
-    @property
-    def tokenizer_dir(self) -> Path:
-        return contained(self.root, TOKENIZER_DIR)
-
     def tokenizer(self) -> Any:
         """The teacher's tokenizer as the cache stores it, checked and loaded without remote code."""
         return load_cache_tokenizer(self.root, self.manifest.tokenizer_listing())
@@ -122,22 +118,25 @@ class LabelCache:
         sha256 is one line, not an IndexError or a NaN loss."""
         vocab = self.manifest.teacher.vocab_size
         names = set(table.column_names)
+        shard = DecodedShard(table)
         for name in ("target_ids", "topk_ids"):
             if name in names:
-                flat = _leaves(table.column(name))
-                if len(flat) and (pc.min(flat).as_py() < 0 or pc.max(flat).as_py() >= vocab):
-                    row = _first_row(table.column(name), lambda v: v < 0 or v >= vocab)
+                flat = shard.values(name).reshape(-1)
+                bad = (flat < 0) | (flat >= vocab)
+                if bad.any():
+                    row = shard.row_of(name, int(bad.argmax()))
                     raise CacheError(f"{path}: row {entry.first_row + row}: {name} outside the teacher vocabulary "
                                      f"[0, {vocab}); the cache is damaged or crafted (run `dora cache verify`)")
         for name, limit in (("topk_logprobs", 0.0), ("tail_logprobs", 1e-5)):
             if name in names:
-                values = _leaves(table.column(name)).to_numpy(zero_copy_only=False)
-                if len(values) and (np.isnan(values).any() or (values > limit).any()):
-                    row = _first_row(table.column(name), lambda v: v != v or v > limit)
+                values = shard.values(name).reshape(-1)
+                bad = np.isnan(values) | (values > limit)
+                if bad.any():
+                    row = shard.row_of(name, int(bad.argmax()))
                     raise CacheError(f"{path}: row {entry.first_row + row}: {name} holds values above 0 or NaN, "
                                      "which no log-probability is; the cache is damaged or crafted (run `dora cache verify`)")
         if "row" in names and table.num_rows:
-            rows = table.column("row").to_numpy()
+            rows = shard.rows
             end = entry.first_row + self.manifest.shard_size
             if rows[0] < entry.first_row or rows[-1] >= end or (np.diff(rows) <= 0).any():
                 raise CacheError(f"{path}: row numbers are not increasing within {entry.first_row}..{end - 1}; "
@@ -150,19 +149,3 @@ class LabelCache:
     def read(self, columns: list[str] | None = None) -> pa.Table:
         tables = list(self.iter_tables(columns))
         return pa.concat_tables(tables) if tables else pa.table({})
-
-
-def _leaves(column: pa.ChunkedArray) -> pa.Array:
-    """The innermost values of a (nested) list column."""
-    flat = column.combine_chunks()
-    while pa.types.is_list(flat.type) or pa.types.is_fixed_size_list(flat.type) or pa.types.is_large_list(flat.type):
-        flat = flat.flatten()
-    return flat
-
-
-def _first_row(column: pa.ChunkedArray, bad: Any) -> int:
-    """The first row holding a value for which ``bad`` is true (slow; only on the error path)."""
-    def any_bad(value: Any) -> bool:
-        return any(any_bad(v) for v in value) if isinstance(value, list) else value is not None and bad(value)
-
-    return next((r for r, value in enumerate(column.to_pylist()) if any_bad(value)), 0)

@@ -20,46 +20,24 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dora.cache.manifest import TOKENIZER_DIR, Manifest, PoolInfo, ShardEntry, write_manifest
 from dora.cache.reader import LabelCache
+from dora.cache.shard import DecodedShard, parquet_options
 from dora.cache.trust import check_tokenizer_files
-from dora.cache.writer import parquet_options, shard_name
+from dora.cache.writer import shard_name
 from dora.errors import CacheError
 from dora.files import file_sha256
 
 
-def token_tails(table: pa.Table, k: int, tail_column: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(top-k log-probabilities (tokens, k), the tail mass outside them (tokens,)) for every generated
-    token of ``table``, in order. The tail is the stored ``tail_logprobs`` at T = 1 when
-    ``tail_column`` says where it is (format 2), else one minus the top-k's (format 1)."""
-    lp = table.column("topk_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-    lp = lp.astype(np.float64).reshape(-1, k)
-    if tail_column is not None:
-        stored = table.column("tail_logprobs").combine_chunks().flatten()
-        width = stored.type.list_size
-        tail = np.exp(stored.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, width)[:, tail_column])
-    else:
-        tail = np.clip(1.0 - np.exp(lp).sum(-1), 0.0, 1.0)
-    return lp, tail
-
-
-def per_row_mean(table: pa.Table, per_token: np.ndarray) -> np.ndarray:
-    """Per row: the mean of ``per_token`` over its generated tokens (0 for a row without any)."""
-    lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return np.array([per_token[a:b].mean() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
-
-
-def mean_entropy(table: pa.Table, k: int, tail_column: int | None = None) -> np.ndarray:
+def mean_entropy(shard: DecodedShard, tail_column: int | None = None) -> np.ndarray:
     """Per row: mean over generated tokens of the entropy (nats) of the stored top-k plus its tail
-    bucket (``token_tails``)."""
-    lp, tail = token_tails(table, k, tail_column)
+    bucket (``DecodedShard.token_tails``)."""
+    lp, tail = shard.token_tails(tail_column)
     p = np.exp(lp)
     ent = -(p * lp).sum(-1) - np.where(tail > 0, tail * np.log(np.where(tail > 0, tail, 1.0)), 0.0)
-    return per_row_mean(table, ent)
+    return shard.row_mean(ent)
 
 
 def _check_out(out: Path) -> None:
@@ -112,7 +90,7 @@ def _write(out: Path, manifest: Manifest, tables: Iterable[tuple[int, pa.Table]]
         tmp = path.with_name(f".{path.name}.tmp")
         pq.write_table(table.select(schema.names).cast(schema), tmp, **parquet_options(schema))
         tmp.replace(path)
-        tokens = int(pc.sum(pc.list_value_length(table.column("target_ids"))).as_py() or 0)
+        tokens = DecodedShard(table).tokens
         entries.append(ShardEntry(index=index, file=shard_name(index), rows=table.num_rows,
                                   first_row=index * manifest.shard_size, bytes=path.stat().st_size,
                                   sha256=file_sha256(path), tokens=tokens if manifest.format_version >= 2 else 0))
@@ -150,7 +128,6 @@ def filter_cache(
     """
     cache = LabelCache.open(src, verify=verify)
     out = Path(out)
-    k = cache.manifest.generation.k
     temps = [float(t) for t in cache.manifest.generation.kd_temperatures]
     at_one = temps.index(1.0) if 1.0 in temps else None
     kept = total = 0
@@ -159,21 +136,21 @@ def filter_cache(
         nonlocal kept, total
         for entry in cache.manifest.shards:
             table = cache.read_shard(entry)
+            shard = DecodedShard(table)
             keep = np.ones(table.num_rows, bool)
             if min_seq_logprob is not None:
-                keep &= table.column("seq_logprob").to_numpy() >= min_seq_logprob
+                keep &= shard.seq_logprob >= min_seq_logprob
             if max_entropy is not None:
-                keep &= mean_entropy(table, k, at_one) <= max_entropy
-            lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
+                keep &= mean_entropy(shard, at_one) <= max_entropy
             if min_length is not None:
-                keep &= lengths >= min_length
+                keep &= shard.lengths >= min_length
             if max_length is not None:
-                keep &= lengths <= max_length
+                keep &= shard.lengths <= max_length
             if gold is not None:
-                ids, targets = table.column("id").to_pylist(), table.column("target").to_pylist()
-                keep &= np.array([i not in gold or gold[i].strip() == t.strip() for i, t in zip(ids, targets)])
+                agrees = [i not in gold or gold[i].strip() == t.strip() for i, t in zip(shard.ids, shard.targets)]
+                keep &= np.array(agrees)
             if exclude is not None:
-                keep &= np.array([i not in exclude for i in table.column("id").to_pylist()], bool)
+                keep &= np.array([i not in exclude for i in shard.ids], bool)
             total += table.num_rows
             kept += int(keep.sum())
             yield entry.index, table.filter(pa.array(keep))
@@ -221,7 +198,7 @@ def merge_caches(sources: Sequence[str | Path], out: str | Path, *, shard_size: 
     for cache in caches:
         for table in cache.iter_tables():
             mask = []
-            for ident in table.column("id").to_pylist():
+            for ident in DecodedShard(table).ids:
                 mask.append(ident not in seen)
                 seen.add(ident)
             dropped += mask.count(False)
@@ -230,11 +207,12 @@ def merge_caches(sources: Sequence[str | Path], out: str | Path, *, shard_size: 
     merged = merged.set_column(merged.schema.get_field_index("row"), "row",
                                pa.array(np.arange(merged.num_rows, dtype=np.int64)))
     h = hashlib.sha256()
-    for ident, source in zip(merged.column("id").to_pylist(), merged.column("source").to_pylist()):
+    whole = DecodedShard(merged)
+    for ident, source in zip(whole.ids, whole.sources):
         h.update(json.dumps([ident, source], ensure_ascii=False).encode() + b"\n")
     base = dataclasses.replace(first.manifest, shard_size=size, pool=PoolInfo(fingerprint=h.hexdigest(),
                                rows=merged.num_rows, path="(merged)"),
-                               stats={"tokens": int(pc.sum(pc.list_value_length(merged.column("target_ids"))).as_py() or 0)},
+                               stats={"tokens": whole.tokens},
                                costs={"merged": [c.manifest.costs for c in caches]}, lineage={})
     tables = ((i, merged.slice(i * size, size)) for i in range(-(-merged.num_rows // size)))
     with _Output(out):

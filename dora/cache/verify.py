@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
 from dora.cache.manifest import tokenizer_fingerprint
 from dora.cache.reader import LabelCache
+from dora.cache.shard import DecodedShard
 from dora.cache.trust import check_tokenizer_files
 from dora.errors import CacheError
 
@@ -61,27 +61,26 @@ def verify(root: str | Path, *, decode: bool = True) -> list[str]:
             problems.append(f"{path}: unreadable ({str(e).splitlines()[0][:200]})")
             continue
         where = str(path)
-        rows = table.column("row").to_numpy()
+        shard = DecodedShard(table)
+        rows = shard.rows
         end = entry.first_row + m.shard_size
         # Increasing and inside the shard's range (a filtered cache may have gaps).
         if len(rows) and (rows[0] < entry.first_row or rows[-1] >= end or (np.diff(rows) <= 0).any()):
             problems.append(f"{where}: rows are not increasing within {entry.first_row}..{end - 1}")
         dupes = 0
-        for ident in table.column("id").to_pylist():
+        for ident in shard.ids:
             if ident in seen and dupes < MAX_PROBLEMS_PER_CHECK:
                 problems.append(f"{where}: id {ident!r} also in {seen[ident]}")
                 dupes += 1
             seen.setdefault(ident, path.name)
-        lp = table.column("topk_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-        lp = lp.astype(np.float32).reshape(-1, m.generation.k)
+        lp = shard.topk_logprobs.astype(np.float32)
         if len(lp) and (np.isnan(lp).any() or (lp > 0).any()):
             problems.append(f"{where}: top-k log-probabilities above 0 or NaN")
         if len(lp) and (np.diff(lp, axis=1) > 0).any():
             problems.append(f"{where}: top-k log-probabilities not sorted in decreasing order")
         temps = [float(t) for t in m.generation.kd_temperatures]
         if temps:
-            tail = table.column("tail_logprobs").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-            tail = tail.astype(np.float64).reshape(-1, len(temps))
+            tail = shard.tail_logprobs.astype(np.float64)
             if len(tail) and (np.isnan(tail).any() or (tail > 1e-5).any()):
                 problems.append(f"{where}: tail log-probabilities above 0 or NaN")
             elif len(tail) and 1.0 in temps:  # the top-k and the tail at T = 1 hold all the mass
@@ -89,14 +88,14 @@ def verify(root: str | Path, *, decode: bool = True) -> list[str]:
                 if (np.abs(total - 1.0) > 0.02).any():
                     problems.append(f"{where}: top-k and tail probabilities at T = 1 do not sum to 1")
         for column in ("target_ids", "topk_ids"):
-            ids = table.column(column).combine_chunks().flatten()
-            ids = ids.flatten() if column == "topk_ids" else ids
-            if len(ids) and (pc.min(ids).as_py() < 0 or pc.max(ids).as_py() >= vocab):
+            ids = shard.values(column)
+            if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
                 problems.append(f"{where}: {column} outside the teacher vocabulary [0, {vocab})")
         if tokenizer is not None:
             bad = 0
-            for r, (ids, text) in enumerate(zip(table.column("target_ids").to_pylist(), table.column("target").to_pylist())):
-                if tokenizer.decode(ids, skip_special_tokens=True) != text and bad < MAX_PROBLEMS_PER_CHECK:
+            for r, (lo, n, text) in enumerate(zip(shard.starts, shard.lengths, shard.targets)):
+                token_ids = shard.target_ids[lo : lo + n].tolist()
+                if tokenizer.decode(token_ids, skip_special_tokens=True) != text and bad < MAX_PROBLEMS_PER_CHECK:
                     problems.append(f"{where}: row {entry.first_row + r}: target_ids do not decode to target")
                     bad += 1
     return problems

@@ -19,32 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cache.manifest import MANIFEST, TOKENIZER_DIR, FileEntry, Manifest, ShardEntry, read_manifest, write_manifest
+from dora.cache.shard import DecodedShard, parquet_options
 from dora.cache.trust import check_tokenizer_files, check_tokenizer_name, contained
 from dora.errors import CacheError
 from dora.files import file_sha256, parse_json
-
-ROW_GROUP_SIZE = 2048
-# How shards are written (the writer, filter/merge and the size benchmark share it). Byte-stream
-# split stores each byte of a value in its own stream: the float16 log-probabilities' exponent
-# bytes, the ids' zero high bytes (uint16 ids are INT32 in Parquet) and the float32 tails'
-# exponents then compress to almost nothing; zstd level 9 takes about 5% more off than the
-# default level at a write cost far below labeling's (benchmarks/cache_size.py). Every Parquet
-# reader decodes both.
-_SPLIT = ("topk_logprobs.list.element.list.element", "topk_ids.list.element.list.element",
-          "target_ids.list.element", "tail_logprobs.list.element.list.element")
-
-
-def parquet_options(schema: pa.Schema) -> dict[str, Any]:
-    """``pyarrow.parquet.write_table`` options for a shard of ``schema`` (format 1 or 2)."""
-    present = {name.split(".", 1)[0] for name in schema.names}
-    return {"compression": "zstd", "compression_level": 9, "row_group_size": ROW_GROUP_SIZE,
-            "use_dictionary": ["id", "source", "target"],
-            "column_encoding": {c: "BYTE_STREAM_SPLIT" for c in _SPLIT if c.split(".", 1)[0] in present}}
 
 
 def shard_name(index: int) -> str:
@@ -105,9 +87,8 @@ def write_shard_file(root: Path, index: int, table: pa.Table, *, schema: pa.Sche
         tmp.unlink(missing_ok=True)
         raise CacheError(f"{final}: could not write the shard ({e.strerror}); free space or fix "
                          "permissions, then rerun: complete shards are kept") from None
-    tokens = int(pc.sum(pc.list_value_length(table.column("target_ids"))).as_py() or 0)
     return ShardEntry(index=index, file=rel, rows=table.num_rows, first_row=expected.start,
-                      bytes=final.stat().st_size, sha256=file_sha256(final), tokens=tokens)
+                      bytes=final.stat().st_size, sha256=file_sha256(final), tokens=DecodedShard(table).tokens)
 
 
 def _without_call_state(tokenizer: Any) -> Any:

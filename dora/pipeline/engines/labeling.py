@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from dora.cache.schema import IdType
+from dora.cache.shard import build_shard
 from dora.pipeline.data.encoding import encode_prompts, target_ids
 from dora.pipeline.data.inputs import Example
-from dora.pipeline.engines.generation import Generated, decode
+from dora.pipeline.engines.generation import decode
 from dora.pipeline.engines.settings import Engine, EngineSettings
 
 
@@ -45,50 +45,10 @@ class ShardLabeler:
         prompts = pool_prompts(self.tokenizer, rows, self.source_prefix, self.max_source_length)
         generated = self.engine.label(prompts, on_batch=on_batch)
         scores = self.engine.score(prompts, self.verbalisers) if self.verbalisers else None
-        table = shard_table(rows, generated, self.tokenizer, self.top_k, scores, id_type=self.id_type,
-                            kd_temperatures=self.kd_temperatures)
+        table = build_shard([r.id for r in rows], [r.row for r in rows], [r.source for r in rows],
+                            [decode(self.tokenizer, g.ids) for g in generated], generated, self.top_k, scores,
+                            id_type=self.id_type, temperatures=len(self.kd_temperatures))
         return table, sum(len(g.ids) for g in generated)
-
-
-def shard_table(rows: list[Example], generated: list[Generated], tokenizer: Any, k: int,
-                label_scores: np.ndarray | None = None, *, id_type: IdType = "int32",
-                kd_temperatures: Sequence[float] = ()) -> pa.Table:
-    """Build one shard's Arrow table from generation results (schema: ``dora.cache.shard_schema``)."""
-    from dora.cache import shard_schema
-    from dora.cache.schema import ID_TYPES
-
-    n_temps = len(kd_temperatures)
-    lengths = np.array([len(g.ids) for g in generated], dtype=np.int32)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    empty = not lengths.sum()
-
-    def stacked(part: str, width: int, dtype: Any) -> np.ndarray:
-        if empty:
-            return np.zeros(0, dtype)
-        return np.concatenate([getattr(g, part).reshape(-1, width) for g in generated]).reshape(-1).astype(dtype)
-
-    ids = ID_TYPES[id_type]
-    nested = lambda values, kind, width: pa.ListArray.from_arrays(  # noqa: E731
-        offsets, pa.FixedSizeListArray.from_arrays(pa.array(values, type=kind), width))
-    flat_ids = np.concatenate([g.ids for g in generated]) if not empty else np.zeros(0, np.int32)
-    if n_temps and any(g.tail_logprobs is None for g in generated):
-        raise ValueError("the engine returned no tail log-probabilities for the requested temperatures")
-    return pa.Table.from_arrays(
-        [
-            pa.array([r.id for r in rows], pa.string()),
-            pa.array([r.row for r in rows], pa.int64()),
-            pa.array([r.source for r in rows], pa.string()),
-            pa.array([decode(tokenizer, g.ids) for g in generated], pa.string()),
-            pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=ids)),
-            nested(stacked("topk_ids", k, np.int64), ids, k),
-            nested(stacked("topk_logprobs", k, np.float16), pa.float16(), k),
-            *([nested(stacked("tail_logprobs", n_temps, np.float32), pa.float32(), n_temps)] if n_temps else []),
-            pa.array([g.seq_logprob for g in generated], pa.float32()),
-            *([pa.array(label_scores.astype(np.float32).tolist(), pa.list_(pa.float32()))]
-              if label_scores is not None else []),
-        ],
-        schema=shard_schema(k, label_scores is not None, id_type=id_type, temperatures=n_temps),
-    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -114,13 +114,15 @@ class LabelObjective:
     def columns(self) -> list[str]:
         return ["source", "label_logprobs"]
 
-    def featurise(self, table: Any, tokenizer: Any, *, k: int, prefix: str, max_source_length: int,
+    def featurise(self, table: Any, tokenizer: Any, *, prefix: str, max_source_length: int,
                   max_target_length: int) -> list[dict[str, Any]]:
         """One feature per cache row: the encoded input, the teacher's label log-probabilities in
         the head's order, and the teacher's own label (its most likely) as the hard label."""
+        from dora.cache.shard import DecodedShard
+
         assert self.order is not None, "build() maps the cache's labels onto the head"
-        sources = table.column("source").to_pylist()
-        scores = np.asarray(table.column("label_logprobs").to_pylist(), np.float32).reshape(len(sources), -1)
+        shard = DecodedShard(table)
+        sources, scores = shard.sources, shard.label_logprobs
         in_head = np.full_like(scores, -np.inf)
         in_head[:, self.order] = scores
         encoded = tokenizer([prefix + s for s in sources], truncation=True, max_length=max_source_length)["input_ids"]

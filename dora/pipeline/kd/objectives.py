@@ -28,15 +28,14 @@ Example (what ``dora train-student`` does with a batch)::
 
     objective = OBJECTIVES["topk"].build(cache=cache, student_tokenizer=tok, temperature=2.0, alpha=0.0,
                                          out_dir=out, max_target_length=64)
-    features = objective.featurise(cache.read_shard(entry, objective.columns()), tok, k=cache.manifest.generation.k,
-                                   prefix="fever: ", max_source_length=256, max_target_length=64)
+    features = objective.featurise(cache.read_shard(entry, objective.columns()), tok, prefix="fever: ",
+                                   max_source_length=256, max_target_length=64)
     loss = training_loss(objective, model, collate_kd(features, tok.pad_token_id))
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,51 +51,13 @@ if TYPE_CHECKING:
     import torch
 
     from dora.cache import LabelCache
+    from dora.cache.shard import DecodedShard
 
 Forward = Callable[["torch.Tensor"], "torch.Tensor"]
 """Logits (B, L, V) of the student for labels (B, L), on the batch's inputs: position t's logits
 predict label t (a seq2seq decoder's, or a decoder-only model's after the prompt)."""
 
 TOPK_COLUMNS = ("target_ids", "topk_ids", "topk_logprobs")
-
-
-@dataclass(frozen=True)
-class _Shard:
-    """One shard table's columns as flat arrays (the top-k ones only for objectives that read them)."""
-
-    sources: list[str]
-    targets: list[str]
-    starts: np.ndarray | None = None
-    lengths: np.ndarray | None = None
-    ids: np.ndarray | None = None
-    top_ids: np.ndarray | None = None
-    top_lp: np.ndarray | None = None
-    tails: np.ndarray | None = None
-    label_lp: list[list[float]] | None = None
-
-    @classmethod
-    def read(cls, table: Any, k: int, *, topk: bool, tail_index: int | None, labels: bool) -> _Shard:
-        sources, targets = table.column("source").to_pylist(), table.column("target").to_pylist()
-        label_lp = table.column("label_logprobs").to_pylist() if labels else None
-        if not topk:
-            return cls(sources, targets, label_lp=label_lp)
-        lengths = table.column("target_ids").combine_chunks().value_lengths().to_numpy()
-        tails = None
-        if tail_index is not None:
-            width = table.column("tail_logprobs").combine_chunks().type.value_type.list_size
-            tails = _flat(table.column("tail_logprobs"), width)[:, tail_index].astype(np.float32)
-        return cls(sources, targets, starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
-                   lengths=lengths, ids=_flat(table.column("target_ids")).astype(np.int64),
-                   top_ids=_flat(table.column("topk_ids"), k).astype(np.int64),
-                   top_lp=_flat(table.column("topk_logprobs"), k).astype(np.float32), tails=tails, label_lp=label_lp)
-
-
-def _flat(column: Any, k: int | None = None) -> np.ndarray:
-    values = column.combine_chunks().flatten()
-    if k is not None:
-        values = values.flatten()
-    out = values.to_numpy(zero_copy_only=False)
-    return out.reshape(-1, k) if k is not None else out
 
 
 class Objective:
@@ -148,14 +109,16 @@ class Objective:
                 + (["tail_logprobs"] if self.tail_index is not None else [])
                 + (["label_logprobs"] if self.label_set else []))
 
-    def featurise(self, table: Any, tokenizer: Any, *, k: int, prefix: str, max_source_length: int,
+    def featurise(self, table: Any, tokenizer: Any, *, prefix: str, max_source_length: int,
                   max_target_length: int) -> list[dict[str, Any]]:
         """One training feature per row of a shard's ``table`` (read with ``columns()``)."""
-        shard = _Shard.read(table, k, topk=self.topk, tail_index=self.tail_index, labels=self.label_set)
+        from dora.cache.shard import DecodedShard
+
+        shard = DecodedShard(table)
         return [self.feature(shard, i, prefix + source, tokenizer, max_source_length, max_target_length)
                 for i, source in enumerate(shard.sources)]
 
-    def feature(self, shard: _Shard, i: int, text: str, tokenizer: Any, max_source_length: int,
+    def feature(self, shard: DecodedShard, i: int, text: str, tokenizer: Any, max_source_length: int,
                 max_target_length: int) -> dict[str, Any]:
         """Row ``i``: the pseudo-label text as the labels."""
         return encode_pair(tokenizer, "seq2seq", text, target_ids(tokenizer, shard.targets[i], max_target_length),
@@ -228,16 +191,15 @@ class TopK(Objective):
         return super().build(cache=cache, student_tokenizer=student_tokenizer, temperature=temperature, alpha=alpha,
                              out_dir=out_dir, max_target_length=max_target_length, teacher_tokenizer=teacher_tokenizer)
 
-    def feature(self, shard: _Shard, i: int, text: str, tokenizer: Any, max_source_length: int,
+    def feature(self, shard: DecodedShard, i: int, text: str, tokenizer: Any, max_source_length: int,
                 max_target_length: int) -> dict[str, Any]:
         """Row ``i``: the teacher's tokens as labels, its top-k (and tail) on every position."""
-        assert shard.starts is not None and shard.lengths is not None and shard.ids is not None
         lo, n = int(shard.starts[i]), min(int(shard.lengths[i]), max_target_length)
-        feat = encode_pair(tokenizer, "seq2seq", text, shard.ids[lo : lo + n].tolist(), max_source_length)
-        feat.update(topk_ids=shard.top_ids[lo : lo + n], topk_logprobs=shard.top_lp[lo : lo + n],  # type: ignore[index]
-                    kd_mask=np.ones(n, bool))
-        if shard.tails is not None:
-            feat["teacher_tail"] = shard.tails[lo : lo + n]
+        feat = encode_pair(tokenizer, "seq2seq", text, shard.target_ids[lo : lo + n].tolist(), max_source_length)
+        feat.update(topk_ids=shard.topk_ids[lo : lo + n].astype(np.int64),
+                    topk_logprobs=shard.topk_logprobs[lo : lo + n].astype(np.float32), kd_mask=np.ones(n, bool))
+        if self.tail_index is not None:
+            feat["teacher_tail"] = shard.tail_logprobs[lo : lo + n, self.tail_index].astype(np.float32)
         return feat
 
     def per_token(self, logits: torch.Tensor, logp: torch.Tensor, ce: torch.Tensor,
@@ -280,18 +242,19 @@ class _Crossing(Objective):
         self.pair, self.vmap = pair, vmap
         self.stats = stats if stats is not None else AlignStats()
 
-    def feature(self, shard: _Shard, i: int, text: str, tokenizer: Any, max_source_length: int,
+    def feature(self, shard: DecodedShard, i: int, text: str, tokenizer: Any, max_source_length: int,
                 max_target_length: int) -> dict[str, Any]:
-        assert shard.starts is not None and shard.lengths is not None and shard.ids is not None
-        assert shard.top_ids is not None and shard.top_lp is not None
         lo, n = int(shard.starts[i]), int(shard.lengths[i])
         full = tokenizer(shard.targets[i], add_special_tokens=False)["input_ids"]
         labels = [*full[: max_target_length - 1], tokenizer.eos_token_id]  # as target_ids() cuts
         feat = encode_pair(tokenizer, "seq2seq", text, labels, max_source_length)
         p = self.pair
         assert p is not None, "build() gives a cross-tokenizer objective its tokenizer pair"
-        feat.update(aligned_arrays(shard.ids[lo : lo + n].tolist(), labels, shard.top_ids[lo : lo + n],
-                                   shard.top_lp[lo : lo + n], None if shard.tails is None else shard.tails[lo : lo + n],
+        tails = (None if self.tail_index is None
+                 else shard.tail_logprobs[lo : lo + n, self.tail_index].astype(np.float32))
+        feat.update(aligned_arrays(shard.target_ids[lo : lo + n].tolist(), labels,
+                                   shard.topk_ids[lo : lo + n].astype(np.int64),
+                                   shard.topk_logprobs[lo : lo + n].astype(np.float32), tails,
                                    p.teacher_surfaces, p.student_surfaces, p.teacher_eos, p.student_eos, self.vmap,
                                    self.name, self.stats, complete=len(full) <= max_target_length - 1))
         return feat
@@ -367,11 +330,10 @@ class Labels(Objective):
                        for label in cache.manifest.generation.label_set or []]
         return cls(temperature=temperature, alpha=alpha, verbalisers=verbalisers)
 
-    def feature(self, shard: _Shard, i: int, text: str, tokenizer: Any, max_source_length: int,
+    def feature(self, shard: DecodedShard, i: int, text: str, tokenizer: Any, max_source_length: int,
                 max_target_length: int) -> dict[str, Any]:
         feat = super().feature(shard, i, text, tokenizer, max_source_length, max_target_length)
-        assert shard.label_lp is not None
-        feat["label_logprobs"] = np.asarray(shard.label_lp[i], np.float32)
+        feat["label_logprobs"] = shard.label_logprobs[i]
         return feat
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], forward: Forward) -> torch.Tensor:
@@ -550,13 +512,3 @@ def training_loss(objective: Objective, model: Any, batch: dict[str, torch.Tenso
     ``causal_forward``), then the objective's loss on its logits."""
     forward = student_forward(kind)(model, batch)
     return objective.loss(forward(batch["labels"]), batch, forward)
-
-
-def cache_features(objective: Objective, cache: LabelCache, tokenizer: Any, *, prefix: str, max_source_length: int,
-                   max_target_length: int) -> list[dict[str, Any]]:
-    """Every cached row's feature at once (benchmarks and tools; training streams a shard at a time)."""
-    features: list[dict[str, Any]] = []
-    for table in cache.iter_tables(objective.columns()):
-        features += objective.featurise(table, tokenizer, k=cache.manifest.generation.k, prefix=prefix,
-                                        max_source_length=max_source_length, max_target_length=max_target_length)
-    return features

@@ -31,7 +31,8 @@ from typing import Any, Literal
 import numpy as np
 
 from dora.cache.reader import LabelCache
-from dora.cache.transform import mean_entropy, per_row_mean, token_tails
+from dora.cache.shard import DecodedShard
+from dora.cache.transform import mean_entropy
 from dora.errors import CacheError, ConfigError
 from dora.files import check_output, write_atomic
 
@@ -44,23 +45,22 @@ SCORES = {"margin": ("label_margin", 1), "entropy": ("mean_entropy", -1), "seq-l
 def doubt_scores(cache: LabelCache) -> dict[str, np.ndarray]:
     """Every row's id, source, teacher label, row number and doubt scores, in row order."""
     m = cache.manifest
-    k = m.generation.k
     temps = [float(t) for t in m.generation.kd_temperatures]
     at_one = temps.index(1.0) if 1.0 in temps else None
     parts: dict[str, list[Any]] = {"row": [], "id": [], "source": [], "teacher_label": [], "seq_logprob": [],
                                    "mean_entropy": [], "tail_mass": [], "label_margin": []}
     labels = m.generation.label_set
     for entry in m.shards:
-        table = cache.read_shard(entry)
-        parts["row"].append(table.column("row").to_numpy())
-        parts["id"] += table.column("id").to_pylist()
-        parts["source"] += table.column("source").to_pylist()
-        parts["teacher_label"] += table.column("target").to_pylist()
-        parts["seq_logprob"].append(table.column("seq_logprob").to_numpy().astype(np.float64))
-        parts["mean_entropy"].append(mean_entropy(table, k, at_one))
-        parts["tail_mass"].append(per_row_mean(table, token_tails(table, k, at_one)[1]))
+        shard = DecodedShard(cache.read_shard(entry))
+        parts["row"].append(shard.rows)
+        parts["id"] += shard.ids
+        parts["source"] += shard.sources
+        parts["teacher_label"] += shard.targets
+        parts["seq_logprob"].append(shard.seq_logprob.astype(np.float64))
+        parts["mean_entropy"].append(mean_entropy(shard, at_one))
+        parts["tail_mass"].append(shard.row_mean(shard.token_tails(at_one)[1]))
         if labels:
-            scores = np.array(table.column("label_logprobs").to_pylist(), np.float64).reshape(table.num_rows, len(labels))
+            scores = shard.label_logprobs.astype(np.float64).reshape(shard.num_rows, len(labels))
             top2 = -np.sort(-scores, axis=1)[:, :2]
             parts["label_margin"].append(top2[:, 0] - top2[:, 1])
     out = {name: (np.concatenate(v) if v and isinstance(v[0], np.ndarray) else np.array(v, dtype=object))

@@ -314,8 +314,7 @@ def _training_data(config: TrainStudentConfig, task: Task, tokenizer: Any, gold:
     if cache is not None:
         def load_shard(entry: ShardEntry) -> list[dict[str, Any]]:
             return objective.featurise(cache.read_shard(entry, objective.columns()), tokenizer,
-                                       k=cache.manifest.generation.k, prefix=task.source_prefix,
-                                       max_source_length=config.max_source_length,
+                                       prefix=task.source_prefix, max_source_length=config.max_source_length,
                                        max_target_length=config.max_target_length)
 
         sizes += [entry.rows for entry in cache.manifest.shards]

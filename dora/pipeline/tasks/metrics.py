@@ -745,12 +745,6 @@ def _check_texts(texts: Sequence[Any], what: str) -> None:
             raise ConfigError(f"{what} row {i} is {type(t).__name__} {t!r}, not text; check the {what} column")
 
 
-def score_modes(task: Task, predictions: Sequence[str], references: Sequence[str], *,
-                sources: Sequence[str] | None = None, encoder: str | Path | None = None) -> dict[str, Scores]:
-    """Score once in both modes: ``{"paper": {...}, "strict": {...}}`` (see ``TaskScorer``)."""
-    return TaskScorer(task, references, sources=sources, encoder=encoder)(predictions)
-
-
 def score(task: Task, predictions: Sequence[str], references: Sequence[str], *, sources: Sequence[str] | None = None,
           encoder: str | Path | None = None, mode: MetricMode = "strict") -> Scores:
     """Score predictions with the task's metric in one mode; ``sources`` are needed for strict BERT-iBLEU."""
