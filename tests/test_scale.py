@@ -330,7 +330,8 @@ def test_ray_workers_label_with_ctranslate2_as_one_process_does(cache_dir, data_
     _same_rows(tmp_path / "ray", tmp_path / "one", logprob_tol=1e-5)
     got = LabelCache.open(tmp_path / "ray").manifest
     assert got.generation.backend == "ctranslate2" and got.generation.engine["ray_workers"] == 2
-    ours, one = got.generation.engine["agreement"], LabelCache.open(tmp_path / "one").manifest.generation.engine["agreement"]
+    ours = got.generation.engine["agreement"]
+    one = LabelCache.open(tmp_path / "one").manifest.generation.engine["agreement"]
     assert ours["rows"] == one["rows"] == 40 and ours["compute_type"] == "int8"
     assert ours["labels_equal"] == one["labels_equal"]
     assert ours["mean_abs_logprob_difference"] == pytest.approx(one["mean_abs_logprob_difference"], abs=1e-5)
