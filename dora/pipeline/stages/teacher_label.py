@@ -352,8 +352,7 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
                 if model is not None:  # the engine holds what it labels with; a copy of its own leaves this one unused
                     model = None
                     free_accelerator_memory()
-                check = _check_precision(config, plan, tokenizer, cluster, labeler)
-                manifest = _described(manifest, run, cluster, labeler, check)
+                manifest = _described(config, plan, manifest, run, tokenizer, cluster, labeler)
                 teacher_dev = _score_on_dev(config, plan, labeler)
                 writer = _open_cache(config, ledger, run, manifest, costs, tokenizer, lock)
                 # 5. Label shard by shard: each shard is written and listed before it counts.
@@ -515,17 +514,18 @@ def _check_precision(config: TeacherLabelConfig, plan: _Plan, tokenizer: Any, cl
     return check
 
 
-def _described(manifest: Manifest, run: Any, cluster: RayLabeling | None, labeler: ShardLabeler | None,
-               check: PrecisionCheck | None) -> Manifest:
-    """The run's manifest with the started engine's version and settings (and its precision check's
-    record as ``agreement``); what the engine computes on is what the ledger counts."""
+def _described(config: TeacherLabelConfig, plan: _Plan, manifest: Manifest, run: Any, tokenizer: Any,
+               cluster: RayLabeling | None, labeler: ShardLabeler | None) -> Manifest:
+    """The run's manifest with the started engine's version and settings, and what its precision
+    check found as ``agreement``; what the engine computes on is what the ledger counts."""
     if cluster is not None:
-        _, version, settings = cluster.describe()
+        _, version, settings = cluster.describe()  # waits for every worker's engine
         run.set_devices(cluster.devices())
     else:
         engine = labeler.engine  # type: ignore[union-attr]
         version, settings = engine.version, engine.settings()
         run.set_devices(Devices.here(per_process=engine.device_count()))
+    check = _check_precision(config, plan, tokenizer, cluster, labeler)
     if check is not None:
         settings = {**settings, "agreement": check.record}
     return dataclasses.replace(manifest, generation=dataclasses.replace(manifest.generation, backend_version=version,
