@@ -307,7 +307,8 @@ def test_ray_labeled_cache_equals_the_single_process_cache(cache_dir, t5_dir, da
 
 def test_ray_workers_label_with_ctranslate2_as_one_process_does(cache_dir, data_dir, tmp_path):
     """Two Ray workers, each converting (or finding) the teacher's CTranslate2 copy and labeling
-    whole shards: the same cache as one process with the same engine."""
+    whole shards: the same cache as one process with the same engine, in int8, whose agreement
+    with float32 the first worker measures as one process does."""
     pytest.importorskip("ray")
     pytest.importorskip("ctranslate2")
     import ray
@@ -317,8 +318,8 @@ def test_ray_workers_label_with_ctranslate2_as_one_process_does(cache_dir, data_
     def label(out: Path, **ray_options) -> None:
         teacher_label(TeacherLabelConfig(
             task="fever", teacher=str(cache_dir.with_name(cache_dir.name + ".teacher")), finetune=False,
-            pool=data_dir / "pool.jsonl", out=out, engine="ctranslate2", top_k=8, shard_size=16, max_new_tokens=12,
-            label_batch_size=7, fields=Fields(), **ray_options))
+            pool=data_dir / "pool.jsonl", out=out, engine="ctranslate2", compute_type="int8", top_k=8, shard_size=16,
+            max_new_tokens=12, label_batch_size=7, fields=Fields(), **ray_options))
 
     label(tmp_path / "one")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -329,6 +330,11 @@ def test_ray_workers_label_with_ctranslate2_as_one_process_does(cache_dir, data_
     _same_rows(tmp_path / "ray", tmp_path / "one", logprob_tol=1e-5)
     got = LabelCache.open(tmp_path / "ray").manifest
     assert got.generation.backend == "ctranslate2" and got.generation.engine["ray_workers"] == 2
+    ours = got.generation.engine["agreement"]
+    one = LabelCache.open(tmp_path / "one").manifest.generation.engine["agreement"]
+    assert ours["rows"] == one["rows"] == 40 and ours["compute_type"] == "int8"
+    assert ours["labels_equal"] == one["labels_equal"]
+    assert ours["mean_abs_logprob_difference"] == pytest.approx(one["mean_abs_logprob_difference"], abs=1e-5)
     assert got.costs["labeling"]["device_count"] == 2
 
 

@@ -20,9 +20,10 @@ CTranslate2's sampling repeatable). ``return_logits_vocab`` gives the raw logits
 the tail mass at each KD temperature are computed exactly as the transformers engine computes
 them. ``label_logprobs`` come from ``score_batch``.
 
-Compute types (``--compute-type``): float32 by default on CPU, bfloat16 on a GPU that has it. Any
-other type is never silent: before labeling, the first ``AGREEMENT_ROWS`` pool rows are labeled
-greedily in float32 and in that type, and the agreement (share of identical labels, mean and
+Compute types (``--compute-type``, else ``--dtype`` when not float32): float32 by default on CPU,
+bfloat16 on a GPU that has it (``CTranslate2Engine.settle``). Any other type is never silent: before
+labeling, the engine's precision check (``check_precision``) labels the first ``PRECISION_ROWS`` pool
+rows greedily in float32 and in that type, and the agreement (share of identical labels, mean and
 largest |difference| of the chosen tokens' log-probabilities where both decoded the same prefix)
 is printed and recorded in the manifest under ``generation.engine.agreement``.
 
@@ -51,7 +52,7 @@ import numpy as np
 
 from dora.errors import ConfigError, ModelError, first_line
 from dora.pipeline.engines.generation import Generated, plan_batches, tails_and_normaliser
-from dora.pipeline.engines.settings import EngineSettings
+from dora.pipeline.engines.settings import EngineSettings, PrecisionCheck
 from dora.pipeline.models.kinds import ModelKind
 from dora.pipeline.models.loading import load_model, local, weights_sha256
 
@@ -63,10 +64,8 @@ INSTALL_HINT = "install it with `pip install 'dora-distill[ctranslate2]'`, or us
 ARGS = ("intra_threads", "inter_threads", "device")
 """``--engine-arg`` keys this engine reads."""
 COMPUTE_TYPES = ("float32", "bfloat16", "float16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
-AGREEMENT_ROWS = 64
-"""Pool rows labeled in float32 and in a reduced compute type to measure what it changes."""
 AGREEMENT_WARNING = 0.95
-"""Below this share of identical labels, teacher-label warns about the compute type."""
+"""Below this share of identical labels, the precision check warns about the compute type."""
 
 
 def available() -> bool:
@@ -143,11 +142,20 @@ class CTranslate2Engine:
         if not available():
             raise ConfigError(f"--engine ctranslate2: CTranslate2 is not installed; {INSTALL_HINT}")
         check_options(settings.engine_args, settings.tensor_parallel_size, settings.pipeline_parallel_size)
-        device = device_of(settings.engine_args)
-        compute_type = compute_type_for(settings.compute_type, device)
+        compute_type = compute_type_for(settings.compute_type, device_of(settings.engine_args))
         converted = convert(local(teacher_path), tokenizer, revision=revision, trust_remote_code=trust_remote_code,
                             model=model)
         return cls(converted, tokenizer, settings, compute_type=compute_type)
+
+    @classmethod
+    def settle(cls, settings: EngineSettings) -> tuple[EngineSettings, str]:
+        """(``settings`` with the compute type settled, that compute type): ``--compute-type``, else
+        ``--dtype`` when not float32, else the device's default; checked against what CTranslate2
+        supports here, with the options it refuses, before any work."""
+        check_options(settings.engine_args, settings.tensor_parallel_size, settings.pipeline_parallel_size)
+        requested = settings.compute_type or (settings.dtype if settings.dtype != "float32" else None)
+        compute_type = compute_type_for(requested, device_of(settings.engine_args))
+        return dataclasses.replace(settings, compute_type=compute_type), compute_type
 
     def __init__(self, model_dir: Path, tokenizer: Any, settings: EngineSettings, *, compute_type: str) -> None:
         import ctranslate2
@@ -227,17 +235,30 @@ class CTranslate2Engine:
         return {"device": self.device, "compute_type": self.compute_type, "batch_size": self.s.batch_size,
                 "batch_tokens": self.s.batch_tokens, "converted": self.model_dir.name}
 
-    def compare_precision(self, prompts: Sequence[list[int]]) -> dict[str, Any] | None:
+    def compare_precision(self, prompts: Sequence[list[int]]) -> dict[str, Any]:
         """Label ``prompts`` greedily in float32 and in this engine's compute type, and say how much
-        they differ; None in float32."""
-        if self.compute_type == "float32":
-            return None
+        they differ."""
         greedy = dataclasses.replace(self.s, temperature=0.0, kd_temperatures=())
         low = self._label(prompts, greedy)
         reference = CTranslate2Engine(self.model_dir, self.tokenizer, greedy, compute_type="float32")
         ref = reference._label(prompts, greedy)
         del reference  # a float32 copy of the teacher: held only for the sample
         return agreement(ref, low) | {"compute_type": self.compute_type, "reference": "float32", "device": self.device}
+
+    def check_precision(self, sample: Callable[[], Sequence[list[int]]]) -> PrecisionCheck | None:
+        """A compute type other than float32 is never silent: label ``sample()`` in both and say how
+        much they agree (a note below ``AGREEMENT_WARNING`` identical labels); None in float32."""
+        if self.compute_type == "float32":
+            return None
+        found = self.compare_precision(sample())
+        line = (f"ctranslate2 {self.compute_type} against float32 on the pool's first {found['rows']} rows: labels "
+                f"equal on {found['labels_equal']:.1%}, chosen tokens' log-probabilities differ by "
+                f"{found['mean_abs_logprob_difference']:.3g} on average (largest "
+                f"{found['max_abs_logprob_difference']:.3g})")
+        if found["labels_equal"] < AGREEMENT_WARNING:
+            return PrecisionCheck(found, line + f"; below {AGREEMENT_WARNING:.0%}: consider --compute-type float32",
+                                  warning=True)
+        return PrecisionCheck(found, line, warning=False)
 
     def device_count(self) -> int:
         return 1

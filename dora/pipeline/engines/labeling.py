@@ -66,17 +66,16 @@ class LabelSpec:
     id_type: IdType = "int32"
     label_set: tuple[str, ...] = ()
 
-    def labeler(self, tokenizer: Any = None, *, model: Any = None, engine: Engine | None = None) -> ShardLabeler:
-        """A labeler on ``engine``, or on one started here (on ``model`` when it is loaded already)."""
+    def labeler(self, tokenizer: Any = None, *, model: Any = None) -> ShardLabeler:
+        """A labeler on an engine started here (on ``model`` when it is loaded already)."""
         from dora.pipeline.engines.registry import start_engine
         from dora.pipeline.models.loading import load_tokenizer
 
         if tokenizer is None:
             tokenizer = load_tokenizer(self.teacher_path, revision=self.revision,
                                        trust_remote_code=self.trust_remote_code)
-        if engine is None:
-            engine = start_engine(self.engine, self.teacher_path, tokenizer, self.kind, self.settings,  # type: ignore[arg-type]
-                                  revision=self.revision, trust_remote_code=self.trust_remote_code, model=model)
+        engine = start_engine(self.engine, self.teacher_path, tokenizer, self.kind, self.settings,  # type: ignore[arg-type]
+                              revision=self.revision, trust_remote_code=self.trust_remote_code, model=model)
         return ShardLabeler(engine=engine, tokenizer=tokenizer, source_prefix=self.source_prefix,
                             max_source_length=self.settings.max_source_length,
                             max_target_length=self.max_target_length, top_k=self.settings.top_k,

@@ -21,7 +21,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from dora.errors import CacheError, ConfigError, DoraError
 from dora.pipeline.costs.ledger import Devices
 from dora.pipeline.data.inputs import Example
 from dora.pipeline.engines.labeling import LabelSpec
+from dora.pipeline.engines.settings import PrecisionCheck
 
 IN_FLIGHT_PER_WORKER = 2
 
@@ -58,6 +59,9 @@ class LabelWorker:
         engine = self.labeler.engine
         return engine.name, engine.version, engine.settings(), self.device
 
+    def check_precision(self, prompts: list[list[int]]) -> PrecisionCheck | None:
+        return self.labeler.engine.check_precision(lambda: prompts)
+
     def label(self, index: int, rows: list[tuple[str, int, str]], target: dict[str, Any]) -> tuple[dict[str, Any], int]:
         examples = [Example(id=i, row=r, source=s, target=None) for i, r, s in rows]
         table, tokens = self.labeler.label(examples)
@@ -67,7 +71,7 @@ class LabelWorker:
 
 
 class RayLabeling:
-    """The actors of one labeling run. ``start`` -> ``describe`` -> ``label`` -> ``shutdown``."""
+    """The actors of one labeling run. ``start`` -> ``describe`` -> ``check_precision`` -> ``label`` -> ``shutdown``."""
 
     def __init__(self, actors: list[Any], owns_ray: bool, per_worker_gpus: int, groups: list[Any]) -> None:
         self.actors = actors
@@ -133,6 +137,16 @@ class RayLabeling:
         name, version, settings, device = answers[0]
         self.device_name = device
         return name, version, settings | {"ray_workers": len(self.actors)}
+
+    def check_precision(self, sample: Callable[[], Sequence[list[int]]]) -> PrecisionCheck | None:
+        """The engines' precision check (``Engine.check_precision``), run by the first worker on
+        ``sample()``'s prompts (taken here: a worker cannot ask the driver for them)."""
+        import ray
+
+        try:
+            return ray.get(self.actors[0].check_precision.remote(list(sample())))
+        except Exception as e:
+            raise _unwrap(e, "a Ray worker could not check its engine's precision") from None
 
     def label(self, shards: Iterable[tuple[int, list[Example]]], writer: CacheWriter) -> Iterator[tuple[ShardEntry, int]]:
         """Label ``shards`` on the workers; list each finished shard in ``writer``; yield (entry, tokens)."""

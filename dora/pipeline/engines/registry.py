@@ -39,7 +39,17 @@ VLLM_INSTALL_HINT = (
 
 ENGINES: dict[str, type[TransformersEngine] | type[VllmEngine] | type[CTranslate2Engine]] = {
     "transformers": TransformersEngine, "vllm": VllmEngine, "ctranslate2": CTranslate2Engine}
-"""Every engine class by its ``--engine`` name; each has ``start(teacher_path, tokenizer, kind, settings, ...)``."""
+"""Every engine class by its ``--engine`` name; each has ``settle(settings)`` (its precision, resolved
+and checked before any work) and ``start(teacher_path, tokenizer, kind, settings, ...)``."""
+
+
+def settle_engine(name: str, requested: EngineName, settings: EngineSettings) -> tuple[EngineSettings, str]:
+    """(``settings`` with engine ``name``'s precision settled, that precision: what the teacher
+    computes in while labeling, the manifest's ``dtype``). Raises now, before any expensive work,
+    for a precision the engine cannot use here."""
+    if settings.compute_type is not None and name != "ctranslate2":
+        raise ConfigError(f"--compute-type is CTranslate2's, and --engine {requested} chose {name}; use --dtype")
+    return ENGINES[name].settle(settings)
 
 
 def start_engine(name: str, teacher_path: str, tokenizer: Any, kind: ModelKind, settings: EngineSettings, *,

@@ -1,4 +1,5 @@
-"""What every labeling engine shares: the settings it generates with, and the interface it offers.
+"""What every labeling engine shares: the settings it generates with, the interface it offers,
+and what its precision check reports.
 
 Engine modules (``transformers_engine``, ``vllm_engine``) import this and nothing of each other;
 ``registry`` knows them all.
@@ -78,3 +79,26 @@ class Engine(Protocol):
     def device_count(self) -> int:
         """Devices this engine computes on (what its labeling time is multiplied by)."""
         ...
+
+    def check_precision(self, sample: Callable[[], Sequence[list[int]]]) -> PrecisionCheck | None:
+        """Before labeling: what this engine's reduced precision changes, measured on ``sample()``
+        (the prompts of the pool's first ``PRECISION_ROWS`` rows, asked for only by an engine that
+        checks); None when it has nothing to check."""
+        ...
+
+
+PRECISION_ROWS = 64
+"""Pool rows an engine's precision check is given."""
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """What an engine's precision check found, before labeling: printed, and recorded in the
+    manifest under ``generation.engine.agreement``."""
+
+    record: dict[str, Any]
+    """What was measured (the manifest's ``agreement``)."""
+    message: str
+    """One line saying it."""
+    warning: bool
+    """Whether the difference is large enough to act on (printed as a note)."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from dora.pipeline.engines.generation import Generated, hf_generate, hf_score, pick_device
-from dora.pipeline.engines.settings import EngineSettings
+from dora.pipeline.engines.settings import EngineSettings, PrecisionCheck
 from dora.pipeline.models.kinds import ModelKind
 from dora.pipeline.models.loading import check_top_k, load_model, vocab_size
 
@@ -28,6 +28,11 @@ class TransformersEngine:
                                   device_map="auto" if _gpu_count() > 1 else None)
         check_top_k(settings.top_k, vocab_size(model), teacher_path)
         return cls(model, tokenizer, kind, settings)
+
+    @classmethod
+    def settle(cls, settings: EngineSettings) -> tuple[EngineSettings, str]:
+        """(``settings``, their dtype): the teacher computes in ``--dtype``, nothing to resolve."""
+        return settings, settings.dtype
 
     def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, settings: EngineSettings) -> None:
         import torch
@@ -55,6 +60,10 @@ class TransformersEngine:
         spread = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()})
         return {"device": ",".join(spread) if len(spread) > 1 else str(self.device), "batch_size": self.s.batch_size,
                 "batch_tokens": self.s.batch_tokens}
+
+    def check_precision(self, sample: Callable[[], Sequence[list[int]]]) -> PrecisionCheck | None:
+        """Nothing to check: the teacher computes in the ``--dtype`` asked for."""
+        return None
 
     def device_count(self) -> int:
         return max(1, len({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()}))

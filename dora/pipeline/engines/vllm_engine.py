@@ -20,7 +20,7 @@ import numpy as np
 
 from dora.errors import ModelError, first_line
 from dora.pipeline.engines.generation import Generated
-from dora.pipeline.engines.settings import EngineSettings
+from dora.pipeline.engines.settings import EngineSettings, PrecisionCheck
 from dora.pipeline.models.kinds import ModelKind
 from dora.pipeline.models.loading import free_accelerator_memory, local
 
@@ -40,6 +40,11 @@ class VllmEngine:
         del model, kind
         free_accelerator_memory()
         return cls(local(teacher_path), tokenizer, settings, trust_remote_code=trust_remote_code, revision=revision)
+
+    @classmethod
+    def settle(cls, settings: EngineSettings) -> tuple[EngineSettings, str]:
+        """(``settings``, their dtype): the teacher computes in ``--dtype``, nothing to resolve."""
+        return settings, settings.dtype
 
     def __init__(self, model_path: str, tokenizer: Any, settings: EngineSettings, *, trust_remote_code: bool = False,
                  revision: str | None = None) -> None:
@@ -71,6 +76,10 @@ class VllmEngine:
     def settings(self) -> dict[str, Any]:
         shown = {k: v for k, v in self.kwargs.items() if k not in ("model", "tokenizer")}
         return {k: v for k, v in shown.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
+
+    def check_precision(self, sample: Callable[[], Sequence[list[int]]]) -> PrecisionCheck | None:
+        """Nothing to check: the teacher computes in the ``--dtype`` asked for."""
+        return None
 
     def device_count(self) -> int:
         import torch

@@ -35,12 +35,11 @@ from dora.errors import ConfigError, Interrupted
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.inputs import Example, fingerprint, read_examples
 from dora.pipeline.data.pool import Pool
-from dora.pipeline.engines import ctranslate2_engine
-from dora.pipeline.engines.ctranslate2_engine import AGREEMENT_WARNING, COMPUTE_TYPES
-from dora.pipeline.engines.labeling import LabelSpec, pool_prompts
+from dora.pipeline.engines.ctranslate2_engine import COMPUTE_TYPES
+from dora.pipeline.engines.labeling import LabelSpec, ShardLabeler, pool_prompts
 from dora.pipeline.engines.ray_label import RayLabeling, require_ray
-from dora.pipeline.engines.registry import kd_temperatures_for, resolve_engine
-from dora.pipeline.engines.settings import EngineName, EngineSettings
+from dora.pipeline.engines.registry import kd_temperatures_for, resolve_engine, settle_engine
+from dora.pipeline.engines.settings import PRECISION_ROWS, Engine, EngineName, EngineSettings, PrecisionCheck
 from dora.pipeline.models.gguf import lineage as gguf_lineage
 from dora.pipeline.models.kinds import ModelKind, architecture_of, kind_of
 from dora.pipeline.models.loading import (
@@ -267,13 +266,14 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     check_dtype(config.dtype, base, config.teacher)
     kind = kind_of(base)  # fine-tuning changes weights, not the architecture or vocabulary
     engine_name, why = resolve_engine(config.engine, kind, architecture_of(base))  # fails now, not after fine-tuning
-    precision = _precision(config, engine_name)
+    settings, precision = settle_engine(engine_name, config.engine, EngineSettings.from_config(config))
     temperatures, note = kd_temperatures_for(engine_name, config.kd_temperatures)
     if config.ray is not None:
         require_ray()
     rank, world = process_rank()
     plan = _Plan(task=task, train=train, dev=dev, pool=pool, base=base, kind=kind, engine=engine_name, why=why,
-                 precision=precision, temperatures=temperatures, note=note, rank=rank, world=world)
+                 settings=dataclasses.replace(settings, kd_temperatures=temperatures), precision=precision,
+                 note=note, rank=rank, world=world)
     created = not config.out.exists()
     try:
         return _label(config, plan)
@@ -281,18 +281,6 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
         if rank == 0 and created and config.out.is_dir() and not (config.out / MANIFEST).exists():
             shutil.rmtree(config.out, ignore_errors=True)  # made by this run, and nothing was labeled into it
         raise
-
-
-def _precision(config: TeacherLabelConfig, engine: str) -> str:
-    """--dtype; for CTranslate2 its compute type (--compute-type, else --dtype when not float32,
-    else the device's default), checked against what it supports here."""
-    if engine != "ctranslate2":
-        if config.compute_type is not None:
-            raise ConfigError(f"--compute-type is CTranslate2's, and --engine {config.engine} chose {engine}; use --dtype")
-        return config.dtype
-    ctranslate2_engine.check_options(config.engine_args, config.tensor_parallel_size, config.pipeline_parallel_size)
-    requested = config.compute_type or (config.dtype if config.dtype != "float32" else None)
-    return ctranslate2_engine.compute_type_for(requested, ctranslate2_engine.device_of(config.engine_args))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,9 +297,10 @@ class _Plan:
     engine: str
     why: str
     """Why this engine (printed)."""
+    settings: EngineSettings
+    """What the engine generates with, its precision settled (``settle_engine``)."""
     precision: str
-    """What the teacher computes in while labeling: --dtype, or CTranslate2's compute type."""
-    temperatures: tuple[float, ...]
+    """What the teacher computes in while labeling, as the engine settled it (the manifest's dtype)."""
     note: str | None
     rank: int
     world: int
@@ -334,7 +323,7 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
         #    an entry of zero work.
         tokenizer = load_tokenizer(teacher_path, revision=revision, trust_remote_code=config.trust_remote_code)
         label_set = list(config.labels or plan.task.labels or []) if config.score_labels else []
-        manifest = _new_manifest(config, plan, teacher_path, tokenizer, (plan.engine, "", {}), label_set or None)
+        manifest = _new_manifest(config, plan, teacher_path, tokenizer, label_set or None)
         ledger = Ledger(config.out, "labeling")
         done = CacheWriter.complete(config.out, manifest)
         if done is not None:
@@ -347,31 +336,25 @@ def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None
         ledger.compact()
         with ledger.invocation(Devices.here()) as run:
             spec = LabelSpec(teacher_path=teacher_path, revision=revision, trust_remote_code=config.trust_remote_code,
-                             kind=plan.kind, engine=plan.engine,
-                             settings=dataclasses.replace(EngineSettings.from_config(config),
-                                                          kd_temperatures=plan.temperatures,
-                                                          compute_type=plan.precision if plan.engine == "ctranslate2" else None),
+                             kind=plan.kind, engine=plan.engine, settings=plan.settings,
                              source_prefix=plan.task.source_prefix, max_target_length=config.max_target_length,
                              id_type=manifest.generation.id_type, label_set=tuple(label_set))  # type: ignore[arg-type]
             console.print(f"labeling engine: {plan.engine} ({plan.why})" + (f" on Ray ({config.ray})" if config.ray else ""))
             if plan.note:
                 note_(plan.note)
-            agreement, engine = _compare_precision(config, plan, spec, tokenizer, model)
-            if engine is not None:  # converted and checked: CTranslate2 labels from its own copy
-                model = None
-                free_accelerator_memory()
             cluster = None
             if config.ray is not None:
-                model = engine = None  # the workers load the saved teacher; free this process's memory for them
+                model = None  # the workers load the saved teacher; free this process's memory for them
                 free_accelerator_memory()
                 cluster = RayLabeling.start(config.ray, spec, workers=config.ray_workers)
             try:
-                labeler = None if cluster is not None else spec.labeler(tokenizer, model=model, engine=engine)
-                del engine
-                del model
+                labeler = None if cluster is not None else spec.labeler(tokenizer, model=model)
+                if model is not None:  # the engine holds what it labels with; a copy of its own leaves this one unused
+                    model = None
+                    free_accelerator_memory()
+                manifest = _described(config, plan, manifest, run, tokenizer, cluster, labeler)
                 teacher_dev = _score_on_dev(config, plan, labeler)
-                writer = _open_cache(config, plan, ledger, run, cluster, labeler, costs, teacher_path, tokenizer,
-                                     label_set, lock, agreement)
+                writer = _open_cache(config, ledger, run, manifest, costs, tokenizer, lock)
                 # 5. Label shard by shard: each shard is written and listed before it counts.
                 _label_shards(config, plan.pool, writer, run, cluster, labeler)
             finally:
@@ -512,20 +495,47 @@ def _already_complete(config: TeacherLabelConfig, done: Manifest, ledger: Ledger
     return TeacherLabelResult(cache=config.out, teacher=teacher_path, manifest=final, costs=final.costs)
 
 
-def _open_cache(config: TeacherLabelConfig, plan: _Plan, ledger: Ledger, run: Any, cluster: Any, labeler: Any,
-                costs: dict[str, Any], teacher_path: str, tokenizer: Any, label_set: list[str],
-                lock: CacheLock | None, agreement: dict[str, Any] | None) -> CacheWriter:
-    """Open (or continue) the cache with the started engine's description; count earlier
-    invocations' shards once in the ledger."""
+def _check_precision(config: TeacherLabelConfig, plan: _Plan, tokenizer: Any, cluster: RayLabeling | None,
+                     labeler: ShardLabeler | None) -> PrecisionCheck | None:
+    """The started engine's precision check (the first worker's under Ray) on the pool's first
+    rows, read only when the engine asks for them (always under Ray: a worker cannot ask); what it
+    found is printed, as a note when it is worth acting on."""
+    engine: Engine | RayLabeling = cluster if cluster is not None else labeler.engine  # type: ignore[union-attr]
+
+    def sample() -> list[list[int]]:
+        shards = range(-(-plan.pool.rows // config.shard_size))
+        rows = itertools.islice((ex for _, shard in plan.pool.shards(config.shard_size, shards) for ex in shard),
+                                PRECISION_ROWS)
+        return pool_prompts(tokenizer, list(rows), plan.task.source_prefix, config.max_source_length)
+
+    check = engine.check_precision(sample)
+    if check is not None:
+        (note_ if check.warning else console.print)(check.message)
+    return check
+
+
+def _described(config: TeacherLabelConfig, plan: _Plan, manifest: Manifest, run: Any, tokenizer: Any,
+               cluster: RayLabeling | None, labeler: ShardLabeler | None) -> Manifest:
+    """The run's manifest with the started engine's version and settings, and what its precision
+    check found as ``agreement``; what the engine computes on is what the ledger counts."""
     if cluster is not None:
-        described = cluster.describe()
+        _, version, settings = cluster.describe()  # waits for every worker's engine
         run.set_devices(cluster.devices())
     else:
-        described = (labeler.engine.name, labeler.engine.version, labeler.engine.settings())
-        run.set_devices(Devices.here(per_process=labeler.engine.device_count()))
-    if agreement is not None:
-        described = (described[0], described[1], {**described[2], "agreement": agreement})
-    manifest = _new_manifest(config, plan, teacher_path, tokenizer, described, label_set or None)
+        engine = labeler.engine  # type: ignore[union-attr]
+        version, settings = engine.version, engine.settings()
+        run.set_devices(Devices.here(per_process=engine.device_count()))
+    check = _check_precision(config, plan, tokenizer, cluster, labeler)
+    if check is not None:
+        settings = {**settings, "agreement": check.record}
+    return dataclasses.replace(manifest, generation=dataclasses.replace(manifest.generation, backend_version=version,
+                                                                          engine=settings))
+
+
+def _open_cache(config: TeacherLabelConfig, ledger: Ledger, run: Any, manifest: Manifest, costs: dict[str, Any],
+                tokenizer: Any, lock: CacheLock | None) -> CacheWriter:
+    """Open (or continue) the cache with the run's manifest; count earlier invocations' shards once
+    in the ledger."""
 
     def ledgers(current: Manifest) -> dict[str, Any]:  # written with every manifest update
         labeling = ledger.summary((current.costs.get("labeling") or {}).get("entries"))
@@ -541,33 +551,6 @@ def _open_cache(config: TeacherLabelConfig, plan: _Plan, ledger: Ledger, run: An
         console.print(f"cache: {manifest.num_shards - missing} of {manifest.num_shards} shards already "
                       f"complete in {config.out}; labeling the rest")
     return writer
-
-
-def _compare_precision(config: TeacherLabelConfig, plan: _Plan, spec: LabelSpec, tokenizer: Any,
-                       model: Any) -> tuple[dict[str, Any] | None, Any]:
-    """A CTranslate2 compute type other than float32 is never silent: label the pool's first rows
-    in both, print how much they agree. Returns (the agreement for the manifest, the started engine,
-    which then labels the pool); (None, None) when there is nothing to compare."""
-    if plan.engine != "ctranslate2" or plan.precision == "float32":
-        return None, None
-    shards = range(-(-plan.pool.rows // config.shard_size))
-    rows = list(itertools.islice((ex for _, shard in plan.pool.shards(config.shard_size, shards) for ex in shard),
-                                 ctranslate2_engine.AGREEMENT_ROWS))
-    engine = ctranslate2_engine.CTranslate2Engine.start(spec.teacher_path, tokenizer, plan.kind, spec.settings,  # type: ignore[arg-type]
-                                                        revision=spec.revision,
-                                                        trust_remote_code=spec.trust_remote_code, model=model)
-    agreement = engine.compare_precision(pool_prompts(tokenizer, rows, plan.task.source_prefix,
-                                                      config.max_source_length))
-    if agreement is None:
-        return None, engine
-    line = (f"ctranslate2 {plan.precision} against float32 on the pool's first {agreement['rows']} rows: labels equal "
-            f"on {agreement['labels_equal']:.1%}, chosen tokens' log-probabilities differ by "
-            f"{agreement['mean_abs_logprob_difference']:.3g} on average (largest {agreement['max_abs_logprob_difference']:.3g})")
-    if agreement["labels_equal"] < AGREEMENT_WARNING:
-        note_(line + f"; below {AGREEMENT_WARNING:.0%}: consider --compute-type float32")
-    else:
-        console.print(line)
-    return agreement, engine
 
 
 def _label_shards(config: TeacherLabelConfig, pool: Pool, writer: CacheWriter, run: Any, cluster: Any,
@@ -604,9 +587,11 @@ def _label_here(labeler: Any, shards: Any, writer: CacheWriter, advance: Any) ->
 
 
 def _new_manifest(config: TeacherLabelConfig, plan: _Plan, teacher_path: str, tokenizer: Any,
-                  engine: tuple[str, str, dict[str, Any]], label_set: list[str] | None) -> Manifest:
-    engine_name, engine_version, engine_settings = engine
-    task, pool, model_config, kind, temperatures = plan.task, plan.pool, plan.base, plan.kind, plan.temperatures
+                  label_set: list[str] | None) -> Manifest:
+    """The run's manifest, built once, before any engine starts: what a rerun must match to continue
+    the cache (``_described`` adds the started engine's version and settings, which it need not)."""
+    task, pool, model_config, kind = plan.task, plan.pool, plan.base, plan.kind
+    temperatures = plan.settings.kd_temperatures
     return Manifest(
         task={"name": task.name, "metric": task.metric, "source_prefix": task.source_prefix,
               "labels": list(task.labels) if task.labels else None},
@@ -618,11 +603,11 @@ def _new_manifest(config: TeacherLabelConfig, plan: _Plan, teacher_path: str, to
             finetuned=config.finetune,
         ),
         generation=GenerationInfo(
-            backend=engine_name, backend_version=engine_version, k=config.top_k,
+            backend=plan.engine, backend_version="", k=config.top_k,
             max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
             do_sample=config.temperature > 0, temperature=config.temperature,
             top_p=config.top_p if config.temperature > 0 else 1.0,
-            seed=config.seed if config.temperature > 0 else None, dtype=plan.precision, engine=engine_settings,
+            seed=config.seed if config.temperature > 0 else None, dtype=plan.precision,
             label_set=label_set, kd_temperatures=list(temperatures),
             id_type=id_type_for(int(model_config.vocab_size)),
         ),
