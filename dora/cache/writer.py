@@ -22,11 +22,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cache.manifest import MANIFEST, TOKENIZER_DIR, FileEntry, Manifest, ShardEntry, read_manifest, write_manifest
 from dora.cache.trust import check_tokenizer_files, check_tokenizer_name, contained
 from dora.errors import CacheError
 from dora.files import file_sha256, parse_json
+from dora.lock import LOCK_FILE, DirectoryLock, Guarded
+
+CACHE = Guarded(directory="the cache directory", create_fix="choose a writable --out", busy="is writing this cache",
+                wait="wait for it to finish, or stop it: its complete shards are kept and a rerun continues",
+                error=CacheError)
+"""How the cache's lock names what it guards."""
+
+
+def cache_lock(root: str | Path) -> DirectoryLock:
+    """The lock of the cache in ``root`` (one writer per cache), not yet acquired."""
+    return DirectoryLock(root, CACHE)
+
 
 ROW_GROUP_SIZE = 2048
 # How shards are written (the writer, filter/merge and the size benchmark share it). Byte-stream
@@ -150,7 +161,7 @@ class CacheWriter:
         writer.finish(stats={"tokens": n})
     """
 
-    def __init__(self, root: Path, manifest: Manifest, lock: CacheLock | None = None,
+    def __init__(self, root: Path, manifest: Manifest, lock: DirectoryLock | None = None,
                  costs: Callable[[Manifest], dict[str, Any]] | None = None) -> None:
         self.root = root
         self.manifest = manifest
@@ -189,7 +200,7 @@ class CacheWriter:
             raise CacheError(f"{parent}: not writable; choose an --out you can write to")
 
     @classmethod
-    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any, *, lock: CacheLock | None = None,
+    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any, *, lock: DirectoryLock | None = None,
              costs: Callable[[Manifest], dict[str, Any]] | None = None) -> CacheWriter:
         """Start a new cache, or continue one made with the same teacher, settings and pool.
 
@@ -203,7 +214,7 @@ class CacheWriter:
         cls.preflight(root, manifest.pool.fingerprint)
         if lock is not None:
             return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=False, costs=costs)
-        lock = CacheLock(root).acquire()
+        lock = cache_lock(root).acquire()
         try:
             return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=True, costs=costs)
         except BaseException:
@@ -211,7 +222,7 @@ class CacheWriter:
             raise
 
     @classmethod
-    def _open_locked(cls, root: Path, manifest: Manifest, tokenizer: Any, lock: CacheLock,
+    def _open_locked(cls, root: Path, manifest: Manifest, tokenizer: Any, lock: DirectoryLock,
                      owns_lock: bool, costs: Callable[[Manifest], dict[str, Any]] | None) -> CacheWriter:
         if (root / MANIFEST).exists():
             old = read_manifest(root)
