@@ -74,7 +74,7 @@ class RunDir:
     another run, it returns the marker to continue with (an earlier identity still accepted),
     None when it made the directory ready for this run, or raises (``refusal()``: the stage's
     words); without it, another run's marker is refused; ``adopt_empty``: whether an existing
-    empty directory without a marker is taken (else it is refused as someone else's)."""
+    empty directory without a marker is taken (else only one this run creates)."""
 
     def __init__(self, path: Path, *, identity: Any, markers: tuple[str, ...], field: str | None, words: RunWords,
                  guarded: Guarded, valid: Callable[[dict[str, Any]], bool] | None = None, invalid: str = "",
@@ -106,7 +106,7 @@ class RunDir:
                     raise self.refusal()
                 return self.other(record)
         others = self._others()
-        if others or not self.adopt_empty:
+        if others or not (self.adopt_empty or self.created is not None):  # made by claim: this run's
             raise ConfigError(self.words.foreign.format(dir=self.path, name=others[0] if others else ""))
         return None
 
