@@ -52,6 +52,8 @@ class RunWords:
     """A marker naming another run."""
     damaged: str
     """The fix ending the message of a marker that cannot be read (its own text says why)."""
+    unparsable: str | None = None
+    """What a marker that does not parse is called instead of the parser's reason (e.g. "not valid JSON")."""
 
 
 def first_missing(path: Path) -> Path | None:
@@ -133,7 +135,8 @@ class RunDir:
         try:
             record = parse_json(raw, str(path))
         except CacheError as e:  # bad JSON or UTF-8, a 5,000-digit integer, nesting too deep
-            raise ConfigError(f"{e}; {fix}") from None
+            reason = f"{path}: {self.words.unparsable}" if self.words.unparsable else str(e)
+            raise ConfigError(f"{reason}; {fix}") from None
         if self.valid is not None and not self.valid(record):
             raise ConfigError(f"{path}: {self.invalid}; {fix}")
         return record

@@ -201,3 +201,13 @@ def test_the_lock_says_when_this_very_process_holds_it(tmp_path):
     blocked.write_text("x")
     with pytest.raises(ConfigError, match=r"cannot create the cache directory or its lock .*; choose a writable --out"):
         DirectoryLock(blocked / "sub", plain).acquire()
+
+
+def test_a_stage_may_name_an_unparsable_marker_its_own_way(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / MARKER).write_text("[" * 100_000)
+    words = RunWords(not_dir="", foreign="", other="", damaged="delete it", unparsable="not valid JSON")
+    run = RunDir(out, identity="a", markers=(MARKER,), field="identity", words=words, guarded=GUARDED)
+    with pytest.raises(ConfigError, match=rf"^{out / MARKER}: not valid JSON; delete it$"):
+        run.recorded()

@@ -332,7 +332,8 @@ TEACHER_WORDS = RunWords(
             "choose a new --teacher-out",
     other=f"{{dir}}: holds a teacher dora fine-tuned for another run (other base model, data, settings or --dev, says "
           f"its {RECORD}); choose a new --teacher-out, or delete that directory to fine-tune again",
-    damaged="dora writes this file; delete {dir} to fine-tune again, or choose a new --teacher-out")
+    damaged="dora writes this file; delete {dir} to fine-tune again, or choose a new --teacher-out",
+    unparsable="not valid JSON")
 
 
 def _teacher_dir(out_dir: Path, key: str, finished_before: str | None = None) -> RunDir:
