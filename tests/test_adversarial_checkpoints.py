@@ -86,14 +86,16 @@ def _adopt(run: Path, values: dict[str, Any]) -> None:
     marker = getattr(student, "RUN_MARKER", None)
     if marker is None or not (run / marker).is_file():
         return
+    from dora.rundir import RunDir
+
     seen: dict[str, str] = {}
 
-    def capture(out: Path, identity: str) -> None:
-        seen["identity"] = identity
+    def capture(run: RunDir) -> None:
+        seen["identity"] = run.identity
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(student, "_claim_out", capture)
+        mp.setattr(RunDir, "claim", capture)
         CliRunner().invoke(app, [a.format(**values) for a in STUDENT])
     data = json.loads((run / marker).read_text())
     (run / marker).write_text(json.dumps(data | {"identity": seen["identity"]}) + "\n")
@@ -298,8 +300,8 @@ def test_a_full_disk_on_the_teacher_leaves_no_half_written_model_and_a_rerun_fin
 
 HOLDER = textwrap.dedent('''
     import sys, time
-    from dora.cache.lock import CacheLock
-    lock = CacheLock(sys.argv[1]).acquire()
+    from dora.cache.writer import cache_lock
+    lock = cache_lock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(120)
 ''')

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dora.cache.lock import LOCK_FILE
 from dora.errors import ConfigError, DoraError, ModelError, TrainingError
+from dora.lock import LOCK_FILE
 from dora.pipeline.data.encoding import collate
 from dora.pipeline.train.checkpoint import CheckpointError, check_contents
 from dora.pipeline.train.finetune import RECORD, sequence_loss
@@ -521,8 +521,8 @@ def test_a_corrupt_record_is_one_line(t5_dir, examples, tmp_path, content):
 
 HOLDER = textwrap.dedent('''
     import sys, time
-    from dora.cache.lock import CacheLock
-    lock = CacheLock(sys.argv[1]).acquire()
+    from dora.cache.writer import cache_lock
+    lock = cache_lock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(120)
 ''')

@@ -222,12 +222,12 @@ def test_predict_round_trips_a_file_without_targets_in_each_format(teacher, data
 
 
 def test_predict_resumes_from_its_last_finished_chunk(teacher, data_dir, tmp_path, monkeypatch):
-    import dora.pipeline.stages.evaluate as evaluate
+    import dora.pipeline.engines.inference as inference
 
     args = ["predict", "--task", "fever", "--model", str(teacher), "--data", str(data_dir / "pool.jsonl"),
             "--max-new-tokens", "6", "--chunk-rows", "8"]
     assert runner.invoke(app, [*args, "--out", str(tmp_path / "whole.jsonl")]).exit_code == 0
-    real, calls, interrupt_at = evaluate.predict, [], [3]
+    real, calls, interrupt_at = inference.predict, [], [3]
 
     def interrupted(*a, **k):
         calls.append(len(a[4]))
@@ -235,7 +235,7 @@ def test_predict_resumes_from_its_last_finished_chunk(teacher, data_dir, tmp_pat
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(evaluate, "predict", interrupted)
+    monkeypatch.setattr(inference, "predict", interrupted)
     out = tmp_path / "sub" / "preds.jsonl"
     first = runner.invoke(app, [*args, "--out", str(out)])
     assert first.exit_code == 130 and not out.exists()

@@ -18,9 +18,10 @@ from conftest import CACHE_STEPS, fever_rows, write_jsonl
 from typer.testing import CliRunner
 
 from dora.cache import LabelCache
-from dora.cache.lock import LOCK_FILE, CacheLock
+from dora.cache.writer import cache_lock
 from dora.cli import app
 from dora.errors import CacheError, InputError
+from dora.lock import LOCK_FILE
 from dora.pipeline.data.inputs import Fields, fingerprint, read_examples
 from dora.pipeline.data.pool import Pool
 from dora.pipeline.train.batches import Blocks
@@ -84,17 +85,17 @@ def test_blocks_visit_every_row_once_per_epoch_and_hold_a_window():
 def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_broken(tmp_path):
     root = tmp_path / "cache"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from dora.cache.lock import CacheLock; CacheLock(sys.argv[1]).acquire(); "
+        "import sys, time; from dora.cache.writer import cache_lock; cache_lock(sys.argv[1]).acquire(); "
         "print('locked', flush=True); time.sleep(60)"), str(root)], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(CacheError, match=rf"another dora process is writing this cache \(pid {holder.pid} on "):
-            CacheLock(root).acquire()
+            cache_lock(root).acquire()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert (root / LOCK_FILE).exists()  # left behind by the crash, but no longer held
-    with CacheLock(root):
+    with cache_lock(root):
         pass
     assert not (root / LOCK_FILE).exists()
 

@@ -21,12 +21,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.cache.manifest import MANIFEST, TOKENIZER_DIR, FileEntry, Manifest, ShardEntry, read_manifest, write_manifest
 from dora.cache.shard import DecodedShard, parquet_options
 from dora.cache.trust import check_tokenizer_files, check_tokenizer_name, contained
 from dora.errors import CacheError
 from dora.files import file_sha256, parse_json
+from dora.lock import LOCK_FILE, DirectoryLock, Guarded
+
+CACHE = Guarded(directory="the cache directory", create_fix="choose a writable --out", busy="is writing this cache",
+                wait="wait for it to finish, or stop it: its complete shards are kept and a rerun continues",
+                error=CacheError)
+"""How the cache's lock names what it guards."""
+
+
+def cache_lock(root: str | Path) -> DirectoryLock:
+    """The lock of the cache in ``root`` (one writer per cache), not yet acquired."""
+    return DirectoryLock(root, CACHE)
+
 
 
 def shard_name(index: int) -> str:
@@ -131,7 +142,7 @@ class CacheWriter:
         writer.finish(stats={"tokens": n})
     """
 
-    def __init__(self, root: Path, manifest: Manifest, lock: CacheLock | None = None,
+    def __init__(self, root: Path, manifest: Manifest, lock: DirectoryLock | None = None,
                  costs: Callable[[Manifest], dict[str, Any]] | None = None) -> None:
         self.root = root
         self.manifest = manifest
@@ -170,7 +181,7 @@ class CacheWriter:
             raise CacheError(f"{parent}: not writable; choose an --out you can write to")
 
     @classmethod
-    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any, *, lock: CacheLock | None = None,
+    def open(cls, root: str | Path, manifest: Manifest, tokenizer: Any, *, lock: DirectoryLock | None = None,
              costs: Callable[[Manifest], dict[str, Any]] | None = None) -> CacheWriter:
         """Start a new cache, or continue one made with the same teacher, settings and pool.
 
@@ -184,7 +195,7 @@ class CacheWriter:
         cls.preflight(root, manifest.pool.fingerprint)
         if lock is not None:
             return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=False, costs=costs)
-        lock = CacheLock(root).acquire()
+        lock = cache_lock(root).acquire()
         try:
             return cls._open_locked(root, manifest, tokenizer, lock, owns_lock=True, costs=costs)
         except BaseException:
@@ -192,7 +203,7 @@ class CacheWriter:
             raise
 
     @classmethod
-    def _open_locked(cls, root: Path, manifest: Manifest, tokenizer: Any, lock: CacheLock,
+    def _open_locked(cls, root: Path, manifest: Manifest, tokenizer: Any, lock: DirectoryLock,
                      owns_lock: bool, costs: Callable[[Manifest], dict[str, Any]] | None) -> CacheWriter:
         if (root / MANIFEST).exists():
             old = read_manifest(root)

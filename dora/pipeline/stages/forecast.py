@@ -36,6 +36,7 @@ from dora.checks import check_number
 from dora.errors import ConfigError
 from dora.files import check_output, png_marked, starts_like_json_object, write_atomic
 from dora.pipeline.costs.pricing import Prices, total
+from dora.rundir import RUN_RECORD
 
 EXPONENTS = np.geomspace(0.02, 4.0, 240)
 """The c grid: from almost flat (0.02) to steep (4)."""
@@ -152,10 +153,10 @@ def run_directories(paths: Sequence[Path]) -> list[Path]:
     other directory, the run directories directly inside it, sorted."""
     found: list[Path] = []
     for p in paths:
-        if (p / "run.json").is_file():
+        if (p / RUN_RECORD).is_file():
             found.append(p)
         elif p.is_dir():
-            inner = sorted(d for d in p.iterdir() if d.is_dir() and not d.is_symlink() and (d / "run.json").is_file())
+            inner = sorted(d for d in p.iterdir() if d.is_dir() and not d.is_symlink() and (d / RUN_RECORD).is_file())
             if not inner:
                 raise ConfigError(f"{p}: holds no run directories (none with run.json); give `dora sweep` or "
                                   "`dora train-student` output")

@@ -28,9 +28,11 @@ from typing import Any
 from dora.checks import as_paths, positive_ints
 from dora.errors import ConfigError, InputError, Interrupted
 from dora.files import check_output, file_sha256, write_atomic
+from dora.lock import Guarded
 from dora.pipeline.data.inputs import FORMATS, iter_records, iter_sources, no_examples_error
 from dora.pipeline.stages.config import TaskInputs
 from dora.progress import console, progress_bar, warn
+from dora.rundir import RunDir, RunWords
 
 MARKER = "predict.json"
 """The chunk directory's record: which model, data and settings its chunks belong to."""
@@ -76,9 +78,6 @@ def chunk_dir(out: Path) -> Path:
 
 def predict_file(config: PredictConfig) -> dict[str, Any]:
     """Predict every row of ``config.data`` into ``config.out``; returns a summary."""
-    from dora.pipeline.engines.generation import pick_device
-    from dora.pipeline.engines.inference import predict
-    from dora.pipeline.models.loading import load_model, load_tokenizer
     from dora.pipeline.tasks.catalog import get_task
 
     start = time.perf_counter()
@@ -91,49 +90,65 @@ def predict_file(config: PredictConfig) -> dict[str, Any]:
                          fix="name the new column with --prediction-field, or drop that column")
 
     # 2. Chunks an interrupted run finished are reused when they belong to this very run (each
-    #    checked now, so a damaged one fails before any work).
+    #    checked now, so a damaged one fails before any work); one run at a time per --out.
     parts, identity, chunks = chunk_dir(config.out), _identity(config, rows), -(-rows // config.chunk_rows)
-    kept = _kept_chunks(config, parts, identity, rows, chunks)
-    todo = [i for i in range(chunks) if i not in kept]
-    if kept:
-        console.print(f"predict: {len(kept)} of {chunks} chunks already done in {parts}; continuing")
-
-    # 3. The rest is predicted a chunk at a time, each chunk saved before it counts.
-    if todo:
-        tokenizer = load_tokenizer(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
-        model, kind = load_model(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
-        model.to(pick_device())
-        with progress_bar() as bar:
-            job = bar.add_task("predict", total=rows, completed=rows - sum(_chunk_len(config, rows, i) for i in todo),
-                               info="", unit="row")
-            texts = iter_sources(config.data, field=config.fields.source)  # read once
-            for i in range(chunks):
-                sources = list(islice(texts, config.chunk_rows))
-                if i in kept:
-                    continue
-                try:
-                    preds = predict(model, tokenizer, kind, task, sources, batch_size=config.batch_size,
-                                    max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
-                                    on_batch=lambda n: bar.advance(job, n))
-                except KeyboardInterrupt:
-                    raise Interrupted(f"predict stopped: {len(kept)} of {chunks} chunks of {config.chunk_rows} rows "
-                                      f"are kept in {parts}; rerun the same command to predict the rest") from None
-                if not (parts / MARKER).is_file():  # the first chunk of this run: the directory appears now
-                    parts.mkdir(parents=True, exist_ok=True)
-                    write_atomic(parts / MARKER, (json.dumps(identity, indent=2) + "\n").encode())
-                write_atomic(parts / _part(i), "".join(json.dumps(p, ensure_ascii=False) + "\n"
-                                                       for p in preds).encode())
-                kept[i] = preds
-
-    # 4. The output appears whole, then the chunks go.
-    predictions = [p for i in range(chunks) for p in kept[i]]
-    _write_output(config, predictions)
-    if parts.is_dir():
+    run = _chunk_dir(config, parts, identity)
+    failed = True
+    try:
+        if run.claim() is None:  # new, or another run's chunks discarded: this run's from now on
+            run.write_marker(identity)
+        kept = {i: _read_part(parts / _part(i), _chunk_len(config, rows, i)) for i in range(chunks)
+                if (parts / _part(i)).exists() or (parts / _part(i)).is_symlink()}
+        _predict_chunks(config, task, parts, rows, chunks, kept)
+        # 4. The output appears whole, then the chunks go.
+        predictions = [p for i in range(chunks) for p in kept[i]]
+        _write_output(config, predictions)
         _remove_chunks(parts)
+        failed = False
+    finally:  # a failure before the first chunk leaves no chunk directory behind
+        run.release(failed=failed, keep=lambda d: any(d.glob("part-*.jsonl")))
+    try:
+        parts.rmdir()  # unlocked: the lock file went with the lock
+    except OSError:
+        warn(f"{parts} holds files dora predict did not write; they are left there")
     seconds = time.perf_counter() - start
     console.print(f"predict: {rows:,} rows -> {config.out} ({seconds:.1f} s)")
     return {"rows": rows, "out": str(config.out), "model": config.model, "data": str(config.data),
             "prediction_field": config.prediction_field, "seconds": round(seconds, 3)}
+
+
+def _predict_chunks(config: PredictConfig, task: Any, parts: Path, rows: int, chunks: int,
+                    kept: dict[int, list[str]]) -> None:
+    """3. Predict the chunks not in ``kept`` (into it), each saved in ``parts`` before it counts."""
+    from dora.pipeline.engines.generation import pick_device
+    from dora.pipeline.engines.inference import predict
+    from dora.pipeline.models.loading import load_model, load_tokenizer
+
+    todo = [i for i in range(chunks) if i not in kept]
+    if kept:
+        console.print(f"predict: {len(kept)} of {chunks} chunks already done in {parts}; continuing")
+    if not todo:
+        return
+    tokenizer = load_tokenizer(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    model, kind = load_model(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    model.to(pick_device())
+    with progress_bar() as bar:
+        job = bar.add_task("predict", total=rows, completed=rows - sum(_chunk_len(config, rows, i) for i in todo),
+                           info="", unit="row")
+        texts = iter_sources(config.data, field=config.fields.source)  # read once
+        for i in range(chunks):
+            sources = list(islice(texts, config.chunk_rows))
+            if i in kept:
+                continue
+            try:
+                preds = predict(model, tokenizer, kind, task, sources, batch_size=config.batch_size,
+                                max_source_length=config.max_source_length, max_new_tokens=config.max_new_tokens,
+                                on_batch=lambda n: bar.advance(job, n))
+            except KeyboardInterrupt:
+                raise Interrupted(f"predict stopped: {len(kept)} of {chunks} chunks of {config.chunk_rows} rows "
+                                  f"are kept in {parts}; rerun the same command to predict the rest") from None
+            write_atomic(parts / _part(i), "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds).encode())
+            kept[i] = preds
 
 
 def _count_rows(config: PredictConfig) -> int:
@@ -178,41 +193,37 @@ def _model_stamp(model: str) -> list[list[Any]]:
     return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def _kept_chunks(config: PredictConfig, parts: Path, identity: dict[str, Any], rows: int,
-                 chunks: int) -> dict[int, list[str]]:
-    """The predictions of the chunks an earlier, interrupted run of this very command finished, by
-    chunk number. Another run's chunks are refused (or, with --overwrite, discarded); a record
-    without chunks costs nothing to replace; a directory without dora's record is never touched."""
-    if not (parts.exists() or parts.is_symlink()):
-        return {}
-    marker = parts / MARKER
-    if not (parts.is_dir() and not parts.is_symlink() and marker.is_file() and not marker.is_symlink()):
-        raise ConfigError(f"{parts} exists but was not written by dora predict; move it away, or choose another --out")
-    try:
-        with open(marker, "rb") as f:  # a record of ours is a few kB; a planted giant is not read whole
-            earlier = json.loads(f.read(1 << 20))
-    except (OSError, ValueError, RecursionError):
-        earlier = None
-    if earlier != identity:
+CHUNKS_LOCK = Guarded(directory="the chunk directory", create_fix="choose another --out",
+                      busy="is predicting into this --out", wait="wait for it to finish, or choose another --out")
+NOT_OURS = "{dir} exists but was not written by dora predict; move it away, or choose another --out"
+CHUNK_WORDS = RunWords(
+    not_dir=NOT_OURS, foreign=NOT_OURS,
+    other="{dir} holds the chunks of an earlier dora predict with another model, data or settings; rerun that "
+          "command to finish it, or pass --overwrite to discard them",
+    damaged="move it away, or choose another --out")
+
+
+def _chunk_dir(config: PredictConfig, parts: Path, identity: dict[str, Any]) -> RunDir:
+    """The chunk directory of this very command: its record (``predict.json``) is the identity.
+    Another run's chunks are refused (or, with --overwrite, discarded); a record without chunks
+    costs nothing to replace; a directory without dora's record is never touched."""
+
+    def other(record: dict[str, Any]) -> None:
         if any(parts.glob("part-*.jsonl")) and not config.overwrite:
-            raise ConfigError(f"{parts} holds the chunks of an earlier dora predict with another model, data or "
-                              "settings; rerun that command to finish it, or pass --overwrite to discard them")
+            raise run.refusal()
         _remove_chunks(parts)
-        return {}
-    return {i: _read_part(parts / _part(i), _chunk_len(config, rows, i)) for i in range(chunks)
-            if (parts / _part(i)).exists() or (parts / _part(i)).is_symlink()}
+
+    run = RunDir(parts, identity=identity, markers=(MARKER,), field=None, words=CHUNK_WORDS, guarded=CHUNKS_LOCK,
+                 other=other, adopt_empty=False)
+    return run
 
 
 def _remove_chunks(parts: Path) -> None:
-    """Delete the chunk directory's own files (its record and ``part-*.jsonl``), then the directory
-    if that emptied it: a file someone else put there is left, and said so."""
+    """Delete the chunk directory's own files (its record and ``part-*.jsonl``); a file someone else
+    put there is left."""
     for path in parts.iterdir():
         if path.name == MARKER or (path.name.startswith("part-") and path.suffix == ".jsonl"):
             path.unlink()
-    try:
-        parts.rmdir()
-    except OSError:
-        warn(f"{parts} holds files dora predict did not write; they are left there")
 
 
 def _read_part(path: Path, rows: int) -> list[str]:

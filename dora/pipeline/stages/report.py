@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from dora.errors import ConfigError, InputError
-from dora.files import check_output, png_marked, read_object
+from dora.files import check_output, png_marked
 from dora.pipeline.costs.pricing import Line, Prices, total
 from dora.pipeline.train.tracking import CURVES
+from dora.rundir import METRICS, RUN_RECORD, read_record
 
 STAGES = ("teacher_finetune", "labeling", "student_train")
 MAX_DEVICE_HOURS = 1e9  # a hundred thousand device-years: past it a record is damaged, not big
@@ -55,10 +56,10 @@ class RunRecord:
         if not path.is_dir():
             raise InputError(path, "not found" if not path.exists() else "not a directory",
                              fix="give run directories written by `dora train-student`")
-        run_file, metrics_file = path / "run.json", path / "metrics.json"
+        run_file, metrics_file = path / RUN_RECORD, path / METRICS
         fix = "give run directories written by `dora train-student` (a run that has finished)"
-        run = read_object(run_file, expected="a run record (a JSON object)", fix=fix)
-        metrics = read_object(metrics_file, expected="a metrics record (a JSON object)", fix=fix)
+        run = read_record(run_file, expected="a run record (a JSON object)", fix=fix)
+        metrics = read_record(metrics_file, expected="a metrics record (a JSON object)", fix=fix)
         upstream = _field(run, "upstream_costs", dict, run_file, default={})
         costs = {stage: _cost(upstream[stage], run_file, f"upstream_costs.{stage}")
                  for stage in STAGES if stage in upstream and stage != "student_train"}
@@ -192,7 +193,7 @@ def report(runs: list[Path], prices_for: Any, out: Path, *, metric_mode: str = "
     if metric_mode not in METRIC_MODES:
         raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {metric_mode!r}")
     out = Path(out)
-    inputs = [Path(r) / name for r in runs for name in ("run.json", "metrics.json", CURVES)]
+    inputs = [Path(r) / name for r in runs for name in (RUN_RECORD, METRICS, CURVES)]
     for name, ours in REPORT_FILES.items():
         check_output(out / name, option="--out", inputs=inputs, ours=ours, overwrite=overwrite)
     records = [RunRecord.load(Path(r), metric_mode) for r in runs]

@@ -35,6 +35,7 @@ from dora.cache import LabelCache
 from dora.checks import check_number, positive_ints
 from dora.errors import ConfigError
 from dora.files import read_object, write_atomic
+from dora.lock import DirectoryLock, Guarded
 from dora.pipeline.data.inputs import read_examples
 from dora.pipeline.data.pool import Pool
 from dora.pipeline.stages.config import TaskInputs
@@ -42,10 +43,13 @@ from dora.pipeline.stages.demo.tiny import evaluations_every
 from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
 from dora.progress import console
+from dora.rundir import METRICS, RUN_RECORD
 
 MARKER = ".dora-sweep"
 """Written first into a sweep's directory: a rerun may continue there; nothing else is written over."""
 MAX_SEEDS = 10
+SWEEP_DIR = Guarded(directory="the sweep directory", create_fix="choose a writable --out",
+                    busy="is running a sweep in this directory", wait="wait for it to finish, or choose another --out")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,8 +127,6 @@ class SweepConfig(TaskInputs):
 
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
     """Run (or continue) every point; returns and writes ``sweep.json``: the points with their runs and scores."""
-    from dora.pipeline.stages.report import RunRecord
-
     # 1. Read every input first: a bad row or a budget larger than the gold fails before any training.
     gold = read_examples(config.train, fields=config.fields, require_target=True)
     if config.budgets[-1] > len(gold):
@@ -133,11 +135,16 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     pool_rows = Pool.scan(config.pool, fields=config.fields).rows
     for split in (config.dev, config.test):
         read_examples(split, fields=config.fields, require_target=True)
-    root = config.out
     _check_same_settings(config)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).write_text("written by `dora sweep`: a rerun continues the sweep in this directory\n")
+    with DirectoryLock(config.out, SWEEP_DIR):  # one sweep at a time in a directory
+        return _run_points(config, gold, pool_rows)
 
+
+def _run_points(config: SweepConfig, gold: list[Any], pool_rows: int) -> dict[str, Any]:
+    from dora.pipeline.stages.report import RunRecord
+
+    root = config.out
+    (root / MARKER).write_text("written by `dora sweep`: a rerun continues the sweep in this directory\n")
     points = [(n, seed, strategy) for n in config.budgets for seed in range(config.seeds)
               for strategy in ("annotate", "distill")]
     done: list[dict[str, Any]] = []
@@ -145,7 +152,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     for i, (n, seed, strategy) in enumerate(points, 1):
         run_dir = root / f"{strategy}-{n}-seed{seed}"
         where = f"[{i}/{len(points)}] {strategy}, {n} gold labels, seed {seed}"
-        if (run_dir / "metrics.json").is_file() and (run_dir / "run.json").is_file():
+        if (run_dir / METRICS).is_file() and (run_dir / RUN_RECORD).is_file():
             console.print(f"{where}: finished earlier")
         else:
             console.rule(where)

@@ -26,12 +26,13 @@ from typing import Any, ClassVar, Literal, get_args
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
 from dora.cache.info import OFF_LABEL_WARNING, off_labels
-from dora.cache.lock import CacheLock
 from dora.cache.manifest import MANIFEST, write_manifest
 from dora.cache.reader import LabelCache
 from dora.cache.schema import id_type_for
+from dora.cache.writer import cache_lock
 from dora.checks import as_paths, check_number, positive_ints
 from dora.errors import ConfigError, Interrupted
+from dora.lock import DirectoryLock
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.inputs import Example, fingerprint, read_examples
 from dora.pipeline.data.pool import Pool
@@ -309,7 +310,7 @@ class _Plan:
 def _label(config: TeacherLabelConfig, plan: _Plan) -> TeacherLabelResult | None:
     with contextlib.ExitStack() as held:
         # One writer per cache: a second run on the same --out stops here, before any training.
-        lock = held.enter_context(CacheLock(config.out)) if plan.rank == 0 else None
+        lock = held.enter_context(cache_lock(config.out)) if plan.rank == 0 else None
 
         # 2. Fine-tune the teacher (or reuse one fine-tuned with the same data and settings).
         model, teacher_path, revision, costs = _finetune(config, plan)
@@ -533,7 +534,7 @@ def _described(config: TeacherLabelConfig, plan: _Plan, manifest: Manifest, run:
 
 
 def _open_cache(config: TeacherLabelConfig, ledger: Ledger, run: Any, manifest: Manifest, costs: dict[str, Any],
-                tokenizer: Any, lock: CacheLock | None) -> CacheWriter:
+                tokenizer: Any, lock: DirectoryLock | None) -> CacheWriter:
     """Open (or continue) the cache with the run's manifest; count earlier invocations' shards once
     in the ledger."""
 

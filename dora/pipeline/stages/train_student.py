@@ -29,10 +29,10 @@ from typing import Any, ClassVar
 
 from dora import __version__
 from dora.cache import LabelCache, ShardEntry
-from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.checks import as_paths, check_number, positive_ints
-from dora.errors import CacheError, ConfigError
-from dora.files import file_sha256, parse_json, write_atomic
+from dora.errors import CacheError, ConfigError, DoraError
+from dora.files import file_sha256, write_atomic
+from dora.lock import Guarded
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, read_examples
@@ -60,6 +60,7 @@ from dora.pipeline.train.distributed import process_rank
 from dora.pipeline.train.loop import steps_per_epoch, train_loop
 from dora.pipeline.train.tracking import Tracker
 from dora.progress import console, note, warn
+from dora.rundir import METRICS, RUN_RECORD, RunDir, RunWords, read_record
 
 TEST_PREDICTIONS = "test_predictions.jsonl"
 
@@ -181,45 +182,45 @@ def train_student(config: TrainStudentConfig) -> TrainStudentResult | None:
     # The student's kind from its config alone; a classifier's labels and data are checked now.
     head = _label_head(config, task, cache, gold)
 
-    created = not config.out.exists()
+    run = RunDir(config.out, identity=_identity(config), markers=(RUN_MARKER, RUN_RECORD), field="identity",
+                 words=STUDENT_WORDS, guarded=STUDENT_DIR)
+    failed = True
     try:
-        return _locked(config, task, gold, dev, test, cache, head, rank, world)
-    except BaseException:
-        if rank == 0 and created and config.out.is_dir() and not (config.out / "checkpoints").exists() \
-                and not (config.out / "run.json").exists():
-            shutil.rmtree(config.out, ignore_errors=True)  # made by this run, holding nothing of value yet
-        raise
+        result = _claimed(config, task, gold, dev, test, cache, head, run, rank, world)
+        failed = False
+        return result
+    finally:  # after a failure, what this run made and is worth nothing goes (rank 0 claimed it)
+        run.release(failed=failed, keep=lambda out: (out / "checkpoints").exists() or (out / RUN_RECORD).exists())
 
 
-def _locked(config: TrainStudentConfig, task: Task, gold: list[Example], dev: list[Example], test: list[Example],
-            cache: LabelCache | None, head: LabelHead | None, rank: int, world: int) -> TrainStudentResult | None:
-    with contextlib.ExitStack() as held:
-        # One writer per run directory, and only into a directory that is new or this run's; a
-        # finished run with these settings is not trained again.
-        identity = _identity(config)
+def _claimed(config: TrainStudentConfig, task: Task, gold: list[Example], dev: list[Example], test: list[Example],
+             cache: LabelCache | None, head: LabelHead | None, out: RunDir, rank: int,
+             world: int) -> TrainStudentResult | None:
+    # One writer per run directory, and only into a directory that is new or this run's; a
+    # finished run with these settings is not trained again.
+    if rank == 0:
+        out.claim()
+        out.write_marker({"stage": "train-student", "identity": out.identity})
+    ledger = Ledger(config.out, "student_train")
+    finished = _finished(out)
+    if finished is not None and not config.resume:
+        finished = None  # --no-resume: the same run, trained again from the start
+    if finished is not None:
         if rank == 0:
-            held.enter_context(CacheLock(config.out))
-            _claim_out(config.out, identity)
-        ledger = Ledger(config.out, "student_train")
-        finished = _finished(config, identity)
-        if finished is not None and not config.resume:
-            finished = None  # --no-resume: the same run, trained again from the start
-        if finished is not None:
-            if rank == 0:
-                ledger.record_noop(Devices.here(processes=world), "already trained with these settings")
-                finished.record["cost"] = ledger.summary()
-                write_atomic(config.out / "run.json", (json.dumps(finished.record, indent=2) + "\n").encode())
-                shutil.rmtree(config.out / "checkpoints", ignore_errors=True)  # a crash may have left them
-                console.print(f"student: already trained with these settings in {config.out}; nothing to do")
-            return finished if rank == 0 else None
-        if rank == 0:
-            ledger.compact()
-        with ledger.invocation(Devices.here(processes=world)) if rank == 0 else contextlib.nullcontext() as run:
-            return _train(config, task, gold, dev, test, cache, head, identity, ledger, run, rank, world)
+            ledger.record_noop(Devices.here(processes=world), "already trained with these settings")
+            finished.record["cost"] = ledger.summary()
+            out.write_record(finished.record)
+            shutil.rmtree(config.out / "checkpoints", ignore_errors=True)  # a crash may have left them
+            console.print(f"student: already trained with these settings in {config.out}; nothing to do")
+        return finished if rank == 0 else None
+    if rank == 0:
+        ledger.compact()
+    with ledger.invocation(Devices.here(processes=world)) if rank == 0 else contextlib.nullcontext() as run:
+        return _train(config, task, gold, dev, test, cache, head, out, ledger, run, rank, world)
 
 
 def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: list[Example], test: list[Example],
-           cache: LabelCache | None, head: LabelHead | None, identity: str, ledger: Ledger, run: Any, rank: int,
+           cache: LabelCache | None, head: LabelHead | None, out: RunDir, ledger: Ledger, run: Any, rank: int,
            world: int) -> TrainStudentResult | None:
     # 2. The student, and which loss the cache allows.
     tokenizer = load_tokenizer(config.student, revision=config.revision, trust_remote_code=config.trust_remote_code)
@@ -265,11 +266,11 @@ def _train(config: TrainStudentConfig, task: Task, gold: list[Example], dev: lis
     tested = _score_test(config, task, tokenizer, kind, test) if test else None
 
     metrics = _metrics(config, task, result, dev_scorer, tested)
-    record = _record(config, identity, described, gold, cache, result)
-    (config.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    record = _record(config, out.identity, described, gold, cache, result)
+    out.write_metrics(metrics)
     run.close("done")  # the record's cost includes this invocation's final entry
     record["cost"] = ledger.summary()
-    write_atomic(config.out / "run.json", (json.dumps(record, indent=2) + "\n").encode())  # marks the run finished
+    out.write_record(record)  # marks the run finished
     shutil.rmtree(config.out / "checkpoints", ignore_errors=True)  # finished: resume state no longer needed
     reported = metrics["eval"]
     console.print(f"student: saved to {config.out}" + (f"; {metrics['reported_on']['split']} {task.primary} "
@@ -421,52 +422,32 @@ def _identity(config: TrainStudentConfig) -> str:
 
 
 RUN_MARKER = ".dora-run.json"  # written first: this directory is a dora student run, and which one
+STUDENT_DIR = Guarded(directory="the run directory", create_fix="choose a writable --out",
+                      busy="is using this run directory", wait="wait for it to finish, or choose another --out")
+STUDENT_WORDS = RunWords(
+    not_dir="{dir}: is not a directory; choose a new or empty --out",
+    foreign="{dir}: is not empty and is not a dora student run ({name} is there); choose a new or empty --out",
+    other="{dir}: holds {state} student run with other settings or data; use another --out, or delete it to train "
+          "again",
+    damaged="not a run this dora can continue: choose a new --out")
+"""A student run's directory is its own when its marker, or the run.json of a finished run, names
+the same identity; anything else is the user's."""
 
 
-def _claim_out(out: Path, identity: str) -> None:
-    """Train only into a directory that is new, empty, or this very run's (its marker, or the
-    run.json of a finished run, names the same identity); anything else is the user's."""
-    marker, run_file = out / RUN_MARKER, out / "run.json"
-    if marker.is_file() and not marker.is_symlink():
-        recorded = _recorded_identity(marker)
-    elif run_file.is_file() and not run_file.is_symlink():
-        recorded = _recorded_identity(run_file)
-    else:
-        others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
-        if others:
-            raise ConfigError(f"{out}: is not empty and is not a dora student run ({others[0]} is there); choose "
-                              "a new or empty --out")
-        recorded = identity
-    if recorded != identity:
-        state = "a finished" if run_file.is_file() else "an unfinished"
-        raise ConfigError(f"{out}: holds {state} student run with other settings or data; use another --out, or "
-                          "delete it to train again")
-    write_atomic(marker, (json.dumps({"stage": "train-student", "identity": identity}) + "\n").encode())
-
-
-def _recorded_identity(path: Path) -> str | None:
+def _finished(out: RunDir) -> TrainStudentResult | None:
+    """The finished run in ``out`` when it was made with the same settings (refuse one made with others);
+    None when there is none, or its records are damaged (it is trained again)."""
+    if not (out.path / RUN_RECORD).is_file():
+        return None
+    fix = "dora writes this file"
     try:
-        data = parse_json(path.read_bytes()[:1 << 20], str(path))
-    except CacheError as e:
-        raise ConfigError(f"{e}; not a run this dora can continue: choose a new --out") from None
-    return data.get("identity") if isinstance(data, dict) else None
-
-
-def _finished(config: TrainStudentConfig, identity: str) -> TrainStudentResult | None:
-    """The finished run in ``out`` when it was made with the same settings (refuse one made with others)."""
-    run_file, metrics_file = config.out / "run.json", config.out / "metrics.json"
-    if not run_file.is_file():
+        record = read_record(out.path / RUN_RECORD, expected="a run record (a JSON object)", fix=fix)
+        metrics = read_record(out.path / METRICS, expected="a metrics record (a JSON object)", fix=fix)
+    except DoraError:
         return None
-    try:
-        record, metrics = json.loads(run_file.read_text()), json.loads(metrics_file.read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(record, dict) or not isinstance(metrics, dict):
-        return None
-    if record.get("identity") != identity:
-        raise ConfigError(f"{config.out}: holds a finished student run with other settings or data; use another "
-                          "--out, or delete it to train again")
-    return TrainStudentResult(out=config.out, kd=record.get("kd_loss", "?"), metrics=metrics, record=record)
+    if record.get("identity") != out.identity:
+        raise out.refusal()
+    return TrainStudentResult(out=out.path, kd=record.get("kd_loss", "?"), metrics=metrics, record=record)
 
 
 def _strategy(gold: list[Example], cache: LabelCache | None) -> str:

@@ -14,7 +14,7 @@ the teacher is complete, so a resumed run still has them.
 dora writes only into a new or empty directory, or one it made for the same run: the record is
 written first (``"complete": false``, with the run's key) and again last (``"complete": true``).
 Any other directory (the user's own model, another run's teacher) is refused before any work.
-One run at a time per directory: it is locked like a cache (``dora.cache.lock``).
+One run at a time per directory (``dora.rundir``, locked with ``dora.lock``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,9 +31,9 @@ from typing import Any
 
 import torch
 
-from dora.cache.lock import LOCK_FILE, CacheLock
 from dora.errors import CacheError, ConfigError
-from dora.files import parse_json, write_atomic
+from dora.files import parse_json
+from dora.lock import Guarded
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.encoding import causal_targets, collate, decoder_inputs, encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, fingerprint
@@ -46,6 +45,7 @@ from dora.pipeline.train.distributed import process_rank
 from dora.pipeline.train.loop import LoopSettings, train_loop
 from dora.pipeline.train.tracking import Tracker
 from dora.progress import console, note
+from dora.rundir import RunDir, RunWords, write_json
 
 RECORD = "dora_finetune.json"
 
@@ -118,28 +118,33 @@ def finetune_teacher(
     rank, world = process_rank()
     ledger = Ledger(out_dir, "teacher_finetune")
     devices = Devices.here(processes=world)
+    run = _teacher_dir(out_dir, key, finished_before=unselected)
     # Before any work: refuse a directory dora did not make for this run (read-only).
-    record = _own_record(out_dir, key, finished_before=unselected)
+    record = run.recorded()
     if record is not None and record.get("complete", True):  # records without the flag were written last
         return _reuse(record, out_dir=out_dir, ledger=ledger, devices=devices, rank=rank, gold_labels=len(examples))
-    claim = _Claim(out_dir=out_dir, rank=rank, created=_first_missing(out_dir))
+    failed = True
     try:
-        record = claim.take(key, base, ledger) if rank == 0 else None
-        if record is not None:  # another run finished this teacher meanwhile
-            if world > 1:  # the other ranks are already on their way to fine-tune
-                raise ConfigError(f"{out_dir}: another run finished this teacher meanwhile; rerun to use it")
-            claim.failed = False
-            return _reuse(record, out_dir=out_dir, ledger=ledger, devices=devices, rank=rank,
-                          gold_labels=len(examples))
+        if rank == 0:
+            record = run.claim()
+            if record is not None and record.get("complete", True):  # another run finished this teacher meanwhile
+                if world > 1:  # the other ranks are already on their way to fine-tune
+                    raise ConfigError(f"{out_dir}: another run finished this teacher meanwhile; rerun to use it")
+                failed = False
+                return _reuse(record, out_dir=out_dir, ledger=ledger, devices=devices, rank=rank,
+                              gold_labels=len(examples))
+            if record is None:  # first: marks the directory as this run's before anything else is written
+                run.write_marker({"key": key, "base": base, "complete": False})
+            ledger.compact()
         result = _finetune(base=base, revision=revision, trust_remote_code=trust_remote_code, tokenizer=tokenizer,
                            examples=examples, prefix=prefix, max_source_length=max_source_length,
                            max_target_length=max_target_length, settings=settings, lora=lora, out_dir=out_dir,
                            fsdp=fsdp, report_to=report_to, key=key, ledger=ledger, devices=devices, rank=rank,
                            evaluate=evaluate, primary=primary)
-        claim.failed = False
+        failed = False
         return result
     finally:
-        claim.release()
+        run.release(failed=failed, keep=_worth_keeping)
 
 
 def _run_key(*, base: str, examples: list[Example], prefix: str, max_source_length: int, max_target_length: int,
@@ -231,7 +236,7 @@ def _finetune(*, base: str, revision: str | None, trust_remote_code: bool, token
               "history": result.history}
     if rank == 0:
         record["cost"] = _cost(ledger, record, len(examples))
-        _write_record(out_dir, record)  # last: marks the teacher complete
+        write_json(out_dir / RECORD, record)  # last: marks the teacher complete
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the optimizer state is dead weight now
         for name in (BEST, BEST_TMP, BEST_OLD):  # kept until now: a resumed run installs the best from it
             shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -311,92 +316,43 @@ def _install_best(best: Path, out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# --- the teacher directory: whose it is, one run at a time, no leftovers ---------------------------
+# --- the teacher directory: whose it is, one run at a time, no leftovers (``dora.rundir``) ------------
 
 FINAL_TMP = "final.tmp"
 
 
-@dataclass(kw_only=True)
-class _Claim:
-    """This run's hold on the teacher directory: the lock (rank 0), and what to undo on failure."""
-
-    out_dir: Path
-    rank: int
-    created: Path | None  # what this run creates, and may remove again if it fails early
-    lock: CacheLock | None = None
-    fresh: bool = True  # a new or empty directory: all that will be in it is this run's
-    failed: bool = True  # until the caller says otherwise
-
-    def take(self, key: str, base: str, ledger: Ledger) -> dict[str, Any] | None:
-        """Lock the directory and mark it as this run's (rank 0); the complete record instead
-        when another run finished this teacher first."""
-        self.lock = _lock(self.out_dir)
-        record = _own_record(self.out_dir, key)  # again under the lock: another run may have been first
-        if record is not None and record.get("complete", True):
-            return record
-        self.fresh = record is None
-        if self.fresh:  # first: marks the directory as this run's before anything else is written
-            _write_record(self.out_dir, {"key": key, "base": base, "complete": False})
-        ledger.compact()
-        return None
-
-    def release(self) -> None:
-        """Unlock; after a failure, remove what this run wrote that is worth nothing."""
-        if self.failed and self.lock is not None and self.fresh:
-            _discard_worthless(self.out_dir)  # nothing of value kept: remove what this run wrote (still locked)
-        if self.lock is not None:
-            self.lock.release()
-        if self.failed and self.rank == 0 and self.created is not None:  # the lock file is gone: remove the empty dirs
-            _remove_empty(self.out_dir, self.created)
+TEACHER_DIR = Guarded(
+    directory="the teacher directory", create_fix="choose a writable --teacher-out",
+    busy="is fine-tuning a teacher in this directory", wait="wait for it to finish, or choose another --teacher-out",
+    mine="this run already holds this directory (is --teacher-out the same as --out?); choose another --teacher-out")
+TEACHER_WORDS = RunWords(
+    not_dir="{dir}: not a directory; choose a new --teacher-out for the fine-tuned teacher",
+    foreign=f"{{dir}}: not empty and not a teacher directory dora made (it holds {{name!r}} and no {RECORD}); dora "
+            "writes the fine-tuned teacher only into a new or empty directory and would overwrite these files: "
+            "choose a new --teacher-out",
+    other=f"{{dir}}: holds a teacher dora fine-tuned for another run (other base model, data, settings or --dev, says "
+          f"its {RECORD}); choose a new --teacher-out, or delete that directory to fine-tune again",
+    damaged="dora writes this file; delete {dir} to fine-tune again, or choose a new --teacher-out",
+    unparsable="not valid JSON")
 
 
-def _own_record(out_dir: Path, key: str, finished_before: str | None = None) -> dict[str, Any] | None:
-    """dora's record of this run in ``out_dir`` (complete or in progress); None for a new or
-    empty directory. Anything else is refused: dora never writes over files it did not make.
-    ``finished_before``: the key the same teacher had before dora selected teachers on dev; a
-    complete record with it is this run's too (said once: it was not selected on dev)."""
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return None
-    if not out_dir.is_dir():
-        raise ConfigError(f"{out_dir}: not a directory; choose a new --teacher-out for the fine-tuned teacher")
-    path = out_dir / RECORD
-    if path.exists() or path.is_symlink():
-        record = _read_record(path)
+def _teacher_dir(out_dir: Path, key: str, finished_before: str | None = None) -> RunDir:
+    """The teacher directory of the run ``key``: its record (``dora_finetune.json``, written first with
+    ``"complete": false`` and last with true) is its marker. ``finished_before``: the key the same
+    teacher had before dora selected teachers on dev; a complete record with it is this run's too
+    (said once: it was not selected on dev)."""
+
+    def earlier(record: dict[str, Any]) -> dict[str, Any] | None:
         if finished_before is not None and record["key"] == finished_before and record.get("complete", True):
             note(f"{out_dir}: a teacher fine-tuned by an earlier dora, which did not pick its checkpoint on --dev; "
                  "reusing it as it is (delete the directory to fine-tune one picked on dev)")
             return record
-        if record["key"] != key:
-            raise ConfigError(
-                f"{out_dir}: holds a teacher dora fine-tuned for another run (other base model, data, settings or "
-                f"--dev, says its {RECORD}); choose a new --teacher-out, or delete that directory to fine-tune again"
-            )
-        return record
-    # A crash can leave the lock file, or a record being written; nothing else is dora's without a record.
-    others = sorted(p.name for p in out_dir.iterdir()
-                    if p.name != LOCK_FILE and not p.name.startswith(f".{RECORD}.tmp-"))
-    if others:
-        raise ConfigError(
-            f"{out_dir}: not empty and not a teacher directory dora made (it holds {others[0]!r} and no {RECORD}); "
-            "dora writes the fine-tuned teacher only into a new or empty directory and would overwrite these "
-            "files: choose a new --teacher-out"
-        )
-    return None
+        raise run.refusal()
 
-
-def _read_record(path: Path) -> dict[str, Any]:
-    """The record, checked: any damage is one line naming the file, never a traceback."""
-    fix = f"dora writes this file; delete {path.parent} to fine-tune again, or choose a new --teacher-out"
-    try:
-        raw = parse_json(path.read_bytes(), str(path))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot be read ({e.strerror}); {fix}") from None
-    except CacheError:  # bad JSON or UTF-8, a 5,000-digit integer, nesting too deep
-        raise ConfigError(f"{path}: not valid JSON; {fix}") from None
-    if not _record_ok(raw):
-        raise ConfigError(f"{path}: not a teacher record dora wrote (an object with a string key, a true or "
-                          f"false complete, numeric steps and a cost object); {fix}")
-    return raw
+    run = RunDir(out_dir, identity=key, markers=(RECORD,), field="key", words=TEACHER_WORDS, guarded=TEACHER_DIR,
+                 valid=_record_ok, invalid="not a teacher record dora wrote (an object with a string key, a true or "
+                 "false complete, numeric steps and a cost object)", other=earlier)
+    return run
 
 
 def _record_ok(raw: Any) -> bool:
@@ -413,75 +369,16 @@ def _record_ok(raw: Any) -> bool:
     return all(isinstance(v, (int, float, str, list)) or v is None for v in cost.values())
 
 
-def _write_record(out_dir: Path, record: dict[str, Any]) -> None:
-    write_atomic(out_dir / RECORD, json.dumps(record, indent=2).encode())
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The highest of ``path`` and its parents that does not exist yet (what mkdir will create)."""
-    missing = None
-    for p in (path, *path.absolute().parents):
-        if p.exists() or p.is_symlink():
-            break
-        missing = p
-    return missing
-
-
-def _lock(out_dir: Path) -> CacheLock:
-    """One run per teacher directory, with the cache's lock (flock on ``<dir>/.dora-lock``)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{out_dir}: cannot create the teacher directory ({e.strerror}); choose a writable "
-                          "--teacher-out") from None
-    try:
-        return CacheLock(out_dir).acquire()
-    except CacheError:
-        try:
-            fd = os.open(out_dir / LOCK_FILE, os.O_RDONLY)
-        except OSError as e:
-            raise ConfigError(f"{out_dir}: cannot create its lock file ({e.strerror}); choose a writable "
-                              "--teacher-out") from None
-        try:
-            holder = CacheLock.holder(fd)  # "pid N on HOST since T", as the cache's own message says it
-        finally:
-            os.close(fd)
-        if holder.startswith(f"pid {os.getpid()} on {socket.gethostname()} "):
-            raise ConfigError(f"{out_dir}: this run already holds this directory (is --teacher-out the same as "
-                              "--out?); choose another --teacher-out") from None
-        raise ConfigError(f"{out_dir}: another dora process is fine-tuning a teacher in this directory ({holder}); "
-                          "wait for it to finish, or choose another --teacher-out") from None
-
-
-def _discard_worthless(out_dir: Path) -> None:
-    """After a failure, empty a directory that was new or empty when this run took it, unless it
-    now holds something worth keeping (a checkpoint to resume, a finished teacher)."""
+def _worth_keeping(out_dir: Path) -> bool:
+    """Whether a failed run's directory holds something of value: a checkpoint to resume, a finished teacher."""
     checkpoints = out_dir / "checkpoints"
     if any((checkpoints / d / STATE_FILE).is_file() for d in ("last", "last.old")):
-        return
-    with contextlib.suppress(ConfigError):
-        record = _read_record(out_dir / RECORD) if (out_dir / RECORD).is_file() else None
-        if record is not None and record.get("complete", True):
-            return
-    for item in out_dir.iterdir():
-        if item.name == LOCK_FILE:  # released (and removed) by the caller
-            continue
-        if item.is_dir() and not item.is_symlink():
-            shutil.rmtree(item, ignore_errors=True)
-        else:
-            item.unlink(missing_ok=True)
-
-
-def _remove_empty(out_dir: Path, created: Path) -> None:
-    """Remove ``out_dir`` and the parents this run created, as far as they are empty."""
-    stop = created.absolute().parent
-    for p in (out_dir.absolute(), *out_dir.absolute().parents):
-        if p == stop:
-            break
-        try:
-            p.rmdir()
-        except OSError:  # not empty (someone else's files now), or gone
-            break
+        return True
+    try:
+        record = parse_json((out_dir / RECORD).read_bytes(), str(out_dir / RECORD))
+    except (OSError, CacheError):
+        return False
+    return _record_ok(record) and record.get("complete", True)
 
 
 def _cost(ledger: Ledger, record: dict[str, Any], gold_labels: int) -> dict[str, Any]:
