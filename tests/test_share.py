@@ -276,3 +276,22 @@ def test_hub_urls_are_parsed_and_checked():
         _hub("hf://my-lab/model")
     with pytest.raises(CacheError, match="ORG/NAME"):
         _hub("hf://datasets/just-a-name")
+
+
+def test_the_dataset_cards_commands_use_current_visible_options(cache_dir):
+    """The card's `dora train-student` line is a promise to whoever pulls the cache: every option it
+    names is one train-student shows in --help (not a hidden, deprecated one such as --eval)."""
+    import re
+
+    import typer
+
+    from dora.cache import LabelCache
+    from dora.cache.card import dataset_card
+    from dora.cli import app
+
+    card = dataset_card(LabelCache.open(cache_dir).manifest)
+    line = next(x for x in card.splitlines() if x.startswith("dora train-student"))
+    command = typer.main.get_command(app).commands["train-student"]
+    visible = {o for p in command.params if not getattr(p, "hidden", False) for o in (*p.opts, *p.secondary_opts)}
+    named = set(re.findall(r"(--[a-z][a-z0-9-]*)", line))
+    assert named and named <= visible, sorted(named - visible)
