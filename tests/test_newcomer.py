@@ -77,7 +77,7 @@ def test_help_says_what_the_id_field_default_means_and_keeps_budget_with_the_opt
 
 
 def test_progress_lines_appear_while_a_run_goes_when_stderr_is_not_a_terminal(t5_dir, data_dir, tmp_path, monkeypatch):
-    from dora.pipeline import progress
+    from dora import progress
 
     monkeypatch.setattr(progress, "QUIET_START_SECONDS", 0.0)  # this tiny run's every tenth, however fast
     # CliRunner's stderr is not a terminal: a rich bar there would show only when it ended.
@@ -97,7 +97,7 @@ def test_progress_lines_appear_while_a_run_goes_when_stderr_is_not_a_terminal(t5
 
 
 def test_line_progress_prints_each_tenth_every_interval_and_the_end(monkeypatch, capsys):
-    from dora.pipeline import progress
+    from dora import progress
 
     clock = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
@@ -118,7 +118,7 @@ def test_line_progress_prints_each_tenth_every_interval_and_the_end(monkeypatch,
 
 
 def test_line_progress_keeps_a_short_display_to_its_last_line(monkeypatch, capsys):
-    from dora.pipeline import progress
+    from dora import progress
 
     clock = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
@@ -142,7 +142,7 @@ def test_line_progress_keeps_a_short_display_to_its_last_line(monkeypatch, capsy
 def test_line_progress_speaks_every_interval_while_nothing_advances(capsys):
     import time as real_time
 
-    from dora.pipeline import progress
+    from dora import progress
 
     # One step longer than the interval (a slow step, an engine start): the log still shows a line.
     with progress.LineProgress(seconds=0.2) as bar:
@@ -153,7 +153,7 @@ def test_line_progress_speaks_every_interval_while_nothing_advances(capsys):
 
 
 def test_progress_is_plain_lines_on_a_forced_colour_log(monkeypatch):
-    from dora.pipeline import progress
+    from dora import progress
 
     monkeypatch.setenv("FORCE_COLOR", "1")  # rich then calls any stream a terminal
     monkeypatch.setattr(progress, "console", progress.Console(stderr=True))
@@ -424,7 +424,7 @@ def test_the_verdict_compares_the_gap_with_the_spread_between_seeds(scores, expe
 def test_the_demo_plot_marks_the_majority_class_and_names_each_strategy_once(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from dora.pipeline import report as report_module
+    from dora.pipeline.stages import report as report_module
 
     labels = []
     real = matplotlib.axes.Axes.legend
@@ -446,7 +446,7 @@ def test_the_demo_plot_marks_the_majority_class_and_names_each_strategy_once(tmp
 def test_the_dollar_axis_is_not_zoomed_into_fractions_of_a_cent(usd, least, tmp_path, monkeypatch):
     import matplotlib.figure
 
-    from dora.pipeline import report as report_module
+    from dora.pipeline.stages import report as report_module
 
     limits = []
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: limits.append(fig.axes[0].get_xlim()))
