@@ -131,7 +131,7 @@ class Optimisation:
     preset: str = field(default="none", init=False)
     """Settings preset: none, or paper (the paper's hyperparameters: lr 3e-5, batch 32, 50 epochs
     distill / 20 annotate, source 128 / target 8 tokens, T=2, alpha 0, eval every 2,000 steps);
-    options given explicitly win. Set by ``with_preset``."""
+    options given explicitly win."""
     preset_values: dict[str, Any] = field(default_factory=dict, init=False)
     """The fields the preset set (every one not given explicitly)."""
 
@@ -231,8 +231,8 @@ class TeacherLabelConfig(TaskInputs, Optimisation, LabelingSettings, LoraOptions
     labeling engine with its settings (the paper reports the teacher's score): printed, and recorded
     in the cache's manifest as ``stats.teacher_dev``; not under ``ray`` (the engines are the workers')."""
     labels: tuple[str, ...] | None = None
-    """Labels of your own closed-label task (e.g. YES,NO; the paper's tasks know theirs): the teacher's
-    label-set KD scores, and an encoder student's head."""
+    """Labels of your own closed-label task (comma-separated on the command line, e.g. YES,NO; the
+    paper's tasks know theirs): the teacher's label-set KD scores, and an encoder student's head."""
     score_labels: bool = True
     """Store the teacher's log-probability of each label (``label_logprobs``) when the task has labels."""
     shard_size: int = 4096
@@ -296,9 +296,9 @@ class TrainStudentConfig(TaskInputs, Optimisation):
     ``label_logprobs``). A decoder-only student reads prefix + source as its prompt and learns the
     target as its continuation."""
     labels: tuple[str, ...] | None = None
-    """Labels of your own closed-label task (e.g. YES,NO), for an encoder (classifier) student, in the
-    head's order; the paper's tasks know theirs, and a cache's scored labels are used when neither
-    is given."""
+    """Labels of your own closed-label task (comma-separated on the command line, e.g. YES,NO), for an
+    encoder (classifier) student, in the head's order; the paper's tasks know theirs, and a cache's
+    scored labels are used when neither is given."""
     cache: Path | None = None
     """Label cache from teacher-label (distill); its task must match."""
     train: Path | None = None
