@@ -155,8 +155,7 @@ DATA, TRAIN, OUT, MODEL, ENGINE, SCALE, PRICES = ("Data", "Training", "Output", 
 # here. What is written here is only how a command shows its fields: panels, the few option names
 # that differ from the field's, and the options that only the command line has.
 _PANELS = {name: panel for panel, names in {
-    DATA: "task metric prefix labels encoder metric_mode verify pool train dev test eval cache data predictions budgets "
-          "runs",
+    DATA: "task metric prefix labels encoder metric_mode verify pool train dev test eval cache data predictions budgets",
     MODEL: "teacher student model max_source_length max_target_length max_new_tokens revision trust_remote_code layers "
            "encoder_layers decoder_layers eval_batch_size",
     TRAIN: "preset epochs max_steps batch_size grad_accum learning_rate warmup_ratio weight_decay seed report_to finetune "

@@ -43,7 +43,7 @@ version {manifest.format_version}.
 ```bash
 pip install dora-distill
 dora cache pull <this location> caches/{task or "cache"}
-dora train-student --task {task} --student google/t5-v1_1-small --cache caches/{task or "cache"} --eval test.jsonl --out runs/distill
+dora train-student --task {task} --student google/t5-v1_1-small --cache caches/{task or "cache"} --dev dev.jsonl --test test.jsonl --out runs/distill
 ```
 
 Or read the rows directly: `datasets.load_dataset("<this repo>")`, pandas, polars or duckdb on
