@@ -240,7 +240,7 @@ def _shared(cls: type, name: str) -> Any:
     """An option of a command without a config (report, budget, cache ...) that is a config's field:
     the field's default and help."""
     field = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return typer.Option(_field_default(field) if field.default is not dataclasses.MISSING else ...,
+    return typer.Option(... if field.default is dataclasses.MISSING else field.default,  # ...: required
                         help=_field_help(cls, name), rich_help_panel=_PANELS.get(name, DATA))
 
 
