@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class LabelingSettings:
     """How the teacher labels the pool: the engine and what it generates with. The one record of
     these settings: the teacher-label config's labeling section, and the base of what every engine
     starts with (``EngineSettings``). Each field and its check is written here only."""
+
+    NO_TAILS: ClassVar[bool] = False
+    """Whether ``kd_temperatures`` may be empty (no tail stored): a request names at least one."""
 
     engine: EngineName = "transformers"
     """Labeling engine: transformers, vllm (decoder-only teachers), ctranslate2 (seq2seq teachers), or
@@ -90,7 +93,8 @@ class LabelingSettings:
         check_number(self.gpu_memory_utilization, "--gpu-memory-utilization", low=0, low_open=True, high=1)
         if self.kd_temperatures is not None:
             object.__setattr__(self, "kd_temperatures", tuple(float(t) for t in self.kd_temperatures))
-            if not self.kd_temperatures or not all(math.isfinite(t) and 0 < t < 100 for t in self.kd_temperatures):
+            if (not self.kd_temperatures and not self.NO_TAILS) or not all(math.isfinite(t) and 0 < t < 100
+                                                                           for t in self.kd_temperatures):
                 raise ConfigError(f"--kd-temperatures must be positive numbers such as 1,2; got {self.kd_temperatures}")
         if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
             raise ConfigError("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm "
@@ -105,6 +109,8 @@ class LabelingSettings:
 class EngineSettings(LabelingSettings):
     """How the teacher generates: the labeling settings, and what an engine takes from the stage's
     other sections (the lengths, the seed). Recorded in the cache manifest."""
+
+    NO_TAILS: ClassVar[bool] = True  # CTranslate2's compute-type comparison labels greedily without tails
 
     max_source_length: int
     """Prompt tokens kept."""
