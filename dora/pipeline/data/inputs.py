@@ -40,8 +40,11 @@ class Fields:
     """Column names in the user's files."""
 
     source: str = "source"
+    """Input column name."""
     target: str = "target"
+    """Output (label) column name."""
     id: str = "id"
+    """Stable id column; a file without it gets its row numbers as ids."""
 
 
 def _format_of(path: Path) -> str:

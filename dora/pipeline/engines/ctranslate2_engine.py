@@ -63,7 +63,6 @@ CHECK_TEXTS = ("a", "The quick brown fox jumps over the lazy dog.", "1 2 3")
 INSTALL_HINT = "install it with `pip install 'dora-distill[ctranslate2]'`, or use --engine transformers"
 ARGS = ("intra_threads", "inter_threads", "device")
 """``--engine-arg`` keys this engine reads."""
-COMPUTE_TYPES = ("float32", "bfloat16", "float16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
 AGREEMENT_WARNING = 0.95
 """Below this share of identical labels, the precision check warns about the compute type."""
 
@@ -180,7 +179,7 @@ class CTranslate2Engine:
                     if s.temperature > 0 else {})
         out: list[Generated | None] = [None] * len(prompts)
         # One call per batch: the full-vocabulary logits of every step are held until the call returns.
-        for batch in plan_batches([len(p) for p in prompts], s.batch_size, s.max_new_tokens, s.batch_tokens):
+        for batch in plan_batches([len(p) for p in prompts], s.label_batch_size, s.max_new_tokens, s.label_batch_tokens):
             results = self.translator.translate_batch(
                 [self._tokens(prompts[i]) for i in batch], beam_size=1, max_decoding_length=s.max_new_tokens,
                 min_decoding_length=0, return_end_token=True, return_logits_vocab=True, max_input_length=0, **sampling)
@@ -226,14 +225,14 @@ class CTranslate2Engine:
         sources = [self._tokens(p) for p in prompts]
         for c, cont in enumerate(continuations):
             body = self._tokens(cont[:-1] if cont and cont[-1] == eos else cont)
-            scored = self.translator.score_batch(sources, [body] * len(sources), max_batch_size=self.s.batch_size,
+            scored = self.translator.score_batch(sources, [body] * len(sources), max_batch_size=self.s.label_batch_size,
                                                  max_input_length=0)
             out[:, c] = [sum(r.log_probs) for r in scored]
         return out
 
     def settings(self) -> dict[str, Any]:
-        return {"device": self.device, "compute_type": self.compute_type, "batch_size": self.s.batch_size,
-                "batch_tokens": self.s.batch_tokens, "converted": self.model_dir.name}
+        return {"device": self.device, "compute_type": self.compute_type, "batch_size": self.s.label_batch_size,
+                "batch_tokens": self.s.label_batch_tokens, "converted": self.model_dir.name}
 
     def compare_precision(self, prompts: Sequence[list[int]]) -> dict[str, Any]:
         """Label ``prompts`` greedily in float32 and in this engine's compute type, and say how much

@@ -29,12 +29,10 @@ class ShardLabeler:
 
     engine: Engine
     tokenizer: Any
+    settings: EngineSettings
     source_prefix: str
-    max_source_length: int
     max_target_length: int
-    top_k: int
     id_type: IdType
-    kd_temperatures: Sequence[float]
     label_set: Sequence[str] = ()
 
     def __post_init__(self) -> None:
@@ -42,12 +40,12 @@ class ShardLabeler:
 
     def label(self, rows: list[Example], on_batch: Callable[[int], None] | None = None) -> tuple[pa.Table, int]:
         """(the shard's table, generated tokens) for ``rows``."""
-        prompts = pool_prompts(self.tokenizer, rows, self.source_prefix, self.max_source_length)
+        prompts = pool_prompts(self.tokenizer, rows, self.source_prefix, self.settings.max_source_length)
         generated = self.engine.label(prompts, on_batch=on_batch)
         scores = self.engine.score(prompts, self.verbalisers) if self.verbalisers else None
         table = build_shard([r.id for r in rows], [r.row for r in rows], [r.source for r in rows],
-                            [decode(self.tokenizer, g.ids) for g in generated], generated, self.top_k, scores,
-                            id_type=self.id_type, temperatures=len(self.kd_temperatures))
+                            [decode(self.tokenizer, g.ids) for g in generated], generated, self.settings.top_k, scores,
+                            id_type=self.id_type, temperatures=len(self.settings.kd_temperatures or ()))
         return table, sum(len(g.ids) for g in generated)
 
 
@@ -76,8 +74,5 @@ class LabelSpec:
                                        trust_remote_code=self.trust_remote_code)
         engine = start_engine(self.engine, self.teacher_path, tokenizer, self.kind, self.settings,  # type: ignore[arg-type]
                               revision=self.revision, trust_remote_code=self.trust_remote_code, model=model)
-        return ShardLabeler(engine=engine, tokenizer=tokenizer, source_prefix=self.source_prefix,
-                            max_source_length=self.settings.max_source_length,
-                            max_target_length=self.max_target_length, top_k=self.settings.top_k,
-                            id_type=self.id_type, kd_temperatures=self.settings.kd_temperatures,
-                            label_set=self.label_set)
+        return ShardLabeler(engine=engine, tokenizer=tokenizer, settings=self.settings, source_prefix=self.source_prefix,
+                            max_target_length=self.max_target_length, id_type=self.id_type, label_set=self.label_set)

@@ -51,15 +51,15 @@ class TransformersEngine:
 
     def label(self, prompts: Sequence[list[int]], on_batch: Callable[[int], None] | None = None) -> list[Generated]:
         s = self.s
-        return hf_generate(self.model, self.tokenizer, self.kind, prompts, batch_size=s.batch_size,
+        return hf_generate(self.model, self.tokenizer, self.kind, prompts, batch_size=s.label_batch_size,
                            max_new_tokens=s.max_new_tokens, k=s.top_k, device=self.device, on_batch=on_batch,
                            temperature=s.temperature, top_p=s.top_p, kd_temperatures=s.kd_temperatures,
-                           batch_tokens=s.batch_tokens)
+                           batch_tokens=s.label_batch_tokens)
 
     def settings(self) -> dict[str, Any]:
         spread = sorted({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()})
-        return {"device": ",".join(spread) if len(spread) > 1 else str(self.device), "batch_size": self.s.batch_size,
-                "batch_tokens": self.s.batch_tokens}
+        return {"device": ",".join(spread) if len(spread) > 1 else str(self.device), "batch_size": self.s.label_batch_size,
+                "batch_tokens": self.s.label_batch_tokens}
 
     def check_precision(self, sample: Callable[[], Sequence[list[int]]]) -> PrecisionCheck | None:
         """Nothing to check: the teacher computes in the ``--dtype`` asked for."""
@@ -69,7 +69,7 @@ class TransformersEngine:
         return max(1, len({str(d) for d in (getattr(self.model, "hf_device_map", None) or {}).values()}))
 
     def score(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]]) -> np.ndarray:
-        return hf_score(self.model, self.tokenizer, self.kind, prompts, continuations, batch_size=self.s.batch_size,
+        return hf_score(self.model, self.tokenizer, self.kind, prompts, continuations, batch_size=self.s.label_batch_size,
                         device=self.device)
 
 

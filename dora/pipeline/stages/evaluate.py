@@ -10,75 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dora.checks import as_paths, positive_ints
-from dora.errors import ConfigError, InputError
-from dora.files import check_output, starts_like_json_object
+from dora.errors import InputError
 from dora.pipeline.costs.ledger import Devices, one_off
 from dora.pipeline.data.inputs import iter_records, read_examples
 from dora.pipeline.engines.inference import predict
-from dora.pipeline.stages.config import TaskInputs
+from dora.pipeline.stages.config import EvaluateConfig, predictions_path
 from dora.pipeline.tasks.catalog import get_task
-from dora.pipeline.tasks.metrics import METRIC_MODES, TaskScorer
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvaluateConfig(TaskInputs):
-    """Score a model (``model`` + ``data``) or a predictions file (``predictions``)."""
-
-    model: str | None = None
-    """Model directory (or hub id) to generate predictions with."""
-    data: Path | None = None
-    """Labeled file to predict and score (with ``model``)."""
-    predictions: Path | None = None
-    """JSON Lines with ``prediction`` and ``target`` (and ``source`` for BERT-iBLEU)."""
-    out: Path | None = None
-    """Write the scores (and, with a model, predictions next to it) as JSON here."""
-    batch_size: int = 32
-    """Generation batch size."""
-    encoder: str | None = None
-    """Sentence encoder directory for BERT-iBLEU."""
-    metric_mode: str = "strict"
-    """Which metric definitions ``scores`` holds: strict (dora's) or paper (the paper's code);
-    ``scores_by_mode`` holds both."""
-    overwrite: bool = False
-    """Replace an existing ``out`` (and its predictions file) that dora cannot tell it wrote;
-    without it only earlier scores/predictions files of ``dora evaluate`` are replaced. Inputs never are."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        as_paths(self, "data", "predictions", "out")
-        if (self.model is None) == (self.predictions is None):
-            raise ConfigError("give either --model with --data, or --predictions (not both)")
-        if self.model is not None and self.data is None:
-            raise ConfigError("--model needs --data LABELED_FILE to predict on")
-        if self.metric_mode not in METRIC_MODES:
-            raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {self.metric_mode!r}")
-        positive_ints(self, "batch_size")
-        if self.out is not None:
-            # Never the input, the model, or a file dora did not write (checked before the model loads).
-            inputs = [self.data, self.predictions, Path(self.encoder) if self.encoder else None]
-            if self.model is not None and Path(self.model).exists():
-                inputs.append(Path(self.model))
-            check_output(self.out, option="--out", inputs=inputs, overwrite=self.overwrite,
-                         ours=lambda p: starts_like_json_object(p, SCORES_KEYS))
-            if self.model is not None:
-                check_output(predictions_path(self.out), option="--out (its predictions file)", inputs=inputs,
-                             overwrite=self.overwrite,
-                             ours=lambda p: starts_like_json_object(p, PREDICTION_KEYS, lines=True))
-
-
-SCORES_KEYS = ("task", "metric", "scores", "scores_by_mode")
-"""Keys every scores file of ``dora evaluate`` has: how a rerun recognises one it may replace."""
-PREDICTION_KEYS = ("id", "source", "prediction", "target")
-
-
-def predictions_path(out: Path) -> Path:
-    """Where ``dora evaluate --out OUT`` with a model writes its predictions."""
-    return out.with_name(out.stem + ".predictions.jsonl")
+from dora.pipeline.tasks.metrics import TaskScorer
 
 
 def _read_predictions(path: Path) -> tuple[list[str], list[str], list[str] | None]:

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from dora.checks import check_number
 from dora.errors import ConfigError
 from dora.files import check_output, png_marked, starts_like_json_object, write_atomic
 from dora.pipeline.costs.pricing import Prices, total
+from dora.pipeline.stages.config import ForecastConfig
 from dora.rundir import RUN_RECORD
 
 EXPONENTS = np.geomspace(0.02, 4.0, 240)
@@ -110,42 +110,6 @@ class Strategy:
         draws = np.array([c(budget) for c in self.curves])
         q = (1 - level) / 2
         return float(self.curve(budget)), float(np.quantile(draws, q)), float(np.quantile(draws, 1 - q))
-
-
-@dataclass(frozen=True, kw_only=True)
-class ForecastConfig:
-    """What ``dora forecast`` reads and asks."""
-
-    runs: tuple[Path, ...]
-    """Run directories of ``dora train-student`` (or a sweep directory holding them)."""
-    budget: float
-    """The budget to forecast at, in dollars."""
-    out: Path = Path("dora-forecast")
-    """Where forecast.json and forecast.png go."""
-    level: float = 0.9
-    """Central interval level of the bootstrap."""
-    max_extrapolation: float = 2.0
-    """Refuse budgets beyond this factor of the measured range without ``extrapolate``."""
-    extrapolate: bool = False
-    """Forecast beyond ``max_extrapolation`` anyway (said in the output)."""
-    samples: int = 400
-    """Bootstrap resamples."""
-    seed: int = 0
-    gpu_hour_usd: float | None = None
-    annotation_usd: float | None = None
-    prices_file: Path | None = None
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
-        object.__setattr__(self, "out", Path(self.out))
-        if not self.runs:
-            raise ConfigError("give run directories (or a sweep directory): dora forecast RUN [RUN ...] --budget USD")
-        check_number(self.budget, "--budget", low=0, low_open=True, high=1e12)
-        check_number(self.level, "--level", low=0.5, high=1, high_open=True, hint="e.g. 0.9")
-        check_number(self.max_extrapolation, "--max-extrapolation", low=1, high=1000)
-        if not isinstance(self.samples, int) or not 50 <= self.samples <= 100_000:
-            raise ConfigError(f"--samples must be a whole number from 50 to 100000, got {self.samples!r}")
 
 
 def run_directories(paths: Sequence[Path]) -> list[Path]:

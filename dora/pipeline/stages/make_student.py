@@ -22,42 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from dora import __version__
-from dora.checks import as_paths
 from dora.errors import ConfigError
 from dora.pipeline.models.cut import T5_TYPES, cut, layer_counts
 from dora.pipeline.models.loading import load_config, load_model, load_tokenizer, weights_sha256
+from dora.pipeline.stages.config import MakeStudentConfig
 from dora.progress import console
 
 RECORD = "make_student.json"
-
-
-@dataclass(frozen=True, kw_only=True)
-class MakeStudentConfig:
-    """What to cut from which teacher, and where the student goes."""
-
-    teacher: str
-    """The teacher: a local Hugging Face directory (or hub id) of a T5-like or decoder-only model."""
-    out: Path
-    """New directory for the student (must not exist, or be empty)."""
-    layers: int | None = None
-    """Decoder-only teachers: how many layers to keep; T5: both stacks unless given separately."""
-    encoder_layers: int | None = None
-    """T5-like teachers: encoder layers to keep (default ``layers``)."""
-    decoder_layers: int | None = None
-    """T5-like teachers: decoder layers to keep (default ``layers``)."""
-    revision: str | None = None
-    """Hub revision of the teacher."""
-    trust_remote_code: bool = False
-    """Allow model code from the teacher's repository to run. Off unless you trust it."""
-
-    def __post_init__(self) -> None:
-        as_paths(self, "out")
-        if self.layers is None and self.encoder_layers is None and self.decoder_layers is None:
-            raise ConfigError("give --layers N (or, for T5, --encoder-layers and --decoder-layers)")
-        if self.out.is_symlink():
-            raise ConfigError(f"--out {self.out} is a symbolic link; give a new directory path")
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise ConfigError(f"--out {self.out} exists and is not an empty directory; choose a new --out")
 
 
 @dataclass(frozen=True, kw_only=True)

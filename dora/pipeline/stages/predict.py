@@ -20,55 +20,20 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from dora.checks import as_paths, positive_ints
-from dora.errors import ConfigError, InputError, Interrupted
-from dora.files import check_output, file_sha256, write_atomic
+from dora.errors import InputError, Interrupted
+from dora.files import file_sha256, write_atomic
 from dora.lock import Guarded
 from dora.pipeline.data.inputs import FORMATS, iter_records, iter_sources, no_examples_error
-from dora.pipeline.stages.config import TaskInputs
+from dora.pipeline.stages.config import PredictConfig
 from dora.progress import console, progress_bar, warn
 from dora.rundir import RunDir, RunWords
 
 MARKER = "predict.json"
 """The chunk directory's record: which model, data and settings its chunks belong to."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class PredictConfig(TaskInputs):
-    """Predict ``data`` with ``model`` into ``out``."""
-
-    model: str
-    """Model directory (a train-student output, a fine-tuned teacher) or hub id."""
-    data: Path
-    """Inputs to predict: JSON Lines, CSV or Parquet with a source column (targets not needed)."""
-    out: Path
-    """Output file (.jsonl, .csv or .parquet): every input column plus the prediction column."""
-    prediction_field: str = "prediction"
-    """Name of the added column; an input that already has it is refused."""
-    batch_size: int = 32
-    """Generation batch size."""
-    chunk_rows: int = 4096
-    """Rows predicted between resumable saves."""
-    overwrite: bool = False
-    """Replace an existing ``out``, and discard the chunks of an earlier run with other settings."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        as_paths(self, "data", "out")
-        positive_ints(self, "batch_size", "chunk_rows")
-        if not self.prediction_field.strip():
-            raise ConfigError("--prediction-field must be a column name, got an empty string")
-        for option, path in (("--data", self.data), ("--out", self.out)):
-            if path.suffix.lower() not in FORMATS:
-                raise ConfigError(f"{option} {path}: unknown file type {path.suffix or '(no extension)'!r}; "
-                                  "use .jsonl, .csv or .parquet")
-        inputs: list[Path | None] = [self.data, Path(self.model) if Path(self.model).exists() else None]
-        check_output(self.out, option="--out", inputs=inputs, overwrite=self.overwrite)
 
 
 def chunk_dir(out: Path) -> Path:

@@ -27,102 +27,24 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from dora.cache import LabelCache
-from dora.checks import check_number, positive_ints
 from dora.errors import ConfigError
 from dora.files import read_object, write_atomic
 from dora.lock import DirectoryLock, Guarded
 from dora.pipeline.data.inputs import read_examples
 from dora.pipeline.data.pool import Pool
-from dora.pipeline.stages.config import TaskInputs
+from dora.pipeline.stages.config import SWEEP_MARKER, SweepConfig
 from dora.pipeline.stages.demo.tiny import evaluations_every
 from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
 from dora.progress import console
 from dora.rundir import METRICS, RUN_RECORD
 
-MARKER = ".dora-sweep"
-"""Written first into a sweep's directory: a rerun may continue there; nothing else is written over."""
-MAX_SEEDS = 10
 SWEEP_DIR = Guarded(directory="the sweep directory", create_fix="choose a writable --out",
                     busy="is running a sweep in this directory", wait="wait for it to finish, or choose another --out")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SweepConfig(TaskInputs):
-    """What ``dora sweep`` runs: the task's files and models, the budgets and seeds, and how long
-    each model trains."""
-
-    SECTIONS: ClassVar[tuple[type, ...]] = (TaskInputs,)
-
-    teacher: str
-    """Base teacher (fine-tuned at each budget on that budget's gold labels)."""
-    student: str
-    """Student to train at each point (the same starting weights for both strategies)."""
-    train: Path
-    """Gold labeled examples to draw each budget's labels from."""
-    pool: Path
-    """Unlabeled inputs the teachers label."""
-    dev: Path
-    """Labeled examples that pick each student's best checkpoint."""
-    test: Path
-    """Labeled examples each point is scored on (what forecast fits)."""
-    out: Path
-    """The sweep's directory (new, empty, or an earlier sweep to continue)."""
-    budgets: tuple[int, ...]
-    """Gold label counts, e.g. (50, 100, 200)."""
-    seeds: int = 1
-    """Seeds per budget (each its own draw of gold labels and training order)."""
-    teacher_epochs: float = 3.0
-    """Teacher fine-tuning epochs at each budget."""
-    student_epochs: float = 3.0
-    """Distill student epochs over the pool; the annotate student sees as many examples."""
-    max_steps: int | None = None
-    """Cap every training run at this many steps (quick pilots and tests)."""
-    learning_rate: float = 3e-4
-    """Peak learning rate of the students (and of the teacher unless ``teacher_learning_rate``)."""
-    teacher_learning_rate: float | None = None
-    """Peak learning rate of the teacher's fine-tuning (default: ``learning_rate``)."""
-    batch_size: int = 16
-    """Training batch size for the teacher and the students."""
-    top_k: int = 20
-    """Top-k log-probabilities the caches store."""
-    engine: str = "transformers"
-    """Labeling engine (as ``teacher-label --engine``)."""
-    label_batch_size: int = 32
-    """Pool rows per generation batch."""
-
-    def __post_init__(self) -> None:
-        for section in self.SECTIONS:
-            section.__post_init__(self)  # type: ignore[arg-type]
-        for name in ("train", "pool", "dev", "test", "out"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
-        object.__setattr__(self, "budgets", tuple(self.budgets))
-        if not self.budgets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.budgets):
-            raise ConfigError(f"--budgets must be positive numbers of gold labels such as 50,100,200; got {self.budgets}")
-        if len(set(self.budgets)) != len(self.budgets):
-            raise ConfigError(f"--budgets {','.join(map(str, self.budgets))}: each budget once")
-        object.__setattr__(self, "budgets", tuple(sorted(self.budgets)))
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= MAX_SEEDS:
-            raise ConfigError(f"--seeds must be 1 to {MAX_SEEDS}, got {self.seeds!r}")
-        positive_ints(self, "top_k", "batch_size", "label_batch_size")
-        if self.max_steps is not None:
-            positive_ints(self, "max_steps")
-        for name in ("teacher_epochs", "student_epochs"):
-            check_number(getattr(self, name), f"--{name.replace('_', '-')}", low=0, low_open=True, high=1e4)
-        for name in ("learning_rate", "teacher_learning_rate"):
-            if getattr(self, name) is not None:
-                check_number(getattr(self, name), f"--{name.replace('_', '-')}", low=0, high=1, low_open=True,
-                             high_open=True)
-        root = self.out
-        if (root.exists() or root.is_symlink()) and not root.is_dir():
-            raise ConfigError(f"--out {root} is not a directory; give a new directory for the sweep")
-        if root.is_dir() and not (root / MARKER).is_file() and any(root.iterdir()):
-            raise ConfigError(f"--out {root} holds files a sweep did not write; give a new or empty directory")
 
 
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
@@ -144,7 +66,7 @@ def _run_points(config: SweepConfig, gold: list[Any], pool_rows: int) -> dict[st
     from dora.pipeline.stages.report import RunRecord
 
     root = config.out
-    (root / MARKER).write_text("written by `dora sweep`: a rerun continues the sweep in this directory\n")
+    (root / SWEEP_MARKER).write_text("written by `dora sweep`: a rerun continues the sweep in this directory\n")
     points = [(n, seed, strategy) for n in config.budgets for seed in range(config.seeds)
               for strategy in ("annotate", "distill")]
     done: list[dict[str, Any]] = []
@@ -202,8 +124,7 @@ def _distill(config: SweepConfig, labels: Path, run_dir: Path, seed: int, n: int
     cache = config.out / "caches" / f"cache-{n}-seed{seed}"
     teacher_label(TeacherLabelConfig(teacher=config.teacher, train=labels, dev=config.dev, pool=config.pool, out=cache,
                                      teacher_out=config.out / "teachers" / f"teacher-{n}-seed{seed}",
-                                     epochs=config.teacher_epochs, top_k=config.top_k, engine=config.engine,  # type: ignore[arg-type]
-                                     label_batch_size=config.label_batch_size,
+                                     epochs=config.teacher_epochs, **config.labeling_settings(),
                                      **{**_common(config, seed),
                                         "learning_rate": config.teacher_learning_rate or config.learning_rate}))
     pool_rows = LabelCache.open(cache).manifest.rows

@@ -16,12 +16,11 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any
 
 from dora import __version__
 from dora.cache import CacheWriter, GenerationInfo, Manifest, PoolInfo, TeacherInfo, shard_rows, tokenizer_fingerprint
@@ -30,17 +29,15 @@ from dora.cache.manifest import MANIFEST, write_manifest
 from dora.cache.reader import LabelCache
 from dora.cache.schema import id_type_for
 from dora.cache.writer import cache_lock
-from dora.checks import as_paths, check_number, positive_ints
 from dora.errors import ConfigError, Interrupted
 from dora.lock import DirectoryLock
 from dora.pipeline.costs.ledger import Devices, Ledger
 from dora.pipeline.data.inputs import Example, fingerprint, read_examples
 from dora.pipeline.data.pool import Pool
-from dora.pipeline.engines.ctranslate2_engine import COMPUTE_TYPES
 from dora.pipeline.engines.labeling import LabelSpec, ShardLabeler, pool_prompts
 from dora.pipeline.engines.ray_label import RayLabeling, require_ray
 from dora.pipeline.engines.registry import kd_temperatures_for, resolve_engine, settle_engine
-from dora.pipeline.engines.settings import PRECISION_ROWS, Engine, EngineName, EngineSettings, PrecisionCheck
+from dora.pipeline.engines.settings import PRECISION_ROWS, Engine, EngineSettings, PrecisionCheck
 from dora.pipeline.models.gguf import lineage as gguf_lineage
 from dora.pipeline.models.kinds import ModelKind, architecture_of, kind_of
 from dora.pipeline.models.loading import (
@@ -51,194 +48,13 @@ from dora.pipeline.models.loading import (
     load_tokenizer,
     weights_sha256,
 )
-from dora.pipeline.stages.config import Optimisation, TaskInputs
+from dora.pipeline.stages.config import TeacherLabelConfig
 from dora.pipeline.tasks.catalog import Task, get_task
 from dora.pipeline.train.distributed import end_distributed, process_rank
-from dora.pipeline.train.finetune import LoraSettings, finetune_teacher
+from dora.pipeline.train.finetune import finetune_teacher
 from dora.pipeline.train.loop import steps_per_epoch, total_steps
 from dora.progress import console, progress_bar
 from dora.progress import note as note_
-
-Dtype = Literal["float32", "bfloat16", "float16"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class LabelingOptions:
-    """How the pool is labeled: the engine, what it generates with, and what the cache stores."""
-
-    engine: EngineName = "transformers"
-    """Labeling engine: transformers, vllm (decoder-only teachers), ctranslate2 (seq2seq teachers), or
-    auto (vLLM for a decoder-only teacher it serves, CTranslate2 for a seq2seq one, when installed)."""
-    top_k: int = 20
-    """Top-k token log-probabilities stored per generated token."""
-    label_batch_size: int = 32
-    """Pool rows per generation batch."""
-    label_batch_tokens: int | None = None
-    """Also cap each generation batch at this many padded positions, rows x (longest prompt +
-    max_new_tokens), so batches of long prompts shrink (transformers and CTranslate2; vLLM schedules
-    by tokens itself: --engine-arg max_num_batched_tokens=N)."""
-    compute_type: str | None = None
-    """CTranslate2: float32, bfloat16, float16, int8, int8_float32, int8_float16 or int8_bfloat16
-    (default float32 on CPU, bfloat16 on a GPU that has it). A type other than float32 is first
-    compared with float32 on the pool's first rows; the agreement is printed and recorded."""
-    shard_size: int = 4096
-    """Pool rows per cache shard (shard i holds rows [i*size, (i+1)*size))."""
-    dtype: Dtype = "float32"
-    """Weights dtype while labeling (bfloat16/float16 halve memory on a GPU)."""
-    temperature: float = 0.0
-    """Sampling temperature for pseudo-labels; 0 is greedy (the paper's setting)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass when ``temperature`` > 0."""
-    tensor_parallel_size: int = 1
-    """vLLM: GPUs each teacher replica is split over (tensor parallelism)."""
-    pipeline_parallel_size: int = 1
-    """vLLM: pipeline stages each replica is split over."""
-    max_model_len: int | None = None
-    """vLLM: longest prompt plus output it plans for (default: the model's)."""
-    gpu_memory_utilization: float = 0.9
-    """vLLM: fraction of each GPU's memory it may take."""
-    engine_args: dict[str, Any] = field(default_factory=dict)
-    """Further engine keyword arguments, passed through unchanged (they win over dora's)."""
-    labels: tuple[str, ...] | None = None
-    """Label verbalisers of your own closed-label task (the paper's tasks know theirs)."""
-    score_labels: bool = True
-    """Store the teacher's log-probability of every label (``label_logprobs``) for label-set KD."""
-    kd_temperatures: tuple[float, ...] | None = None
-    """Temperatures at which each generated token's tail mass outside the top-k is stored, so a
-    student can distill at those temperatures exactly (default 1 and 2; vLLM: 1 only)."""
-
-    def __post_init__(self) -> None:
-        positive_ints(self, "top_k", "label_batch_size", "shard_size", "tensor_parallel_size", "pipeline_parallel_size")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.engine not in get_args(EngineName):
-            raise ConfigError(f"--engine must be transformers, vllm, ctranslate2 or auto, got {self.engine!r}")
-        if self.max_model_len is not None:
-            positive_ints(self, "max_model_len")
-        if self.label_batch_tokens is not None:
-            positive_ints(self, "label_batch_tokens")
-            if self.engine == "vllm":
-                raise ConfigError("--label-batch-tokens: vLLM schedules its batches by tokens itself; use "
-                                  "--engine-arg max_num_batched_tokens=N")
-        if self.compute_type is not None:
-            if self.engine not in ("ctranslate2", "auto"):
-                raise ConfigError(f"--compute-type is CTranslate2's; with --engine {self.engine} use --dtype")
-            if self.compute_type not in COMPUTE_TYPES:
-                raise ConfigError(f"--compute-type must be one of {', '.join(COMPUTE_TYPES)}; got {self.compute_type!r}")
-        check_number(self.temperature, "--temperature", low=0, high=100, hint="0 is greedy (the paper's setting)")
-        check_number(self.top_p, "--top-p", low=0, low_open=True, high=1)
-        check_number(self.gpu_memory_utilization, "--gpu-memory-utilization", low=0, low_open=True, high=1)
-        if self.labels is not None:
-            object.__setattr__(self, "labels", tuple(self.labels))
-            if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(x.strip() for x in self.labels):
-                raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {list(self.labels)}")
-        if self.kd_temperatures is not None:
-            object.__setattr__(self, "kd_temperatures", tuple(float(t) for t in self.kd_temperatures))
-            if not self.kd_temperatures or not all(math.isfinite(t) and 0 < t < 100 for t in self.kd_temperatures):
-                raise ConfigError(f"--kd-temperatures must be positive numbers such as 1,2; got {self.kd_temperatures}")
-        if self.engine == "transformers" and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
-            raise ConfigError("--tensor-parallel-size and --pipeline-parallel-size need --engine vllm "
-                              "(the transformers engine runs on one device)")
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoraOptions:
-    """Fine-tuning LoRA adapters instead of all weights."""
-
-    lora: bool = False
-    """Fine-tune LoRA adapters (peft) instead of all weights; merged before labeling."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-
-    def __post_init__(self) -> None:
-        positive_ints(self, "lora_r", "lora_alpha")
-
-    def lora_settings(self) -> LoraSettings | None:
-        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha) if self.lora else None
-
-
-@dataclass(frozen=True, kw_only=True)
-class ScaleOutOptions:
-    """Running over several processes (fine-tuning) or machines (labeling)."""
-
-    fsdp: bool = False
-    """Fine-tuning: shard the teacher over the processes of ``torchrun``/``accelerate launch`` (FSDP2)."""
-    ray: str | None = None
-    """Label on Ray: ``local`` (start a cluster on this machine), ``auto`` (the running cluster) or ``ray://HOST:PORT``."""
-    ray_workers: int | None = None
-    """Ray: engine replicas (default: one per GPU group the cluster has, or 2 without GPUs)."""
-
-    def __post_init__(self) -> None:
-        if self.ray_workers is not None:
-            positive_ints(self, "ray_workers")
-            if self.ray is None:
-                raise ConfigError("--ray-workers needs --ray local|auto|ray://HOST:PORT")
-        if self.ray is not None and not (self.ray in ("local", "auto") or self.ray.startswith("ray://")):
-            raise ConfigError(f"--ray must be local, auto or ray://HOST:PORT, got {self.ray!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TeacherLabelConfig(TaskInputs, Optimisation, LabelingOptions, LoraOptions, ScaleOutOptions):
-    """Everything ``teacher_label`` needs, in sections: the task's data (``TaskInputs``), fine-tuning
-    (``Optimisation``, ``LoraOptions``), labeling (``LabelingOptions``), scale-out
-    (``ScaleOutOptions``), and the stage's own fields below. Every field is a keyword of the
-    constructor; each section validates its own fields."""
-
-    SECTIONS: ClassVar[tuple[type, ...]] = (TaskInputs, Optimisation, LabelingOptions, LoraOptions, ScaleOutOptions)
-
-    teacher: str
-    """Base teacher: a local Hugging Face directory or a hub id (seq2seq such as T5, or decoder-only)."""
-    pool: Path
-    """Unlabeled inputs (JSON Lines, CSV or Parquet); a target column, if any, is ignored."""
-    out: Path
-    """Cache directory to create, or to continue when it holds a cache of the same run."""
-    train: Path | None = None
-    """Labeled examples to fine-tune the teacher on; required unless ``finetune`` is False."""
-    finetune: bool = True
-    """Fine-tune first; False labels with ``teacher`` as it is (already fine-tuned)."""
-    teacher_out: Path | None = None
-    """Where the fine-tuned teacher is saved; default ``<out>.teacher`` beside the cache."""
-    dev: Path | None = None
-    """Labeled examples that select the fine-tuned teacher (the best checkpoint on them, by the task
-    metric, greedy) and that the teacher is scored on before it labels, by the labeling engine with
-    its settings (the paper reports the teacher's score): printed, and recorded in the manifest as
-    ``stats.teacher_dev``. The score is not taken under ``ray`` (the engines are the workers')."""
-    batch_size: int = 8
-    """Fine-tuning micro-batch size."""
-    save_every: int = 200
-    """Fine-tuning: save a resumable checkpoint every N optimizer steps (a killed run resumes there)."""
-    eval_every: int | None = None
-    """Fine-tuning: evaluate the teacher on ``dev`` every N steps (default: once per epoch, at least 4
-    times per run) and keep the best checkpoint."""
-    patience: int | None = None
-    """Fine-tuning: stop after this many evaluations on ``dev`` without a better score."""
-
-    def __post_init__(self) -> None:
-        for section in self.SECTIONS:
-            section.__post_init__(self)  # type: ignore[attr-defined]
-        as_paths(self, "pool", "out", "train", "teacher_out", "dev")
-        if self.finetune and self.train is None:
-            raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
-                              "a teacher that is already fine-tuned")
-        positive_ints(self, "save_every")
-        if self.eval_every is not None:
-            positive_ints(self, "eval_every")
-            if self.dev is None:
-                raise ConfigError("--eval-every evaluates the teacher on --dev while it is fine-tuned; give --dev FILE")
-        if self.patience is not None:
-            positive_ints(self, "patience")
-            if self.dev is None:
-                raise ConfigError("--patience stops the teacher's fine-tuning early on the --dev score; "
-                                  "give --dev FILE")
-        if (self.eval_every is not None or self.patience is not None) and not self.finetune:
-            raise ConfigError("--eval-every and --patience select the teacher while it is fine-tuned; drop them "
-                              "with --no-finetune")
-
-    @property
-    def teacher_dir(self) -> Path:
-        return self.teacher_out or self.out.with_name(self.out.name + ".teacher")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,7 +83,7 @@ def teacher_label(config: TeacherLabelConfig) -> TeacherLabelResult | None:
     check_dtype(config.dtype, base, config.teacher)
     kind = kind_of(base)  # fine-tuning changes weights, not the architecture or vocabulary
     engine_name, why = resolve_engine(config.engine, kind, architecture_of(base))  # fails now, not after fine-tuning
-    settings, precision = settle_engine(engine_name, config.engine, EngineSettings.from_config(config))
+    settings, precision = settle_engine(engine_name, config.engine, EngineSettings.of(config))
     temperatures, note = kd_temperatures_for(engine_name, config.kd_temperatures)
     if config.ray is not None:
         require_ray()

@@ -25,11 +25,10 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from dora import __version__
 from dora.cache import LabelCache, ShardEntry
-from dora.checks import as_paths, check_number, positive_ints
 from dora.errors import CacheError, ConfigError, DoraError
 from dora.files import file_sha256, write_atomic
 from dora.lock import Guarded
@@ -38,7 +37,7 @@ from dora.pipeline.data.encoding import encode_pair, target_ids
 from dora.pipeline.data.inputs import Example, read_examples
 from dora.pipeline.engines.inference import dev_scores, predict
 from dora.pipeline.kd.classifier import LabelHead, LabelObjective, collate_classifier, gold_features, scored_labels
-from dora.pipeline.kd.objectives import KD_LOSSES, OBJECTIVES, GoldOnly, Objective, choose, collate_kd, training_loss
+from dora.pipeline.kd.objectives import OBJECTIVES, GoldOnly, Objective, choose, collate_kd, training_loss
 from dora.pipeline.models.gguf import lineage as gguf_lineage
 from dora.pipeline.models.kinds import ModelKind, kind_of
 from dora.pipeline.models.loading import (
@@ -51,9 +50,9 @@ from dora.pipeline.models.loading import (
     save_hf,
     vocab_size,
 )
-from dora.pipeline.stages.config import Optimisation, TaskInputs
+from dora.pipeline.stages.config import TrainStudentConfig
 from dora.pipeline.tasks.catalog import Task, get_task
-from dora.pipeline.tasks.metrics import METRIC_MODES, TaskScorer, require_encoder
+from dora.pipeline.tasks.metrics import TaskScorer, require_encoder
 from dora.pipeline.train.batches import Blocks
 from dora.pipeline.train.checkpoint import WRITE_ERRORS, failed_path, write_failure
 from dora.pipeline.train.distributed import process_rank
@@ -63,97 +62,6 @@ from dora.progress import console, note, warn
 from dora.rundir import METRICS, RUN_RECORD, RunDir, RunWords, read_record
 
 TEST_PREDICTIONS = "test_predictions.jsonl"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainStudentConfig(TaskInputs, Optimisation):
-    """Everything ``train_student`` needs (task and training fields: ``dora.pipeline.stages.config``).
-
-    ``dora.pipeline.stages.config.with_preset(TrainStudentConfig, "paper", {...})`` builds one with the
-    paper's settings for every field not given."""
-
-    PRESET_STAGE: ClassVar[str] = "student"
-    SECTIONS: ClassVar[tuple[type, ...]] = (TaskInputs, Optimisation)
-
-    out: Path
-    """Output directory: the student checkpoint, tokenizer, metrics.json and run.json."""
-    student: str = "google/t5-v1_1-small"
-    """Student: a seq2seq (T5) or decoder-only (Llama, Qwen, ...) model directory, a GGUF file, or a
-    hub id. A decoder-only student reads ``prefix + source`` as its prompt and learns the target as
-    its continuation (loss on the target tokens only); it is scored by generation like a T5. For a
-    closed-label task, an encoder (BERT, MiniLM, RoBERTa, ...) becomes a classifier with a head over
-    the labels, learning the teacher's label distribution from the cache's ``label_logprobs``."""
-    labels: tuple[str, ...] | None = None
-    """Labels of your own closed-label task, for an encoder (classifier) student, in the head's
-    order; the paper's tasks know theirs, and a cache's scored labels are used when neither is given."""
-    cache: Path | None = None
-    """Label cache made by ``dora teacher-label`` (the distill route); its task must match."""
-    train: Path | None = None
-    """Gold labeled examples (the annotate route; mixed in when a cache is given too)."""
-    dev: Path | None = None
-    """Labeled file that selects the checkpoint (and stops early with ``patience``): scored with the
-    task metric at every evaluation. Not the file you report."""
-    test: Path | None = None
-    """Labeled file scored once, at the end, on the selected checkpoint: the score to report."""
-    eval: Path | None = None
-    """Deprecated alias of ``dev`` (it used to both select and report)."""
-    metric_mode: str = "strict"
-    """Which definition of the task metric selects the checkpoint: strict (dora's) or paper (the
-    paper's code, for numbers that compare with its table). metrics.json holds both."""
-    patience: int | None = None
-    """Stop after this many evaluations on ``dev`` without a better score (early stopping)."""
-    kd_loss: str = "auto"
-    """Distillation loss: one of ``dora.pipeline.kd.objectives.KD_LOSSES`` (topk for the same
-    tokenizer, aligned or uld for another, labels for closed-label tasks, sequence for the text
-    only), or auto (topk when the tokenizer fingerprints match, else aligned)."""
-    temperature: float = 2.0
-    """KD temperature T (the paper used 2); a format 2 cache must store the teacher's tail at T."""
-    alpha: float = 0.0
-    """Weight of cross-entropy on the pseudo-label; the KD term gets 1 - alpha (paper: 0)."""
-    eval_every: int | None = None
-    """Evaluate on ``dev`` every N steps (default: once per epoch); the best checkpoint is kept."""
-    save_every: int = 500
-    """Save a resumable checkpoint every N steps."""
-    resume: bool = True
-    """Continue from ``<out>/checkpoints/last`` when it exists."""
-    eval_batch_size: int = 32
-    """Batch size for generating dev and test predictions."""
-    encoder: str | None = None
-    """Sentence encoder directory for BERT-iBLEU (multipit_gen)."""
-    shuffle_window: int = 4
-    """Cache shards held (and shuffled together) at a time: memory is this many shards, not the cache."""
-    verify: bool = True
-    """Check each cache shard's sha256 as it is read (off: ``--no-verify``, recorded in run.json)."""
-
-    def __post_init__(self) -> None:
-        for section in self.SECTIONS:
-            section.__post_init__(self)  # type: ignore[attr-defined]
-        as_paths(self, "out", "cache", "train", "dev", "test", "eval")
-        if self.cache is None and self.train is None:
-            raise ConfigError("give --cache (distill), --train (annotate with gold labels), or both")
-        if self.eval is not None:
-            if self.dev is not None:
-                raise ConfigError("--eval is the old name of --dev; give one of them")
-            object.__setattr__(self, "dev", self.eval)
-        check_number(self.temperature, "--temperature", low=0, low_open=True, high=100, hint="the paper used 2.0")
-        check_number(self.alpha, "--alpha", low=0, high=1)
-        if self.kd_loss not in KD_LOSSES:
-            raise ConfigError(f"--kd-loss must be {', '.join(KD_LOSSES[:-1])} or {KD_LOSSES[-1]}, got {self.kd_loss!r}")
-        if self.metric_mode not in METRIC_MODES:
-            raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {self.metric_mode!r}")
-        positive_ints(self, "eval_batch_size", "save_every", "shuffle_window")
-        if self.eval_every is not None:
-            positive_ints(self, "eval_every")
-        if self.patience is not None:
-            positive_ints(self, "patience")
-            if self.dev is None:
-                raise ConfigError("--patience stops early on the --dev score; give --dev FILE")
-        if self.labels is not None:
-            labels = tuple(str(x).strip() for x in self.labels)
-            if len(labels) < 2 or not all(labels) or len(set(labels)) != len(labels):
-                raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {','.join(labels)!r}; "
-                                  "e.g. --labels SUPPORTS,REFUTES")
-            object.__setattr__(self, "labels", labels)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from dora.errors import ConfigError
 
-ReportTo = Literal["none", "tensorboard", "wandb"]
 CURVES = "curves.csv"
 
 

