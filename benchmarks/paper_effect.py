@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from dora.pipeline.stages.demo.common import run_comparison, summarise, verdict_sentence
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _refuse_foreign(args.workdir)  # before reading anything: a wrong --workdir fails first
     rows = _rows(args.data)
     protocol = QUICK if args.quick else FOLLOW_UP if args.follow_up else PROTOCOL
     _claim(args.workdir)
@@ -121,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
 MARKER = ".dora-paper-effect"
 
 
-def _claim(workdir: Path) -> None:
+def _refuse_foreign(workdir: Path) -> None:
     """Write only into a new or empty --workdir, or one this script marked as its own (a rerun
     continues there): never over files it did not write."""
     if workdir.exists() and (not workdir.is_dir() or (any(workdir.iterdir()) and not (workdir / MARKER).is_file())):
         sys.exit(f"--workdir {workdir}: holds files this benchmark did not write; give a new or empty directory")
+
+
+def _claim(workdir: Path) -> None:
+    """Mark --workdir as this script's (checked by ``_refuse_foreign`` first)."""
+    _refuse_foreign(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("written by benchmarks/paper_effect.py: a rerun may rewrite this directory\n")
 
