@@ -4,6 +4,7 @@ integers, paths given as strings. Each failure is a ConfigError naming the optio
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,15 @@ def positive_ints(config: Any, *names: str) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
+def check_labels(labels: Iterable[Any] | None) -> tuple[str, ...] | None:
+    """``--labels`` as a tuple of two or more distinct, non-empty labels (stripped); None stays None."""
+    if labels is None:
+        return None
+    found = tuple(str(x).strip() for x in labels)
+    if len(found) < 2 or not all(found) or len(set(found)) != len(found):
+        raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {','.join(found)!r}; "
+                          "e.g. --labels SUPPORTS,REFUTES")
+    return found
+

@@ -162,7 +162,7 @@ _PANELS = {name: panel for panel, names in {
            "lora lora_r lora_alpha save_every eval_every patience kd_loss temperature alpha resume shuffle_window seeds "
            "teacher_epochs student_epochs teacher_learning_rate quick pretrained",
     OUT: "out teacher_out score_labels shard_size prediction_field chunk_rows overwrite workdir level max_extrapolation "
-         "extrapolate samples json_out",
+         "extrapolate samples",
     SCALE: "fsdp ray ray_workers",
     PRICES: "budget gpu_hour_usd annotation_usd prices_file",
 }.items() for name in names.split()}

@@ -3,8 +3,11 @@
 - ``read_document`` / ``read_object`` / ``read_mapping``: bounded JSON and YAML parsing, every
   failure one error naming the file, line and fix (records, --prices, --engine-config).
 - ``write_atomic``: a file is replaced whole or not at all.
+- ``parse_json``: JSON from strangers (a cache's manifest, a run's marker), bounded the same way.
+- ``file_sha256``: a file's hash, read in chunks.
 - ``check_output`` / ``starts_like_json_object``: dora writes a file only where it destroys nothing
-  it did not write itself.
+  it did not write itself; ``stored``: a directory built once and found again by its record;
+  ``png_marked``: a plot dora wrote.
 """
 
 from __future__ import annotations
@@ -218,8 +221,6 @@ def starts_like_json_object(path: Path, keys: Iterable[str], *, lines: bool = Fa
     return isinstance(loaded, dict) and all(k in loaded for k in keys)
 
 
-
-
 def stored(root: Path, digest: str, record_name: str, build: Callable[[Path], dict[str, Any]], *,
            what: str) -> tuple[Path, bool]:
     """A directory ``root/digest`` made once by ``build`` and kept: content-addressed storage for
@@ -263,17 +264,14 @@ def _has_record(target: Path, record_name: str, digest: str) -> bool:
         return False
 
 
-MAX_JSON_DEPTH = 64  # a real manifest nests 4 deep; this bounds what the parser is asked to do
-
-
 def parse_json(raw: bytes | str, where: str) -> Any:
     """``json.loads`` for files from strangers: every failure is one ``CacheError`` naming ``where``."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as e:
         raise CacheError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start}); the file is damaged") from None
-    if _depth(text) > MAX_JSON_DEPTH:
-        raise CacheError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep; not a file dora wrote")
+    if _depth(text) > MAX_DOCUMENT_DEPTH:
+        raise CacheError(f"{where}: nested more than {MAX_DOCUMENT_DEPTH} levels deep; not a file dora wrote")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -301,7 +299,7 @@ def _depth(text: str) -> int:
             depth += 1
             if depth > deepest:
                 deepest = depth
-                if deepest > MAX_JSON_DEPTH:
+                if deepest > MAX_DOCUMENT_DEPTH:
                     return deepest
         elif ch in "]}":
             depth -= 1

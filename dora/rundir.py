@@ -10,9 +10,9 @@ chunks):
   refused with one line (``RunWords``); a damaged marker too.
 - ``claim()``: create the directory, lock it (``dora.lock``, one run at a time) and read the
   marker again under the lock: another run may have been first.
-- ``write_marker``, ``write_record`` / ``read_record`` (``run.json``), ``write_metrics``
-  (``metrics.json``): written atomically; every read checks what it reads (a run directory may
-  come from anyone).
+- ``write_marker``, ``write_record`` (``run.json``), ``write_metrics`` (``metrics.json``):
+  written atomically; the module's ``read_record`` reads a record back and checks what it
+  reads (a run directory may come from anyone).
 - ``release(failed=...)``: unlock; after a failure, when the directory was new or empty when this
   run claimed it and holds nothing worth keeping, remove what this run wrote there, then the
   directories it created as far as they are empty. Never anything else.

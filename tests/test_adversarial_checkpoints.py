@@ -161,7 +161,7 @@ def full_disk(target: str, then: Any = None):
 
 
 LEDGER = "{run}/dora-ledger.jsonl"  # a refused resume is still an invocation: the ledger records it
-MARKER = "{run}/.dora-run.json"  # rewritten by every invocation (student.py)
+MARKER = "{run}/.dora-run.json"  # rewritten by every invocation (train_student.py)
 TEACHER_LEDGER = "{teacher}/dora-ledger.jsonl"
 REFUSED = "refusing to resume"
 

@@ -42,7 +42,6 @@ ROW_GROUP_SIZE = 2048
 _SPLIT = ("topk_logprobs.list.element.list.element", "topk_ids.list.element.list.element",
           "target_ids.list.element", "tail_logprobs.list.element.list.element")
 
-PER_TOKEN = ("target_ids", "topk_ids", "topk_logprobs", "tail_logprobs")
 """The columns with one entry per generated token (the rest have one per row)."""
 
 

@@ -8,8 +8,8 @@ rerun labels exactly the shards that are not listed. Every actor writes its shar
 the cache directory must be on a filesystem every node sees.
 
 Each actor holds one engine: vLLM with its own tensor-parallel group (a placement group of
-``tensor_parallel_size`` GPUs), or transformers on one GPU, or on CPU where the cluster has no
-GPU. Example on a running cluster::
+``tensor_parallel_size`` GPUs), or transformers or CTranslate2 on one GPU, or on CPU where the
+cluster has no GPU. Example on a running cluster::
 
     dora teacher-label --task fever --teacher t5-xxl/ --train gold.jsonl --pool pool.jsonl \
         --out /shared/cache/fever --ray auto --ray-workers 8

@@ -11,8 +11,8 @@ Three engines write the same cache format:
 
 ``auto`` picks vLLM for a decoder-only teacher when it is installed and serves the teacher's
 architecture, CTranslate2 for a seq2seq one when it is installed, else transformers, and says
-which. Engines take token ids built by dora's tokenizer, so both see
-exactly the same prompts.
+which. Engines take token ids built by dora's tokenizer, so every engine
+sees exactly the same prompts.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def resolve_engine(requested: EngineName, kind: ModelKind, architecture: str) ->
 def kd_temperatures_for(engine: str, requested: Sequence[float] | None) -> tuple[tuple[float, ...], str]:
     """(temperatures whose tail mass the engine stores, a note when they differ from the request).
 
-    The transformers engine sees the full logits, so it stores the tail at any temperature
-    (default 1 and 2, the paper's). vLLM returns only the top-k log-probabilities, from which
+    Every engine but vLLM sees the full logits (transformers, CTranslate2), so it stores the tail at
+    any temperature (default 1 and 2, the paper's). vLLM returns only the top-k log-probabilities, from which
     the tail mass follows at T = 1 alone.
     """
     if engine != "vllm":

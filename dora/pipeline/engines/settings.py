@@ -1,7 +1,7 @@
 """What every labeling engine shares: the settings it generates with, the interface it offers,
 and what its precision check reports.
 
-Engine modules (``transformers_engine``, ``vllm_engine``) import this and nothing of each other;
+Engine modules (``transformers_engine``, ``vllm_engine``, ``ctranslate2_engine``) import this and nothing of each other;
 ``registry`` knows them all.
 """
 

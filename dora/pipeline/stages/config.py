@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from dora.checks import as_paths, check_number, positive_ints
+from dora.checks import as_paths, check_labels, check_number, positive_ints
 from dora.errors import ConfigError
 from dora.files import check_output, starts_like_json_object
 from dora.pipeline.costs.pricing import MAX_PRICE_USD, SMALL_CPU_HOUR_USD
@@ -252,10 +252,7 @@ class TeacherLabelConfig(TaskInputs, Optimisation, LabelingSettings, LoraOptions
             section.__post_init__(self)  # type: ignore[attr-defined]
         as_paths(self, "pool", "out", "train", "teacher_out", "dev")
         positive_ints(self, "shard_size", "save_every")
-        if self.labels is not None:
-            object.__setattr__(self, "labels", tuple(self.labels))
-            if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels) or not all(x.strip() for x in self.labels):
-                raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {list(self.labels)}")
+        object.__setattr__(self, "labels", check_labels(self.labels))
         if self.finetune and self.train is None:
             raise ConfigError("fine-tuning needs --train LABELED_FILE; or pass --no-finetune to label with "
                               "a teacher that is already fine-tuned")
@@ -351,8 +348,7 @@ class TrainStudentConfig(TaskInputs, Optimisation):
         check_number(self.alpha, "--alpha", low=0, high=1)
         if self.kd_loss not in KD_LOSSES:
             raise ConfigError(f"--kd-loss must be {', '.join(KD_LOSSES[:-1])} or {KD_LOSSES[-1]}, got {self.kd_loss!r}")
-        if self.metric_mode not in METRIC_MODES:
-            raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {self.metric_mode!r}")
+        _check_metric_mode(self.metric_mode)
         positive_ints(self, "eval_batch_size", "save_every", "shuffle_window")
         if self.eval_every is not None:
             positive_ints(self, "eval_every")
@@ -360,12 +356,7 @@ class TrainStudentConfig(TaskInputs, Optimisation):
             positive_ints(self, "patience")
             if self.dev is None:
                 raise ConfigError("--patience stops early on the --dev score; give --dev FILE")
-        if self.labels is not None:
-            labels = tuple(str(x).strip() for x in self.labels)
-            if len(labels) < 2 or not all(labels) or len(set(labels)) != len(labels):
-                raise ConfigError(f"--labels needs two or more distinct, non-empty labels, got {','.join(labels)!r}; "
-                                  "e.g. --labels SUPPORTS,REFUTES")
-            object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "labels", check_labels(self.labels))
 
 
 SCORES_KEYS = ("task", "metric", "scores", "scores_by_mode")
@@ -410,8 +401,7 @@ class EvaluateConfig(TaskInputs):
             raise ConfigError("give either --model with --data, or --predictions (not both)")
         if self.model is not None and self.data is None:
             raise ConfigError("--model needs --data LABELED_FILE to predict on")
-        if self.metric_mode not in METRIC_MODES:
-            raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {self.metric_mode!r}")
+        _check_metric_mode(self.metric_mode)
         positive_ints(self, "batch_size")
         if self.out is not None:
             # Never the input, the model, or a file dora did not write (checked before the model loads).
@@ -525,11 +515,11 @@ class SweepConfig(TaskInputs, LabelingSettings):
     """Distill student epochs over the pool (annotate students see as many examples)."""
     max_steps: int | None = None
     """Cap every training run at N optimizer steps (quick pilots and tests)."""
-    learning_rate: float = 3e-4
+    learning_rate: float = Optimisation.learning_rate
     """Peak learning rate of the students (and of the teacher unless ``teacher_learning_rate``)."""
     teacher_learning_rate: float | None = None
     """Peak learning rate of the teacher's fine-tuning (default: ``learning_rate``)."""
-    batch_size: int = 16
+    batch_size: int = Optimisation.batch_size
     """Training micro-batch size of the teachers and the students."""
 
     def __post_init__(self) -> None:
@@ -653,3 +643,9 @@ class DemoConfig:
         if root.is_dir() and not (root / DEMO_MARKER).is_file() and any(root.iterdir()):
             raise ConfigError(f"--workdir {root} holds files the demo did not write; give a new or empty directory "
                               f"(the demo writes data/, models/, runs/ and more there)")
+
+
+def _check_metric_mode(mode: str) -> None:
+    if mode not in METRIC_MODES:
+        raise ConfigError(f"--metric-mode must be {' or '.join(METRIC_MODES)}, got {mode!r}")
+

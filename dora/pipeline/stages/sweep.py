@@ -37,9 +37,9 @@ from dora.lock import DirectoryLock, Guarded
 from dora.pipeline.data.inputs import read_examples
 from dora.pipeline.data.pool import Pool
 from dora.pipeline.stages.config import SWEEP_MARKER, SweepConfig
-from dora.pipeline.stages.demo.tiny import evaluations_every
 from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+from dora.pipeline.train.loop import evaluations_every
 from dora.progress import console
 from dora.rundir import METRICS, RUN_RECORD
 
@@ -135,9 +135,7 @@ def _distill(config: SweepConfig, labels: Path, run_dir: Path, seed: int, n: int
 
 def _every(config: SweepConfig, rows: int, epochs: float) -> int:
     """About four dev evaluations per student run, however many epochs it has."""
-    if config.max_steps is not None:
-        return max(1, config.max_steps // 4)
-    return evaluations_every(rows, epochs, config.batch_size)
+    return evaluations_every(rows, epochs, config.batch_size, max_steps=config.max_steps)
 
 
 def _settings(config: SweepConfig) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from dora.pipeline.stages.config import TeacherLabelConfig
 from dora.pipeline.tasks.catalog import Task, get_task
 from dora.pipeline.train.distributed import end_distributed, process_rank
 from dora.pipeline.train.finetune import finetune_teacher
-from dora.pipeline.train.loop import steps_per_epoch, total_steps
+from dora.pipeline.train.loop import EVALUATIONS_PER_RUN, steps_per_epoch, total_steps
 from dora.progress import console, progress_bar
 from dora.progress import note as note_
 
@@ -270,9 +270,9 @@ def _selecting(config: TeacherLabelConfig, plan: _Plan) -> bool:
 
 
 def _default_eval_every(plan: _Plan, settings: Any) -> int:
-    """Once per epoch, but at least 4 evaluations per run (the last step is always evaluated)."""
+    """Once per epoch, but at least ``EVALUATIONS_PER_RUN`` evaluations per run (the last step is always evaluated)."""
     return max(1, min(steps_per_epoch(len(plan.train), settings, plan.world),
-                      total_steps(len(plan.train), settings, plan.world) // 4))
+                      total_steps(len(plan.train), settings, plan.world) // EVALUATIONS_PER_RUN))
 
 
 def _selection(config: TeacherLabelConfig, plan: _Plan) -> dict[str, Any]:

@@ -663,7 +663,7 @@ class TaskScorer:
         self.references = list(references)
         self.sources = list(sources) if sources is not None else None
         if not self.references:
-            raise ConfigError("nothing to score: the evaluation set has no rows; give a non-empty --eval/--data file")
+            raise ConfigError("nothing to score: the evaluation set has no rows; give a non-empty --dev, --test or --data file")
         if self.sources is not None:
             _check_lengths(self.sources, self.references, "sources")
         _check_texts(self.references, "reference")

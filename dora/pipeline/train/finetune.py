@@ -52,8 +52,10 @@ RECORD = "dora_finetune.json"
 
 @dataclass(frozen=True, kw_only=True)
 class LoraSettings:
-    r: int = 16
-    alpha: int = 32
+    """LoRA adapters' shape; rank and alpha come from the stage's config (``--lora-r``, ``--lora-alpha``)."""
+
+    r: int
+    alpha: int
     dropout: float = 0.05
 
 

@@ -104,6 +104,18 @@ def total_steps(n_examples: int, s: LoopSettings, world: int = 1) -> int:
     return max(1, math.ceil(s.epochs * steps_per_epoch(n_examples, s, world)))
 
 
+EVALUATIONS_PER_RUN = 4
+"""Dev evaluations a run gets when none are asked for: enough to pick a checkpoint, few enough that
+decoding the whole dev split stays a small part of the run."""
+
+
+def evaluations_every(rows: int, epochs: float, batch_size: int, *, max_steps: int | None = None) -> int:
+    """Steps between dev evaluations for about ``EVALUATIONS_PER_RUN`` of them in a run over
+    ``rows`` examples for ``epochs`` (or ``max_steps`` steps when given)."""
+    steps = max_steps if max_steps is not None else int(-(-rows // batch_size) * epochs)
+    return max(1, steps // EVALUATIONS_PER_RUN)
+
+
 def steps_per_epoch(n_examples: int, s: LoopSettings, world: int = 1) -> int:
     """Optimizer steps in one pass over ``world`` processes; the last step of an epoch may
     accumulate fewer micro-batches."""

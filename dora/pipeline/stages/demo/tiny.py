@@ -33,6 +33,7 @@ from dora.pipeline.stages.demo.common import first_rows, majority_class
 from dora.pipeline.stages.report import report
 from dora.pipeline.stages.teacher_label import TeacherLabelConfig, teacher_label
 from dora.pipeline.stages.train_student import TrainStudentConfig, train_student
+from dora.pipeline.train.loop import evaluations_every
 from dora.progress import console
 
 
@@ -115,7 +116,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             annotate = train_student(TrainStudentConfig(
                 student=str(student_base), train=gold, dev=paths["dev"], test=paths["test"],
                 out=root / "runs" / f"annotate{suffix}-seed{seed}", epochs=annotate_epochs,
-                eval_every=evaluations_every(n, annotate_epochs), **common, seed=seed))
+                eval_every=evaluations_every(n, annotate_epochs, common["batch_size"]), **common, seed=seed))
             runs.append(annotate.out)
             timing[annotate.out] = _seconds(annotate.record["cost"]), annotate.record["examples_seen"]
 
@@ -128,7 +129,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             distill = train_student(TrainStudentConfig(
                 student=str(student_base), cache=root / f"cache{suffix}", dev=paths["dev"], test=paths["test"],
                 out=root / "runs" / f"distill{suffix}-seed{seed}", epochs=sizes.student_epochs,
-                eval_every=evaluations_every(sizes.pool, sizes.student_epochs), **common, seed=seed))
+                eval_every=evaluations_every(sizes.pool, sizes.student_epochs, common["batch_size"]), **common, seed=seed))
             runs.append(distill.out)
             timing[distill.out] = (_seconds(labeled.costs["teacher_finetune"], labeled.costs["labeling"],
                                             distill.record["cost"]), distill.record["examples_seen"])
@@ -204,7 +205,3 @@ def _claim(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / DEMO_MARKER).write_text("written by `dora demo`: it may rewrite everything in this directory\n")
 
-
-def evaluations_every(rows: int, epochs: float, batch_size: int = 16, evaluations: int = 4) -> int:
-    """Steps between evaluations for about four per run (each decodes the whole dev split)."""
-    return max(1, int(-(-rows // batch_size) * epochs) // evaluations)
