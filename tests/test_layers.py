@@ -114,15 +114,23 @@ def test_the_rule_itself(importer, imported, expected):
     assert (b_unit == a_unit or b_layer < a_layer) is expected
 
 
-def test_a_crafted_violation_is_found(tmp_path):
-    """The checker reads real files: a lower module importing a stage, even inside a function, is
-    reported with its file and line; so is a relative import that climbs into pipeline/."""
+def fake_cache_package(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A throwaway ``dora`` package whose ``cache/`` holds ``files`` (name -> source)."""
     fake = tmp_path / "dora"
     (fake / "cache").mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "cache" / "__init__.py").write_text("")
-    (fake / "cache" / "bad.py").write_text("import json\n\ndef f():\n    from dora.pipeline.stages.train_student import x\n")
-    (fake / "cache" / "sly.py").write_text("from ..pipeline.train import loop\n")
+    for name, source in files.items():
+        (fake / "cache" / name).write_text(source)
+    return fake
+
+
+def test_a_crafted_violation_is_found(tmp_path):
+    """The checker reads real files: a lower module importing a stage, even inside a function, is
+    reported with its file and line; so is a relative import that climbs into pipeline/."""
+    fake = fake_cache_package(tmp_path, {
+        "bad.py": "import json\n\ndef f():\n    from dora.pipeline.stages.train_student import x\n",
+        "sly.py": "from ..pipeline.train import loop\n"})
     assert violations(fake) == [
         "dora/cache/bad.py:4: dora.cache (layer 1) imports dora.pipeline.stages.train_student (layer 6)",
         "dora/cache/sly.py:1: dora.cache (layer 1) imports dora.pipeline.train (layer 5)",
@@ -195,13 +203,9 @@ def test_no_import_circle():
 
 def test_a_crafted_circle_is_found(tmp_path):
     """Two modules importing each other, one of them inside a function, are a circle."""
-    fake = tmp_path / "dora"
-    (fake / "cache").mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "cache" / "__init__.py").write_text("")
-    (fake / "cache" / "a.py").write_text("from dora.cache.b import x\n")
-    (fake / "cache" / "b.py").write_text("def f():\n    from dora.cache import a\n")
-    (fake / "cache" / "c.py").write_text("from dora.cache import a\n")
+    fake = fake_cache_package(tmp_path, {"a.py": "from dora.cache.b import x\n",
+                                         "b.py": "def f():\n    from dora.cache import a\n",
+                                         "c.py": "from dora.cache import a\n"})
     assert circles(import_graph(fake)) == [["dora.cache.a", "dora.cache.b"]]
 
 
