@@ -11,7 +11,7 @@ chunks):
 - ``claim()``: create the directory, lock it (``dora.lock``, one run at a time) and read the
   marker again under the lock: another run may have been first.
 - ``write_marker``, ``write_record`` (``run.json``), ``write_metrics`` (``metrics.json``):
-  written atomically; the module's ``read_record`` reads a record back and checks what it
+  written atomically; the module's ``read_run`` reads a finished run's records back and checks what it
   reads (a run directory may come from anyone).
 - ``release(failed=...)``: unlock; after a failure, when the directory was new or empty when this
   run claimed it and holds nothing worth keeping, remove what this run wrote there, then the
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dora.errors import CacheError, ConfigError, DoraError, InputError
+from dora.errors import CacheError, ConfigError, InputError
 from dora.files import parse_json, read_object, write_atomic
 from dora.lock import LOCK_FILE, DirectoryLock, Guarded
 
@@ -212,7 +212,10 @@ def write_json(path: Path, record: Any) -> None:
     write_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
-def read_record(path: Path, *, expected: str, fix: str, error: type[DoraError] = InputError) -> dict[str, Any]:
-    """A run's record (``run.json``, ``metrics.json``) as one JSON object; a missing, damaged or
-    hostile file is one ``error`` naming it and ending with ``fix``. Callers check the fields they use."""
-    return read_object(path, expected=expected, fix=fix, error=error)
+def read_run(path: Path, *, fix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A finished run's ``run.json`` and ``metrics.json``, each one JSON object; a missing, damaged
+    or hostile file is one ``InputError`` naming it and ending with ``fix``. Callers check the
+    fields they use."""
+    run = read_object(path / RUN_RECORD, expected="a run record (a JSON object)", fix=fix, error=InputError)
+    metrics = read_object(path / METRICS, expected="a metrics record (a JSON object)", fix=fix, error=InputError)
+    return run, metrics

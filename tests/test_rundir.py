@@ -13,7 +13,7 @@ import pytest
 
 from dora.errors import ConfigError, InputError
 from dora.lock import LOCK_FILE, DirectoryLock, Guarded
-from dora.rundir import METRICS, RUN_RECORD, RunDir, RunWords, read_record
+from dora.rundir import METRICS, RUN_RECORD, RunDir, RunWords, read_run
 
 GUARDED = Guarded(directory="the run directory", create_fix="choose a writable --out", busy="is using this run directory",
                   wait="wait for it to finish, or choose another --out", mine="this run holds it already")
@@ -38,7 +38,7 @@ def test_a_new_directory_is_claimed_marked_and_recorded(tmp_path):
     run.release(failed=False)
     assert not (out / LOCK_FILE).exists()
     assert sorted(p.name for p in out.iterdir()) == [MARKER, METRICS, RUN_RECORD]
-    assert read_record(out / METRICS, expected="a metrics record", fix="rerun") == {"score": 1.0}
+    assert read_run(out, fix="rerun")[1] == {"score": 1.0}
     assert not list(out.glob(".*.tmp-*"))  # written atomically: no temporaries left
 
 
@@ -140,7 +140,7 @@ def test_a_marker_failing_the_stage_check_is_refused(tmp_path):
 def test_a_hostile_run_record_is_one_error_naming_it(tmp_path, content, message):
     (tmp_path / RUN_RECORD).write_text(content)
     with pytest.raises(InputError) as e:
-        read_record(tmp_path / RUN_RECORD, expected="a run record", fix="rerun the stage")
+        read_run(tmp_path, fix="rerun the stage")
     assert str(e.value).startswith(f"{tmp_path / RUN_RECORD}") and message in str(e.value)
     assert str(e.value).endswith("; rerun the stage") and "\n" not in str(e.value)
 

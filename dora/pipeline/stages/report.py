@@ -26,7 +26,7 @@ from dora.errors import ConfigError, InputError
 from dora.files import check_output, png_marked
 from dora.pipeline.costs.pricing import Line, Prices, total
 from dora.pipeline.train.tracking import CURVES
-from dora.rundir import METRICS, RUN_RECORD, read_record
+from dora.rundir import METRICS, RUN_RECORD, read_run
 
 STAGES = ("teacher_finetune", "labeling", "student_train")
 MAX_DEVICE_HOURS = 1e9  # a hundred thousand device-years: past it a record is damaged, not big
@@ -58,8 +58,7 @@ class RunRecord:
                              fix="give run directories written by `dora train-student`")
         run_file, metrics_file = path / RUN_RECORD, path / METRICS
         fix = "give run directories written by `dora train-student` (a run that has finished)"
-        run = read_record(run_file, expected="a run record (a JSON object)", fix=fix)
-        metrics = read_record(metrics_file, expected="a metrics record (a JSON object)", fix=fix)
+        run, metrics = read_run(path, fix=fix)
         upstream = _field(run, "upstream_costs", dict, run_file, default={})
         costs = {stage: _cost(upstream[stage], run_file, f"upstream_costs.{stage}")
                  for stage in STAGES if stage in upstream and stage != "student_train"}

@@ -59,7 +59,7 @@ from dora.pipeline.train.distributed import process_rank
 from dora.pipeline.train.loop import steps_per_epoch, train_loop
 from dora.pipeline.train.tracking import Tracker
 from dora.progress import console, note, warn
-from dora.rundir import METRICS, RUN_RECORD, RunDir, RunWords, read_record
+from dora.rundir import RUN_RECORD, RunDir, RunWords, read_run
 
 TEST_PREDICTIONS = "test_predictions.jsonl"
 
@@ -349,8 +349,7 @@ def _finished(out: RunDir) -> TrainStudentResult | None:
         return None
     fix = "dora writes this file"
     try:
-        record = read_record(out.path / RUN_RECORD, expected="a run record (a JSON object)", fix=fix)
-        metrics = read_record(out.path / METRICS, expected="a metrics record (a JSON object)", fix=fix)
+        record, metrics = read_run(out.path, fix=fix)
     except DoraError:
         return None
     if record.get("identity") != out.identity:
