@@ -9,10 +9,12 @@ A clean exit removes the file; one left behind by a crash is harmless (unlocked)
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +60,18 @@ class DirectoryLock:
         while True:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise g.error(f"{self.path}: a symlink where dora keeps its lock; dora never writes through "
+                                  "one: remove it if it is yours, or choose another directory") from None
                 raise g.error(f"{self.root}: cannot create {g.directory} or its lock ({e.strerror}); "
                               f"{g.create_fix}") from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a planted hard link: truncating hits its twin
+                os.close(fd)
+                raise g.error(f"{self.path}: not a lock file dora made (a special file or a hard link); dora "
+                              "never truncates one: remove it if it is yours, or choose another directory")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

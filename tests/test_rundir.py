@@ -211,3 +211,19 @@ def test_a_stage_may_name_an_unparsable_marker_its_own_way(tmp_path):
     run = RunDir(out, identity="a", markers=(MARKER,), field="identity", words=words, guarded=GUARDED)
     with pytest.raises(ConfigError, match=rf"^{out / MARKER}: not valid JSON; delete it$"):
         run.recorded()
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink"])
+def test_a_planted_lock_file_never_truncates_what_it_points_at(tmp_path, plant):
+    """A directory dora did not write may hold a `.dora-lock` that is a symlink or a hard link to
+    someone's file: the lock refuses it in one line, and the file keeps every byte."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a user's notes")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).symlink_to(victim) if plant == "symlink" else (out / LOCK_FILE).hardlink_to(victim)
+    guarded = Guarded(directory="the run directory", create_fix="choose a writable --out",
+                      busy="is using this run directory", wait="wait for it to finish")
+    with pytest.raises(ConfigError, match="symlink where dora keeps its lock" if plant == "symlink" else "hard link"):
+        DirectoryLock(out, guarded).acquire()
+    assert victim.read_text() == "a user's notes"
